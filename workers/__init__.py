@@ -1,0 +1,1 @@
+"""Per-core datapath workers (issue #3)."""
