@@ -31,6 +31,7 @@ class Drop(IntEnum):
     RING_FULL = 14  # datapath: no room in a ring
     EXPIRED = 15  # SA reached its hard lifetime
     DISCARD = 16  # SPD says discard
+    ECN = 17  # tunnel decapsulation: outer CE over a Not-ECT inner packet (RFC 6040 §4.2)
 
     @property
     def label(self) -> str:

@@ -29,14 +29,27 @@ class PacketError(ValueError):
     """A header that does not parse; the codecs turn it into a counted drop."""
 
 
-def checksum(data: bytes | bytearray | memoryview) -> int:
-    """The Internet checksum (RFC 1071) of ``data``."""
+def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The Internet checksum (RFC 1071) of ``data``.
+
+    ``initial`` is added to the one's-complement sum first (a pseudo-header
+    sum, for UDP).  The sum is computed as one big integer modulo 0xFFFF:
+    since 2^16 = 1 (mod 0xFFFF), the big-endian integer of the data is
+    congruent to the sum of its 16-bit words, which is what the end-around
+    carry computes - and it runs in C instead of a Python loop.
+    """
+    value = int.from_bytes(data, "big")
     if len(data) % 2:
-        data = bytes(data) + b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+        value <<= 8  # an odd trailing byte is the high half of a zero-padded word
+    return fold_checksum(value + initial)
+
+
+def fold_checksum(value: int) -> int:
+    """The Internet checksum of a non-negative sum of 16-bit words (any size)."""
+    rest = value % 0xFFFF
+    if rest:
+        return 0xFFFF - rest
+    return 0 if value else 0xFFFF  # a non-zero multiple of 0xFFFF sums to 0xFFFF
 
 
 def ipv4_header(

@@ -18,7 +18,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ipsecd.iana import EncrId, IntegId, IpcompId
 
@@ -89,7 +93,9 @@ class Integrity:
     """A keyed integrity transform: ``compute`` and constant-time ``verify``.
 
     The HMAC key schedule is done once here; each packet copies the keyed
-    state (``hmac.HMAC.copy``), which is cheaper than re-keying.
+    state.  ``cryptography``'s HMAC is used because its ``copy()`` +
+    ``update()`` + ``finalize()`` measured fastest per packet (faster than
+    ``hmac.digest`` one-shot, which re-keys, and than ``hmac.HMAC.copy``).
     """
 
     __slots__ = ("_template", "algo", "icv_bytes")
@@ -97,19 +103,32 @@ class Integrity:
     def __init__(self, algo: IntegAlgo, key: bytes) -> None:
         self.algo = algo
         self.icv_bytes = algo.icv_bytes
-        self._template = hmac.new(key, digestmod=algo.hash_name)
+        self._template = crypto_hmac.HMAC(key, _HASHES[algo.hash_name]())
+
+    @property
+    def new_mac(self) -> Callable[[], crypto_hmac.HMAC]:
+        """A factory of fresh keyed HMAC objects (``update``/``finalize``) for streaming use."""
+        return self._template.copy
 
     def compute(self, *parts: bytes | bytearray | memoryview) -> bytes:
         """The truncated ICV over the concatenation of ``parts``."""
         mac = self._template.copy()
         for part in parts:
             mac.update(part)
-        return mac.digest()[: self.icv_bytes]
+        return mac.finalize()[: self.icv_bytes]
 
     def verify(self, icv: bytes | bytearray | memoryview, *parts: bytes | bytearray | memoryview) -> bool:
         """True when ``icv`` is the ICV of ``parts``; compared in constant time."""
         return hmac.compare_digest(self.compute(*parts), icv)
 
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "md5": hashes.MD5,
+}
 
 _AES_BITS = (128, 192, 256)
 
