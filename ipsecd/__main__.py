@@ -1,0 +1,5 @@
+"""``python -m ipsecd``: the same as the ``ipsecd`` console script."""
+
+from ipsecd.cli import main
+
+raise SystemExit(main())
