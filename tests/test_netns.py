@@ -1,0 +1,65 @@
+"""The namespace harness itself: it must clean up whatever happens."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from netns import NETNS_DIR, PREFIX, Lab, host_to_host, remove_stale, site_to_site
+
+pytestmark = [pytest.mark.netns,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+
+
+def _ours() -> set[str]:
+    return {p.name for p in NETNS_DIR.iterdir()} if NETNS_DIR.is_dir() else set()
+
+
+def test_failure_still_removes_namespaces_and_processes() -> None:
+    before = _ours()
+    procs: list[subprocess.Popen[bytes]] = []
+    with pytest.raises(RuntimeError, match="boom"), Lab() as lab:
+        h = host_to_host(lab)
+        procs.append(h.a.ns.popen("sleep", "60"))
+        child = h.b.ns.spawn(lambda: __import__("time").sleep(60))
+        assert {ns.name for ns in lab.namespaces} <= _ours()
+        raise RuntimeError("boom")
+    assert _ours() == before
+    assert procs[0].poll() is not None
+    assert not Path(f"/proc/{child.pid}").exists() or \
+        Path(f"/proc/{child.pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_call_runs_inside_and_reports_errors() -> None:
+    with Lab() as lab:
+        ns = lab.netns("x")
+        ns.ip("link add v7a type veth peer name v7b")
+        assert ns.call(socket.if_nametoindex, "v7b") > 0
+        with pytest.raises(OSError):
+            socket.if_nametoindex("v7b")  # not in ours
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            ns.call(lambda: 1 // 0)
+
+
+def test_site_to_site_routes_both_families() -> None:
+    with Lab() as lab:
+        t = site_to_site(lab)
+        for dst in (t.net_b.v4, t.net_b.v6):
+            out = t.net_a.ns.run("ip", "route", "get", dst).stdout.decode()
+            assert "via" in out
+        route = t.gw_a_wan.ns.run("ip", "route", "get", t.net_b.v4).stdout.decode()
+        assert t.gw_b_wan.v4 in route
+
+
+def test_stale_namespaces_of_dead_runs_are_removed() -> None:
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    name = f"{PREFIX}{dead}-abcdef-x"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        assert name in remove_stale()
+        assert name not in _ours()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
