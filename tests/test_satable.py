@@ -1,0 +1,194 @@
+"""The shared-memory SA table: torn reads, sequence blocks across processes, key wiping."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import stat
+import time
+
+import multiprocess
+import pytest
+
+from ipsecd.iana import EncrId, IntegId, IpProto
+from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
+from ipsecd.satable import SA_COUNTER_COLUMNS, Direction, SACounter, SATable, TableFull
+
+A = ipaddress.ip_address("192.0.2.1")
+B = ipaddress.ip_address("192.0.2.2")
+
+
+def make_sa(spi: int, fill: int, **kw: object) -> SecurityAssociation:
+    """An SA whose keys are ``fill`` repeated, so a torn read shows as a key/SPI mismatch."""
+    return SecurityAssociation(
+        spi=spi, protocol=IpProto.ESP, src=A, dst=B, mode=Mode.TUNNEL,
+        enc=EncrId.ENCR_AES_GCM_16, enc_key=bytearray([fill]) * 36, **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def table() -> SATable:
+    t = SATable.create(None, n_slots=8, n_workers=2, max_replay_window=1024)
+    yield t
+    t.close()
+
+
+def test_roundtrip_of_every_field(table: SATable) -> None:
+    sa = SecurityAssociation(
+        spi=0xDEADBEEF, protocol=IpProto.ESP, src=ipaddress.ip_address("2001:db8::1"),
+        dst=ipaddress.ip_address("2001:db8::2"), mode=Mode.TRANSPORT, reqid=7,
+        replay_window=512, enc=EncrId.ENCR_AES_CBC, enc_key=bytearray(range(16)),
+        auth=IntegId.AUTH_HMAC_SHA2_256_128, auth_key=bytearray(range(32)), esn=True,
+        encap=UdpEncap(4500, 4501), seq=41,
+    )
+    slot = table.free_slot()
+    uid = table.install(slot, sa, Direction.OUT)
+    entry = table.read(slot)
+    assert entry is not None and entry.uid == uid and entry.direction is Direction.OUT
+    got = entry.sa
+    assert (got.spi, got.src, got.dst, got.mode, got.reqid, got.replay_window) == (
+        sa.spi, sa.src, sa.dst, sa.mode, sa.reqid, sa.replay_window)
+    assert (got.enc, got.enc_key, got.auth, got.auth_key, got.esn) == (
+        sa.enc, sa.enc_key, sa.auth, sa.auth_key, True)
+    assert got.encap == UdpEncap(4500, 4501)
+    assert table.alloc_seq(slot, 1, 2**64 - 1) == 42  # continues after sa.seq
+
+
+def test_segment_is_private_and_keys_are_wiped(table: SATable) -> None:
+    path = f"/dev/shm/{table.name.lstrip('/')}"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    key = bytes(range(100, 136))
+    sa = make_sa(1, 0)
+    sa.enc_key = bytearray(key)
+    slot = table.free_slot()
+    table.install(slot, sa, Direction.IN)
+    with open(path, "rb") as f:
+        assert key in f.read()
+    table.remove(slot)
+    with open(path, "rb") as f:
+        assert key not in f.read()
+    assert table.read(slot) is None
+
+
+def test_table_full(table: SATable) -> None:
+    for i in range(table.n_slots):
+        table.install(table.free_slot(), make_sa(100 + i, i), Direction.IN)
+    with pytest.raises(TableFull):
+        table.free_slot()
+
+
+def test_generation_moves_on_every_change(table: SATable) -> None:
+    g0 = table.generation
+    table.install(0, make_sa(5, 5), Direction.IN)
+    g1 = table.generation
+    table.remove(0)
+    assert g0 < g1 < table.generation
+
+
+def _writer(name: str, seconds: float) -> None:
+    t = SATable.attach(name)
+    # Only the creator normally writes; the test drives the writer side from a child
+    # process so the reader can run concurrently in the parent.
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        fill = i % 250 + 1
+        t.install(0, make_sa(fill, fill), Direction.IN)
+        i += 1
+    t.buf.release()
+
+
+def test_reader_never_sees_a_torn_slot(table: SATable) -> None:
+    table.install(0, make_sa(1, 1), Direction.IN)
+    proc = multiprocess.Process(target=_writer, args=(table.name, 1.5))
+    proc.start()
+    reads = changes = 0
+    last = -1
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        entry = table.read(0)
+        if entry is None:
+            continue
+        reads += 1
+        spi = entry.sa.spi
+        # Every byte of the key must belong to the same SA as the SPI.
+        assert entry.sa.enc_key == bytearray([spi]) * 36, "torn read"
+        if spi != last:
+            changes += 1
+            last = spi
+    proc.join(5)
+    assert proc.exitcode == 0
+    assert reads > 1000 and changes > 10  # the race was really exercised
+
+
+def _take_seqs(name: str, slot: int, count: int, batch: int, out: object) -> None:
+    t = SATable.attach(name)
+    got = []
+    for _ in range(count // batch):
+        first = t.alloc_seq(slot, batch, 2**32 - 1)
+        got.extend(range(first, first + batch))
+    out.put(got)  # type: ignore[attr-defined]
+    t.buf.release()
+
+
+def test_sequence_numbers_unique_across_processes(table: SATable) -> None:
+    table.install(0, make_sa(9, 9), Direction.OUT)
+    queue = multiprocess.Queue()
+    procs = [multiprocess.Process(target=_take_seqs, args=(table.name, 0, 20000, 7, queue))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(5)
+    seen = [s for r in results for s in r]
+    assert len(seen) == len(set(seen)) == 3 * (20000 // 7) * 7
+    assert min(seen) == 1 and table.last_seq(0) == len(seen)
+
+
+def _hold_lock_forever(name: str, ready: object) -> None:
+    import fcntl
+    t = SATable.attach(name)
+    fcntl.lockf(t._shm._fd, fcntl.LOCK_EX, 1, 0)
+    ready.set()  # type: ignore[attr-defined]
+    time.sleep(60)
+
+
+def test_killed_holder_releases_the_sequence_lock(table: SATable) -> None:
+    table.install(0, make_sa(9, 9), Direction.OUT)
+    ready = multiprocess.Event()
+    proc = multiprocess.Process(target=_hold_lock_forever, args=(table.name, ready))
+    proc.start()
+    assert ready.wait(10)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(5)
+    start = time.monotonic()
+    assert table.alloc_seq(0, 1, 2**32 - 1) == 1
+    assert time.monotonic() - start < 1
+
+
+def test_sequence_space_is_never_cycled(table: SATable) -> None:
+    sa = make_sa(3, 3)
+    sa.seq = 2**32 - 3
+    table.install(0, sa, Direction.OUT)
+    assert table.alloc_seq(0, 2, 2**32 - 1) == 2**32 - 2
+    assert table.alloc_seq(0, 1, 2**32 - 1) == 0  # exhausted: rekey, never wrap
+    assert table.alloc_seq(0, 1, 2**64 - 1) == 2**32  # with ESN the space goes on
+
+
+def test_counters_are_per_worker_and_summed(table: SATable) -> None:
+    table.install(3, make_sa(4, 4), Direction.IN)
+    c0, c1 = table.sa_counters(0), table.sa_counters(1)
+    base = 3 * SA_COUNTER_COLUMNS
+    c0[base + SACounter.PACKETS] += 5
+    c1[base + SACounter.PACKETS] += 7
+    c0[base + SACounter.BYTES] += 500
+    c1[base + SACounter.LAST_USED_NS] = 99
+    totals = table.sum_sa_counters(3)
+    assert totals[SACounter.PACKETS] == 12 and totals[SACounter.BYTES] == 500
+    assert totals[SACounter.LAST_USED_NS] == 99
+    c0.release()
+    c1.release()
+    table.install(3, make_sa(4, 4), Direction.IN)  # a new SA in the slot starts from zero
+    assert table.sum_sa_counters(3)[SACounter.PACKETS] == 0
