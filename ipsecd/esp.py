@@ -1,0 +1,1228 @@
+"""ESP (RFC 4303): encapsulation and decapsulation of IP packets, in place.
+
+Theory of operation
+===================
+
+Three kinds of state, kept apart so the multi-process datapath can place each
+where it must live (see :mod:`ipsecd.replay`):
+
+* :class:`EspContext` - built once per SA from a :class:`SecurityAssociation`:
+  the cipher and integrity objects, salt, SPI, outer header template, mode
+  and UDP encapsulation.  It holds no sequence state.  (The one mutable thing
+  inside is the CBC chaining state, per process, see "IVs" below.)
+* the outbound sequence number - passed *in* to every encapsulation
+  (:class:`ipsecd.replay.SequenceCounter` allocates them in a single process);
+* the inbound anti-replay window - a :class:`ipsecd.replay.ReplayWindow`
+  passed *in* to every decapsulation.
+
+Buffers, headroom and tailroom
+------------------------------
+The fast path works in one buffer without copying the payload::
+
+    ctx.encap_into(buf, start, end, seq) -> (drop, new_start, new_end)
+    ctx.decap_into(buf, start, end, window) -> (drop, inner_start, inner_end, next_header)
+
+``buf`` is a writable ``memoryview`` of bytes (over a ``bytearray``, an mmap'ed
+ring, a shared-memory block); a ``bytearray`` is accepted too and wrapped per
+call, which costs a little.  Offsets are absolute indexes into ``buf``.
+
+For :meth:`EspContext.encap_into` the plaintext IP packet is ``buf[start:end]``
+and the caller must leave ``ctx.headroom`` bytes free before ``start`` (outer
+IP header in tunnel mode, UDP header with RFC 3948 encapsulation, ESP header,
+IV) and ``ctx.tailroom`` bytes after ``end`` (padding, pad length, next header,
+ICV, and scratch room the CBC call needs).  The ESP packet is written to
+``buf[new_start:new_end]`` with ``new_start == start - ctx.headroom`` always.
+The payload is encrypted where it lies; in transport mode only the IP header
+(with IPv6 extension headers) moves, ``headroom`` bytes towards the front.
+
+:meth:`EspContext.decap_into` takes the received IP packet in ``buf[start:end]``
+(bytes past the IP total length, e.g. Ethernet padding, are ignored) and
+decrypts it in place; the inner packet is ``buf[inner_start:inner_end]``: in
+tunnel mode the inner IP packet as sent (any TFC padding, RFC 4303 §2.7,
+trimmed off), in transport mode the IP header moved up against the payload
+with the protocol restored and the lengths and IPv4 checksum fixed.  After a
+drop the buffer contents are undefined.  A CBC SA decrypts fastest when the
+buffer extends ``ctx.block_bytes - 1`` bytes past the end of the ciphertext;
+otherwise one extra copy is made.
+
+Drops, not exceptions
+---------------------
+Every per-packet failure is returned as a :class:`ipsecd.drops.Drop` reason
+(never raised): a packet too short for what it claims is ``RUNT``, a bad IP or
+UDP header (the outer IPv4 header checksum is verified here: the datapath
+receives below the kernel's IP layer, RFC 1122 §3.2.1.2; an RFC 3948 packet
+must be addressed to the SA's UDP port), an IP fragment or a wrong protocol
+``MALFORMED``, an SPI that is not
+this SA's ``UNKNOWN_SPI``, the replay window's verdict ``REPLAY``, a failed tag
+or HMAC ``ICV``, pad bytes that are not 1, 2, 3, ... or a pad length longer
+than the payload ``PADDING`` (RFC 4303 §2.4: the receiver SHOULD inspect the
+padding, and we always build it that way), next header 59 ``DUMMY`` (RFC 4303
+§2.6, after the ICV verified and the window moved: it is a genuine packet),
+a tunnel-mode next header other than 4/41 ``BAD_NEXT_HEADER``.  Outbound, a
+sequence number 0 or beyond the SA's space is ``SEQ_OVERFLOW``.  Only
+configuration errors raise (:class:`ipsecd.transforms.TransformError`, when the
+context is built).  Outer IP fragments must be reassembled before
+decapsulation (RFC 4303 §3.4.1); a fragment is ``MALFORMED`` here.
+
+Order of inbound checks (RFC 4303 §3.4): headers and lengths, SPI, replay
+window check, ICV (an AEAD verifies while decrypting; HMAC is compared with
+:func:`hmac.compare_digest` before anything is decrypted), window update,
+decryption (CBC), padding, next header.
+
+Transforms
+----------
+* Combined mode (RFC 4106 AES-GCM-16, RFC 7634 ChaCha20-Poly1305): nonce =
+  4-byte salt (the last 4 bytes of the key material) + 8-byte IV; AAD = SPI +
+  sequence number, or SPI + high 32 bits + low 32 bits with ESN (RFC 4106 §5,
+  RFC 7634 §2.1).  ``AESGCM.encrypt_into``/``decrypt_into`` run in place.
+* AES-GMAC (RFC 4543): integrity only.  The payload travels in clear and the
+  16-byte tag is GCM over an empty plaintext with AAD = SPI, sequence number
+  (ESN: both halves), IV and the payload with its trailer (RFC 4543 §3.2).
+* CBC (RFC 3602 AES; legacy 3DES, DES, Blowfish, CAST-128) and NULL (RFC
+  2410) with HMAC (RFC 4868 SHA-2, RFC 2404 SHA1-96, RFC 2403 MD5-96): the
+  ICV is the truncated HMAC over ESP header + IV + ciphertext, with ESN the
+  high 32 bits appended for the ICV only (RFC 4303 §2.2.1, RFC 4304 §2) -
+  they are written into the ICV's own space, MACed in one contiguous run, then
+  overwritten by the ICV.  An SA may also have CBC without integrity (for
+  ESP-under-AH bundles of old setkey configurations); it logs a warning.
+
+IVs
+---
+* AEAD and GMAC: the IV is the 64-bit sequence number (XOR an optional
+  per-SA constant ``iv_mask``), unique per SA and key as RFC 4106 §3.1 and
+  RFC 7634 §2 require, because a sequence number is never used twice.
+* CBC: RFC 3602 §2 wants unpredictable IVs.  Each context keeps *one* CBC
+  encryptor for the SA's life; for every packet the caller's sequence number
+  is written into the IV slot and the slot is encrypted together with the
+  payload.  The first output block, ``E_K(C_prev XOR seq)`` - with ``C_prev``
+  the last ciphertext block this context produced - becomes the IV on the
+  wire, and CBC then chains the payload from it exactly as if it had been
+  chosen beforehand.  Nobody without the key can predict that block (it is a
+  block-cipher output on an input never encrypted before, with overwhelming
+  probability), so this is the "encrypt a counter" construction without a
+  cipher object or ``os.urandom`` call per packet.  Decryption likewise keeps
+  one CBC decryptor: it is fed IV + ciphertext and the first output block is
+  discarded.  Each process has its own chain; nothing needs sharing.
+
+Speed
+-----
+Per-packet cost is dominated by the number of Python operations, not by
+the crypto (see ``python -m ipsecd.bench codec``).  So each context builds
+its ``encap_into``/``decap_into`` once, as closures over its constants, and
+the most common configuration - AEAD in tunnel mode over IPv4 - gets a
+straight-line fast path: one ``struct`` call packs outer IPv4 header, ESP
+header and IV; one packs nonce and AAD into a scratch buffer; per inner
+(first header word) a cached layout supplies padding, offsets and the outer
+checksum; the in-order case of the replay window is handled inline.  Every
+packet the fast path does not cover (another inner version, options, ECN
+marks, a runt, ...) takes the general path, which produces identical bytes;
+the tests check both against each other.  What remains is the interpreter:
+one to two hundred bytecodes per packet outside the AEAD call, at roughly ten
+nanoseconds each right after a 1400-byte AEAD call has run.
+
+Tunnel and transport mode
+-------------------------
+Tunnel mode adds an outer IPv4 or IPv6 header from the SA's addresses (either
+family over either): TTL/hop limit 64, DSCP copied from the inner packet, ECN
+copied as RFC 6040 §4.1 normal mode says; IPv4 DF copied from an inner IPv4
+packet and set for an inner IPv6 packet (``df="copy"``, or "set"/"clear"),
+identification 0 when DF is set (an atomic datagram, RFC 6864 §4.1, as Linux
+does) and the low 16 bits of the sequence number otherwise.  On decapsulation the
+outer ECN is merged into the inner header by RFC 6040 §4.2 (CE over a Not-ECT
+inner packet is dropped as ``Drop.ECN``).  Transport mode inserts ESP after
+the IPv4 header (options kept) or after IPv6 hop-by-hop/routing/fragment
+headers (:func:`ipsecd.packet.ipv6_ipsec_offset`).  Mode ``any`` (setkey's
+default) is treated as transport, as Linux does.
+
+UDP encapsulation (RFC 3948): a UDP header with the SA's ports precedes ESP,
+its checksum 0 over IPv4 (RFC 3948 §2.1) and computed over IPv6.  Inbound the
+UDP checksum is not verified (the ICV protects the payload).  A context with
+encapsulation accepts only UDP-encapsulated packets, one without only bare
+ESP.  The incremental fix of inner TCP/UDP checksums for transport mode
+behind NAT (RFC 3948 §3.1.2) is not done here.
+"""
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from ipsecd.drops import Drop
+from ipsecd.iana import EncrId, IntegId, IpProto
+from ipsecd.packet import IPV4_DF, PacketError, checksum, ipv6_ipsec_offset
+from ipsecd.replay import ReplayWindow
+from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
+from ipsecd.transforms import (
+    EncAlgo,
+    IntegAlgo,
+    TransformError,
+    check_enc_key,
+    enc_algo,
+    integ_algo,
+)
+
+__all__ = [
+    "Buffer",
+    "Decapsulated",
+    "EspContext",
+    "EspPeek",
+    "Inbound",
+    "peek",
+]
+
+log = logging.getLogger("ipsecd.esp")
+
+#: Tests set this to re-raise unexpected exceptions instead of counting them
+#: as ``MALFORMED``: the codec must never raise, and the fuzzers prove it.
+RAISE_UNEXPECTED = False
+
+Buffer = memoryview | bytearray
+EncapResult = tuple[Drop, int, int]
+DecapResult = tuple[Drop, int, int, int]
+EncapFn = Callable[[Buffer, int, int, int], EncapResult]
+DecapFn = Callable[[Buffer, int, int, ReplayWindow], DecapResult]
+DfPolicy = Literal["copy", "set", "clear"]
+
+_M32 = 0xFFFFFFFF
+_ESP = IpProto.ESP.value
+_UDP = IpProto.UDP.value
+_NONXT = IpProto.IPV6_NONXT.value
+_ECN_CE = 3
+_ECN_ECT0 = 2
+_ECN_ECT1 = 1
+
+_ESP_HDR = struct.Struct("!II")  # SPI, sequence number (low 32 bits)
+_ESP_HDR_IV64 = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte counter IV
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+_U64X2 = struct.Struct("!QQ")
+_NONCE_AAD = struct.Struct("!QII")  # IV into the nonce, then SPI + seq as AAD
+_NONCE_AAD_ESN = struct.Struct("!QIII")  # IV, then SPI + seq high + seq low
+_AAD_ESN = struct.Struct("!III")  # SPI, seq high, seq low (RFC 4106 §5)
+_UDP_HDR = struct.Struct("!HHHH")
+_IPV4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
+_IPV4_HDR = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_HDR = struct.Struct("!IHBB16s16s")
+# Fast paths: outer IPv4 header (addresses as one 8s) + [UDP] + ESP header + IV.
+_OUT_V4_ESP = struct.Struct("!BBHHHBBH8sIIQ")
+_OUT_V4_UDP_ESP = struct.Struct("!BBHHHBBH8sHHHHIIQ")
+# ... and read back: the outer IPv4 header as five 32-bit words (their sum
+# gives the header checksum), [UDP destination port and length], SPI,
+# sequence number, IV.
+_IN_V4_ESP = struct.Struct("!IIIIIIIQ")
+_IN_V4_UDP_ESP = struct.Struct("!IIIII2xHH2xIIQ")
+
+# RFC 4303 §2.4: pad bytes are 1, 2, 3, ...; index = pad length.
+_PADS = tuple(bytes(range(1, n + 1)) for n in range(256))
+# Pad bytes followed by the pad length byte, for one slice assignment.
+_PADS_AND_LENGTH = tuple(_PADS[n] + bytes((n,)) for n in range(256))
+
+_BITS = (1, 2, 4, 8, 16, 32, 64, 128)
+_IPV6_EXT = frozenset((IpProto.HOPOPT.value, IpProto.IPV6_ROUTE.value, IpProto.IPV6_OPTS.value))
+_LAYOUT_CACHE_MAX = 4096
+
+
+class _Kind(enum.Enum):
+    AEAD = "aead"  # AES-GCM, ChaCha20-Poly1305
+    GMAC = "gmac"  # AES-GMAC, integrity only
+    CBC = "cbc"  # block cipher in CBC mode (+ HMAC or nothing)
+    NULL = "null"  # NULL encryption + HMAC
+
+
+_AEAD = _Kind.AEAD
+_GMAC = _Kind.GMAC
+_CBC = _Kind.CBC
+
+# Pre-built results: tuples are immutable, so the drop paths allocate nothing.
+_E_RUNT = (Drop.RUNT, 0, 0)
+_E_MALFORMED = (Drop.MALFORMED, 0, 0)
+_E_SEQ_OVERFLOW = (Drop.SEQ_OVERFLOW, 0, 0)
+_D_RUNT = (Drop.RUNT, 0, 0, 0)
+_D_MALFORMED = (Drop.MALFORMED, 0, 0, 0)
+_D_UNKNOWN_SPI = (Drop.UNKNOWN_SPI, 0, 0, 0)
+_D_REPLAY = (Drop.REPLAY, 0, 0, 0)
+_D_ICV = (Drop.ICV, 0, 0, 0)
+_D_PADDING = (Drop.PADDING, 0, 0, 0)
+_D_DUMMY = (Drop.DUMMY, 0, 0, 0)
+_D_BAD_NEXT_HEADER = (Drop.BAD_NEXT_HEADER, 0, 0, 0)
+_D_ECN = (Drop.ECN, 0, 0, 0)
+_OK = Drop.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Decapsulated:
+    """What :meth:`EspContext.decap` returns for a packet that was accepted."""
+
+    packet: bytes
+    """The inner IP packet (tunnel mode) or the restored IP packet (transport mode)."""
+    next_header: int
+    """The ESP trailer's next header: 4 / 41 in tunnel mode, the transport protocol otherwise."""
+    seq: int
+    """The full sequence number (with ESN: the inferred high 32 bits included)."""
+
+
+def _cbc_algorithm(algo: EncAlgo, key: bytes) -> CipherAlgorithm:
+    if algo.id == EncrId.ENCR_AES_CBC:
+        return algorithms.AES(key)
+    if algo.id == EncrId.ENCR_3DES:
+        return decrepit.TripleDES(key)
+    if algo.id == EncrId.ENCR_DES:
+        # Single DES is 3DES with K1 = K2 = K3 (EDE collapses to one DES);
+        # a 24-byte key avoids cryptography's deprecation of 8-byte keys.
+        return decrepit.TripleDES(key * 3)
+    if algo.id == EncrId.ENCR_BLOWFISH:
+        return decrepit.Blowfish(key)
+    if algo.id == EncrId.ENCR_CAST:
+        return decrepit.CAST5(key)
+    raise TransformError(f"{algo.name} is not supported by the ESP codec")
+
+
+def _view(buf: Buffer) -> memoryview:
+    return buf if isinstance(buf, memoryview) else memoryview(buf)
+
+
+class EspContext:
+    """The per-SA ESP crypto context: build once from an SA, use for every packet.
+
+    ``allow_legacy`` is the operator's switch for DES/3DES/Blowfish/CAST/MD5
+    (each use logs a warning).  ``iv_mask`` is XORed into the counter IV of
+    AEAD/GMAC transforms; every process using one SA must use the same value
+    (the default 0 makes the IV the sequence number).  ``df`` is the outer
+    IPv4 DF policy in tunnel mode; ``ttl`` the outer TTL / hop limit.
+
+    The per-packet calls (attributes holding functions built for this SA):
+
+    ``encap_into(buf, start, end, seq) -> (drop, new_start, new_end)``
+        Encapsulate the IP packet ``buf[start:end]`` in place with the full
+        sequence number ``seq`` (64 bits with ESN).  The ESP packet is
+        ``buf[new_start:new_end]``, ``new_start == start - headroom``.  Needs
+        ``headroom`` free bytes before ``start`` and ``tailroom`` after
+        ``end``.  ``seq`` 0 or beyond the SA's space: ``SEQ_OVERFLOW``.
+
+    ``decap_into(buf, start, end, window) -> (drop, inner_start, inner_end, next_header)``
+        Decapsulate the ESP packet ``buf[start:end]`` in place; ``window`` is
+        the SA's :class:`ReplayWindow`, checked before the ICV and updated
+        after it verified.  On a drop the other fields are 0.
+
+    A context is not thread-safe (the nonce is assembled in a per-context
+    scratch buffer): use one per thread or process, as the workers do.
+
+    Public attributes: ``spi``, ``esn``, ``mode``, ``udp_encap``, ``enc``,
+    ``integ``, ``iv_bytes``, ``icv_bytes``, ``block_bytes`` (cipher block),
+    ``align`` (padding alignment), ``headroom``, ``tailroom``, ``ttl``.
+    """
+
+    __slots__ = (
+        "_aead",
+        "_cbc_dec",
+        "_cbc_enc",
+        "_df_policy",
+        "_dst",
+        "_esp_iv",
+        "_iv_mask",
+        "_kind",
+        "_mac_new",
+        "_nonce",
+        "_nonce_aad",
+        "_outer6",
+        "_scratch",
+        "_seq_limit",
+        "_src",
+        "_tunnel",
+        "_udp_ports",
+        "_v4_base",
+        "align",
+        "block_bytes",
+        "decap_into",
+        "enc",
+        "encap_into",
+        "esn",
+        "headroom",
+        "icv_bytes",
+        "integ",
+        "iv_bytes",
+        "mode",
+        "spi",
+        "tailroom",
+        "ttl",
+        "udp_encap",
+    )
+
+    encap_into: EncapFn
+    decap_into: DecapFn
+
+    def __init__(
+        self,
+        sa: SecurityAssociation,
+        *,
+        allow_legacy: bool = False,
+        iv_mask: int = 0,
+        df: DfPolicy = "copy",
+        ttl: int = 64,
+    ) -> None:
+        if sa.protocol != IpProto.ESP:
+            raise TransformError(f"not an ESP SA (protocol {sa.protocol.name})")
+        if sa.enc is None:
+            raise TransformError("an ESP SA needs an encryption transform (ENCR_NULL for none)")
+        if not 0 <= iv_mask < 1 << 64:
+            raise TransformError("iv_mask must fit in 64 bits")
+        if df not in ("copy", "set", "clear"):
+            raise TransformError(f"unknown DF policy {df!r}")
+        if not 1 <= ttl <= 255:
+            raise TransformError(f"TTL {ttl} out of range")
+        enc = enc_algo(sa.enc, allow_legacy=allow_legacy)
+        check_enc_key(enc, sa.enc_key)
+        integ: IntegAlgo | None = None
+        if sa.auth != IntegId.NONE:
+            if enc.aead:
+                raise TransformError(
+                    f"{enc.name} is a combined-mode transform: no integrity transform allowed"
+                )
+            integ = integ_algo(sa.auth, allow_legacy=allow_legacy)
+        elif enc.id == EncrId.ENCR_NULL:
+            # RFC 4303 §3.2: encryption and integrity must not both be NULL.
+            raise TransformError("ESP with NULL encryption needs an integrity transform")
+        elif not enc.aead:
+            log.warning("ESP SA %#x without integrity protection: use it only under AH", sa.spi)
+
+        self.spi = sa.spi
+        self.esn = sa.esn
+        self.mode = Mode.TUNNEL if sa.mode == Mode.TUNNEL else Mode.TRANSPORT
+        self.udp_encap: UdpEncap | None = sa.encap
+        self.enc = enc
+        self.integ = integ
+        self.iv_bytes = enc.iv_bytes
+        self.block_bytes = enc.block_bytes
+        self.align = max(enc.block_bytes, 4)  # RFC 4303 §2.4: at least 4-byte alignment
+        self.icv_bytes = enc.icv_bytes if enc.aead else (integ.icv_bytes if integ else 0)
+        self.ttl = ttl
+        self._seq_limit = (1 << 64) - 1 if sa.esn else _M32
+        self._iv_mask = iv_mask
+        self._esp_iv = 8 + enc.iv_bytes
+        self._tunnel = self.mode == Mode.TUNNEL
+        self._udp_ports = (sa.encap.sport, sa.encap.dport) if sa.encap else None
+        self._df_policy = df
+        self._outer6 = sa.dst.version == 6
+        self._src = sa.src.packed
+        self._dst = sa.dst.packed
+        # Sum of the outer IPv4 header words that never change (TTL/protocol,
+        # addresses), so the checksum per packet is a few additions.
+        proto_out = _UDP if sa.encap else _ESP
+        self._v4_base = (ttl << 8 | proto_out) + int.from_bytes(self._src + self._dst, "big") % 0xFFFF
+
+        key = bytes(sa.enc_key)
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self._cbc_enc = None
+        self._cbc_dec = None
+        self._mac_new: Callable[[], object] | None = None
+        # Nonce (salt + IV) and AAD live side by side in one scratch buffer,
+        # filled by a single pack_into per packet.
+        self._scratch = bytearray(24)
+        self._nonce = memoryview(self._scratch)[:12]
+        self._nonce_aad = memoryview(self._scratch)[12 : 24 if sa.esn else 20]
+        if enc.aead:
+            cipher_key, salt = key[: -enc.salt_bytes], key[-enc.salt_bytes :]
+            self._scratch[:4] = salt
+            if enc.id == EncrId.ENCR_CHACHA20_POLY1305:
+                self._aead = ChaCha20Poly1305(cipher_key)
+            else:
+                self._aead = AESGCM(cipher_key)
+            self._kind = _GMAC if enc.auth_only else _AEAD
+        elif enc.id == EncrId.ENCR_NULL:
+            self._kind = _Kind.NULL
+        else:
+            algorithm = _cbc_algorithm(enc, key)
+            zero_iv = bytes(enc.block_bytes)
+            self._cbc_enc = Cipher(algorithm, modes.CBC(zero_iv)).encryptor()
+            self._cbc_dec = Cipher(algorithm, modes.CBC(zero_iv)).decryptor()
+            self._kind = _CBC
+        if integ is not None:
+            self._mac_new = integ.new(sa.auth_key).new_mac
+
+        udp = 8 if sa.encap else 0
+        outer = (40 if self._outer6 else 20) if self._tunnel else 0
+        self.headroom = outer + udp + self._esp_iv
+        # Trailer: up to align-1 pad bytes, pad length, next header; then the
+        # ICV.  HMAC with ESN writes the 4 high bits where the ICV goes; the
+        # CBC call wants block-1 bytes of room past the ciphertext.
+        room_after = max(self.icv_bytes, 4 if integ and sa.esn else 0)
+        if self._kind == _CBC:
+            room_after = max(room_after, enc.block_bytes - 1)
+        self.tailroom = self.align - 1 + 2 + room_after
+
+        self.encap_into = self._fast_encap() or self._general_encap
+        self.decap_into = self._fast_decap() or self._general_decap
+
+    # -- sizes -----------------------------------------------------------
+
+    def encapsulated_length(self, inner_length: int, header_length: int = 0) -> int:
+        """The length ``encap_into`` makes of an inner packet (for MTU checks).
+
+        In transport mode pass the length of the IP header (with IPv6
+        extension headers) that stays in front of ESP.
+        """
+        payload = inner_length if self._tunnel else inner_length - header_length
+        padded = payload + 2 + (-(payload + 2)) % self.align
+        return self.headroom + (0 if self._tunnel else header_length) + padded + self.icv_bytes
+
+    # -- outbound, general path --------------------------------------------
+
+    def _general_encap(self, buf: Buffer, start: int, end: int, seq: int) -> EncapResult:
+        """Every configuration and packet; the fast paths fall back to this."""
+        try:
+            if seq <= 0 or seq > self._seq_limit:
+                return _E_SEQ_OVERFLOW
+            buf = _view(buf)
+            length = end - start
+            if length < 20:
+                return _E_RUNT
+            first = buf[start]
+            version = first >> 4
+            new_start = start - self.headroom
+            if self._tunnel:
+                if version == 4:
+                    if (buf[start + 2] << 8 | buf[start + 3]) != length or first & 15 < 5:
+                        return _E_MALFORMED
+                    next_header = 4
+                    tos = buf[start + 1]
+                    inner_df = buf[start + 6] & 0x40
+                elif version == 6:
+                    if length < 40 or (buf[start + 4] << 8 | buf[start + 5]) + 40 != length:
+                        return _E_MALFORMED
+                    next_header = 41
+                    tos = (first & 15) << 4 | buf[start + 1] >> 4
+                    inner_df = 0x40  # IPv6 is never fragmented on the path: keep that over IPv4
+                else:
+                    return _E_MALFORMED
+                payload = start
+                header_len = 0
+                nh_field = 0
+            elif version == 4:
+                header_len = (first & 15) << 2
+                if header_len < 20 or length < header_len or (buf[start + 2] << 8 | buf[start + 3]) != length:
+                    return _E_MALFORMED
+                if buf[start + 6] & 0x3F or buf[start + 7]:
+                    return _E_MALFORMED  # a fragment: transport mode needs whole packets
+                next_header = buf[start + 9]
+                nh_field = 9
+                payload = start + header_len
+                tos = inner_df = 0
+                # Transport mode: the IP header moves to the front of the
+                # headroom (before anything overwrites its old place).
+                buf[new_start : new_start + header_len] = buf[start:payload]
+            elif version == 6:
+                if length < 40 or (buf[start + 4] << 8 | buf[start + 5]) + 40 != length:
+                    return _E_MALFORMED
+                try:
+                    header_len, next_header, nh_field = ipv6_ipsec_offset(buf[start:end])
+                except PacketError:
+                    return _E_MALFORMED
+                payload = start + header_len
+                tos = inner_df = 0
+                buf[new_start : new_start + header_len] = buf[start:payload]
+            else:
+                return _E_MALFORMED
+
+            # RFC 4303 §2.4: pad payload + pad length + next header to the
+            # alignment, pad bytes 1, 2, 3, ...
+            pad = -(end - payload + 2) % self.align
+            trailer = end + pad
+            buf[end : trailer + 1] = _PADS_AND_LENGTH[pad]
+            buf[trailer + 1] = next_header
+            ct_end = trailer + 2
+            esp = payload - self._esp_iv
+            spi = self.spi
+            seq_low = seq & _M32
+            kind = self._kind
+            if kind is _AEAD:
+                iv = seq ^ self._iv_mask
+                _ESP_HDR_IV64.pack_into(buf, esp, spi, seq_low, iv)
+                if self.esn:
+                    _NONCE_AAD_ESN.pack_into(self._scratch, 4, iv, spi, seq >> 32, seq_low)
+                else:
+                    _NONCE_AAD.pack_into(self._scratch, 4, iv, spi, seq_low)
+                self._aead.encrypt_into(  # type: ignore[union-attr]
+                    self._nonce, buf[payload:ct_end], self._nonce_aad, buf[payload : ct_end + 16]
+                )
+                new_end = ct_end + 16
+            elif kind is _GMAC:
+                iv = seq ^ self._iv_mask
+                _ESP_HDR_IV64.pack_into(buf, esp, spi, seq_low, iv)
+                _U64.pack_into(self._scratch, 4, iv)
+                # RFC 4543 §3.2: AAD = SPI, sequence number (both halves with
+                # ESN), IV, payload with trailer; the plaintext is empty.
+                if self.esn:
+                    aad: bytes | memoryview = b"".join((_ESP_HDR.pack(spi, seq >> 32), buf[esp + 4 : ct_end]))
+                else:
+                    aad = buf[esp:ct_end]
+                buf[ct_end : ct_end + 16] = self._aead.encrypt(self._nonce, b"", aad)  # type: ignore[union-attr]
+                new_end = ct_end + 16
+            else:
+                _ESP_HDR.pack_into(buf, esp, spi, seq_low)
+                if kind is _CBC:
+                    # The IV slot gets the sequence number; encrypting it with
+                    # the chained encryptor turns it into the unpredictable IV.
+                    iv_slot = esp + 8
+                    if self.block_bytes == 16:
+                        _U64X2.pack_into(buf, iv_slot, 0, seq)
+                    else:
+                        _U64.pack_into(buf, iv_slot, seq)
+                    self._cbc_enc.update_into(  # type: ignore[union-attr]
+                        buf[iv_slot:ct_end], buf[iv_slot : ct_end + self.block_bytes - 1]
+                    )
+                new_end = ct_end
+                mac_new = self._mac_new
+                if mac_new is not None:
+                    mac = mac_new()
+                    if self.esn:
+                        # RFC 4303 §2.2.1: the high 32 bits enter the ICV, not the wire.
+                        _U32.pack_into(buf, ct_end, seq >> 32)
+                        mac.update(buf[esp : ct_end + 4])  # type: ignore[attr-defined]
+                    else:
+                        mac.update(buf[esp:ct_end])  # type: ignore[attr-defined]
+                    icv = self.icv_bytes
+                    buf[ct_end : ct_end + icv] = mac.finalize()[:icv]  # type: ignore[attr-defined]
+                    new_end = ct_end + icv
+
+            # Headers in front of ESP.
+            udp = self._udp_ports
+            if self._tunnel:
+                if self._outer6:
+                    # RFC 6040 §4.1 normal mode: ECN copied along with the DSCP.
+                    _IPV6_HDR.pack_into(
+                        buf, new_start, 0x60000000 | tos << 20, new_end - new_start - 40,
+                        _ESP if udp is None else _UDP, self.ttl, self._src, self._dst,
+                    )
+                    if udp is not None:
+                        self._udp6(buf, new_start, new_start + 40, new_end)
+                else:
+                    flags = self._df(inner_df)
+                    total = new_end - new_start
+                    # RFC 6864 §4.1: an atomic datagram's ID may be anything.
+                    ident = 0 if flags else seq & 0xFFFF
+                    csum = self._v4_base + (0x4500 | tos) + total + ident + flags
+                    csum = (csum & 0xFFFF) + (csum >> 16)
+                    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+                    if udp is None:
+                        _IPV4_HDR.pack_into(
+                            buf, new_start, 0x45, tos, total, ident, flags, self.ttl, _ESP, csum,
+                            self._src, self._dst,
+                        )
+                    else:
+                        _IPV4_UDP.pack_into(
+                            buf, new_start, 0x45, tos, total, ident, flags, self.ttl, _UDP, csum,
+                            self._src, self._dst, udp[0], udp[1], total - 20, 0,
+                        )
+            else:
+                # Transport mode: the IP header (moved above) gets the new
+                # protocol and length.
+                proto_out = _ESP if udp is None else _UDP
+                if version == 4:
+                    buf[new_start + 9] = proto_out
+                    _U16.pack_into(buf, new_start + 2, new_end - new_start)
+                    _U16.pack_into(buf, new_start + 10, 0)
+                    _U16.pack_into(buf, new_start + 10, checksum(buf[new_start : new_start + header_len]))
+                    if udp is not None:
+                        udp_at = new_start + header_len
+                        _UDP_HDR.pack_into(buf, udp_at, udp[0], udp[1], new_end - udp_at, 0)
+                else:
+                    buf[new_start + nh_field] = proto_out
+                    _U16.pack_into(buf, new_start + 4, new_end - new_start - 40)
+                    if udp is not None:
+                        self._udp6(buf, new_start, new_start + header_len, new_end)
+            return (_OK, new_start, new_end)
+        except Exception:
+            if RAISE_UNEXPECTED:
+                raise
+            log.exception("unexpected error in ESP encapsulation (SPI %#x)", self.spi)
+            return _E_MALFORMED
+
+    def _df(self, inner_df: int) -> int:
+        policy = self._df_policy
+        if policy == "copy":
+            return IPV4_DF if inner_df else 0
+        return IPV4_DF if policy == "set" else 0
+
+    def _udp6(self, buf: memoryview, ip_at: int, udp_at: int, end: int) -> None:
+        # RFC 768 / RFC 8200 §8.1: over IPv6 the UDP checksum is mandatory;
+        # pseudo-header = source, destination, UDP length, next header 17.
+        udp = self._udp_ports
+        assert udp is not None
+        length = end - udp_at
+        _UDP_HDR.pack_into(buf, udp_at, udp[0], udp[1], length, 0)
+        pseudo = int.from_bytes(buf[ip_at + 8 : ip_at + 40], "big") % 0xFFFF + length + _UDP
+        csum = checksum(buf[udp_at:end], pseudo)
+        _U16.pack_into(buf, udp_at + 6, csum or 0xFFFF)
+
+    # -- outbound, fast path -------------------------------------------------
+
+    def _fast_encap(self) -> EncapFn | None:
+        """AEAD, tunnel mode, IPv4 outer header: the straight-line encapsulation.
+
+        Covers inner IPv4 packets with a 20-byte header; everything else goes
+        to :meth:`_general_encap`, which produces the same bytes.
+        """
+        if not (self._kind is _AEAD and self._tunnel and not self._outer6):
+            return None
+        general = self._general_encap
+        spi = self.spi
+        limit = self._seq_limit
+        headroom = self.headroom
+        ttl = self.ttl
+        plain = not self.esn and not self._iv_mask  # IV == seq == its low 32 bits
+        esn = self.esn
+        iv_mask = self._iv_mask
+        align = self.align
+        udp = self._udp_ports
+        sport, dport = udp if udp else (0, 0)
+        addresses = self._src + self._dst
+        proto = _UDP if udp else _ESP
+        base = self._v4_base
+        copy_df = self._df_policy == "copy"
+        fixed_df = 0x40 if self._df_policy == "set" else 0
+        scratch = self._scratch
+        nonce = self._nonce
+        aad = self._nonce_aad
+        encrypt_into = self._aead.encrypt_into  # type: ignore[union-attr]
+        pack_nonce_aad = _NONCE_AAD.pack_into
+        pack_nonce_aad_esn = _NONCE_AAD_ESN.pack_into
+        pack_outer = _OUT_V4_ESP.pack_into
+        pack_outer_udp = _OUT_V4_UDP_ESP.pack_into
+        first_word = _U32.unpack_from
+        trailers = tuple(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align))
+        # Per inner first word (version/IHL, TOS, total length): padding,
+        # offsets and outer checksum, separately for DF set and clear.
+        Layout = tuple[int, bytes, int, int, int, int, int, int]
+        with_df: dict[int, Layout] = {}
+        without_df: dict[int, Layout] = {}
+
+        def layout(word: int, df: int) -> Layout | None:
+            if word >> 24 != 0x45:
+                return None  # IPv6 or IPv4 options: the general path
+            cache = with_df if df else without_df
+            if len(cache) >= _LAYOUT_CACHE_MAX:
+                cache.clear()
+            length = word & 0xFFFF
+            tos = word >> 16 & 0xFF
+            pad = -(length + 2) % align
+            ct_end = length + pad + 2  # relative to start
+            total = headroom + ct_end + 16
+            flags = IPV4_DF if df else 0
+            csum = base + (0x4500 | tos) + total + flags  # the ID is added per packet
+            if df:  # RFC 6864 §4.1: ID 0 in an atomic datagram, so the checksum is fixed
+                csum = (csum & 0xFFFF) + (csum >> 16)
+                csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+            entry = cache[word] = (length, trailers[pad], ct_end, ct_end + 16, total, tos, flags, csum)
+            return entry
+
+        def encap_into(buf: Buffer, start: int, end: int, seq: int) -> EncapResult:
+            if not 0 < seq <= limit:
+                return _E_SEQ_OVERFLOW
+            if buf.__class__ is not memoryview:
+                buf = memoryview(buf)
+            if end - start < 20:
+                return general(buf, start, end, seq)
+            try:
+                word = first_word(buf, start)[0]
+                df = buf[start + 6] & 0x40 if copy_df else fixed_df
+                entry = (with_df if df else without_df).get(word) or layout(word, df)
+                if entry is None:
+                    return general(buf, start, end, seq)
+                length, trailer, ct_end, sealed_end, total, tos, flags, csum = entry
+                if length != end - start:
+                    return general(buf, start, end, seq)
+                buf[end : start + ct_end] = trailer
+                if df:
+                    ident = 0
+                else:
+                    ident = seq & 0xFFFF
+                    csum += ident
+                    csum = (csum & 0xFFFF) + (csum >> 16)
+                    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+                new_start = start - headroom
+                if plain:
+                    seq_low = iv = seq
+                else:
+                    seq_low = seq & _M32
+                    iv = seq ^ iv_mask
+                if udp is None:
+                    pack_outer(buf, new_start, 0x45, tos, total, ident, flags, ttl, proto, csum,
+                               addresses, spi, seq_low, iv)
+                else:
+                    pack_outer_udp(buf, new_start, 0x45, tos, total, ident, flags, ttl, proto, csum,
+                                   addresses, sport, dport, total - 20, 0, spi, seq_low, iv)
+                if esn:
+                    pack_nonce_aad_esn(scratch, 4, iv, spi, seq >> 32, seq_low)
+                else:
+                    pack_nonce_aad(scratch, 4, iv, spi, seq_low)
+                encrypt_into(nonce, buf[start : start + ct_end], aad, buf[start : start + sealed_end])
+                return (_OK, new_start, start + sealed_end)
+            except Exception:
+                if RAISE_UNEXPECTED:
+                    raise
+                log.exception("unexpected error in ESP encapsulation (SPI %#x)", spi)
+                return _E_MALFORMED
+
+        return encap_into
+
+    # -- inbound, general path -----------------------------------------------
+
+    def _general_decap(self, buf: Buffer, start: int, end: int, window: ReplayWindow) -> DecapResult:
+        """Every configuration and packet; the fast path falls back to this."""
+        try:
+            buf = _view(buf)
+            available = end - start
+            if available < 20:
+                return _D_RUNT
+            first = buf[start]
+            version = first >> 4
+            if version == 4:
+                ihl = (first & 15) << 2
+                total = buf[start + 2] << 8 | buf[start + 3]
+                if ihl < 20 or total < ihl:
+                    return _D_MALFORMED
+                if total > available:
+                    return _D_RUNT
+                end = start + total
+                if buf[start + 6] & 0x3F or buf[start + 7]:
+                    return _D_MALFORMED  # an outer fragment: reassemble first (RFC 4303 §3.4.1)
+                # We receive below the kernel's IP layer, so we are the one
+                # that must check the header checksum (RFC 1122 §3.2.1.2).
+                if int.from_bytes(buf[start : start + ihl], "big") % 0xFFFF:
+                    return _D_MALFORMED
+                proto = buf[start + 9]
+                header_end = start + ihl
+                nh_field = start + 9
+            elif version == 6:
+                if available < 40:
+                    return _D_RUNT
+                total = 40 + (buf[start + 4] << 8 | buf[start + 5])
+                if total > available:
+                    return _D_RUNT
+                end = start + total
+                nh_field = start + 6
+                proto = buf[nh_field]
+                header_end = start + 40
+                while proto in _IPV6_EXT:  # a fragment header (44) falls through to MALFORMED
+                    if header_end + 8 > end:
+                        return _D_MALFORMED
+                    nh_field = header_end
+                    proto = buf[header_end]
+                    header_end += (buf[header_end + 1] + 1) << 3
+                if header_end > end:
+                    return _D_MALFORMED
+            else:
+                return _D_MALFORMED
+            if proto == _ESP:
+                if self._udp_ports is not None:
+                    return _D_MALFORMED
+                esp = header_end
+            elif proto == _UDP:
+                if self._udp_ports is None:
+                    return _D_MALFORMED
+                esp = header_end + 8
+                if esp > end:
+                    return _D_RUNT
+                if (buf[header_end + 4] << 8 | buf[header_end + 5]) != end - header_end:
+                    return _D_MALFORMED
+                # The destination port must be ours; the source port may be
+                # anything a NAT chose.  The UDP checksum is not checked (RFC
+                # 3948 §2.1 senders put 0 over IPv4; the ICV covers the payload).
+                if (buf[header_end + 2] << 8 | buf[header_end + 3]) != self._udp_ports[1]:
+                    return _D_MALFORMED
+            else:
+                return _D_MALFORMED
+
+            ct = esp + self._esp_iv  # first byte after the IV
+            icv_at = end - self.icv_bytes
+            ct_len = icv_at - ct
+            if ct_len < self.align:
+                return _D_RUNT
+            if ct_len % self.align:
+                return _D_MALFORMED  # RFC 4303 §2.4: the ciphertext ends on the alignment
+            spi, seq_low = _ESP_HDR.unpack_from(buf, esp)
+            if spi != self.spi:
+                return _D_UNKNOWN_SPI
+            # RFC 4303 §3.4.3: the window check comes before the ICV.
+            drop, seq = window.check(seq_low)
+            if drop:
+                return _D_REPLAY
+            kind = self._kind
+            if kind is _AEAD:
+                scratch = self._scratch
+                self._nonce[4:12] = buf[esp + 8 : ct]
+                if self.esn:
+                    _AAD_ESN.pack_into(scratch, 12, spi, seq >> 32, seq_low)
+                    aad: bytes | memoryview = self._nonce_aad
+                else:
+                    aad = buf[esp : esp + 8]
+                try:
+                    self._aead.decrypt_into(self._nonce, buf[ct:end], aad, buf[ct:icv_at])  # type: ignore[union-attr]
+                except InvalidTag:
+                    return _D_ICV
+            elif kind is _GMAC:
+                self._nonce[4:12] = buf[esp + 8 : ct]
+                if self.esn:
+                    aad = b"".join((_ESP_HDR.pack(spi, seq >> 32), buf[esp + 4 : icv_at]))
+                else:
+                    aad = buf[esp:icv_at]
+                try:
+                    self._aead.decrypt(self._nonce, buf[icv_at:end], aad)  # type: ignore[union-attr]
+                except InvalidTag:
+                    return _D_ICV
+            else:
+                mac_new = self._mac_new
+                if mac_new is not None:
+                    mac = mac_new()
+                    if self.esn:
+                        received: bytes | memoryview = bytes(buf[icv_at:end])
+                        _U32.pack_into(buf, icv_at, seq >> 32)  # RFC 4303 §2.2.1
+                        mac.update(buf[esp : icv_at + 4])  # type: ignore[attr-defined]
+                    else:
+                        received = buf[icv_at:end]
+                        mac.update(buf[esp:icv_at])  # type: ignore[attr-defined]
+                    # Constant-time comparison of the truncated ICV.
+                    if not hmac.compare_digest(mac.finalize()[: self.icv_bytes], received):  # type: ignore[attr-defined]
+                        return _D_ICV
+            window.update(seq)
+            if kind is _CBC:
+                # The chained decryptor: feed IV + ciphertext, the first
+                # output block (where the IV was) is garbage and ignored.
+                iv_at = esp + 8
+                room = icv_at + self.block_bytes - 1
+                if room <= len(buf):
+                    self._cbc_dec.update_into(buf[iv_at:icv_at], buf[iv_at:room])  # type: ignore[union-attr]
+                else:
+                    buf[iv_at:icv_at] = self._cbc_dec.update(buf[iv_at:icv_at])  # type: ignore[union-attr]
+
+            # RFC 4303 §2.4-2.6: trailer.
+            pad = buf[icv_at - 2]
+            next_header = buf[icv_at - 1]
+            payload_end = icv_at - 2 - pad
+            if payload_end < ct:
+                return _D_PADDING
+            if pad and buf[payload_end : icv_at - 2] != _PADS[pad]:
+                return _D_PADDING
+            if next_header == _NONXT:
+                return _D_DUMMY
+
+            if self._tunnel:
+                room = payload_end - ct
+                if next_header == 4:
+                    if room < 20 or buf[ct] >> 4 != 4:
+                        return _D_MALFORMED
+                    inner_len = buf[ct + 2] << 8 | buf[ct + 3]
+                    if inner_len < 20 or inner_len > room:
+                        return _D_MALFORMED
+                    inner_ecn = buf[ct + 1] & 3
+                elif next_header == 41:
+                    if room < 40 or buf[ct] >> 4 != 6:
+                        return _D_MALFORMED
+                    inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
+                    if inner_len > room:
+                        return _D_MALFORMED
+                    inner_ecn = buf[ct + 1] >> 4 & 3
+                else:
+                    return _D_BAD_NEXT_HEADER
+                outer_ecn = buf[start + 1] & 3 if version == 4 else buf[start + 1] >> 4 & 3
+                if outer_ecn == _ECN_CE or (outer_ecn == _ECN_ECT1 and inner_ecn == _ECN_ECT0):
+                    if outer_ecn == _ECN_CE and not inner_ecn:
+                        return _D_ECN  # RFC 6040 §4.2: CE over Not-ECT must be dropped
+                    _set_ecn(buf, ct, next_header, outer_ecn)
+                return (_OK, ct, ct + inner_len, next_header)
+
+            # Transport mode: move the IP header (and IPv6 extension headers)
+            # up against the payload, restore the protocol, fix the lengths.
+            header_len = header_end - start
+            new_start = ct - header_len
+            buf[new_start:ct] = buf[start:header_end]
+            buf[new_start + (nh_field - start)] = next_header
+            if version == 4:
+                _U16.pack_into(buf, new_start + 2, payload_end - new_start)
+                _U16.pack_into(buf, new_start + 10, 0)
+                _U16.pack_into(buf, new_start + 10, checksum(buf[new_start:ct]))
+            else:
+                _U16.pack_into(buf, new_start + 4, payload_end - new_start - 40)
+            return (_OK, new_start, payload_end, next_header)
+        except Exception:
+            if RAISE_UNEXPECTED:
+                raise
+            log.exception("unexpected error in ESP decapsulation (SPI %#x)", self.spi)
+            return _D_MALFORMED
+
+    # -- inbound, fast path --------------------------------------------------
+
+    def _fast_decap(self) -> DecapFn | None:
+        """AEAD, tunnel mode, IPv4 outer header (20 bytes): the straight-line decapsulation.
+
+        Packets with IP options, ECN marks on the outer header, or anything
+        unusual go to :meth:`_general_decap` before any state is touched.
+        """
+        if not (self._kind is _AEAD and self._tunnel):
+            return None
+        general = self._general_decap
+        spi = self.spi
+        esn = self.esn
+        udp = self._udp_ports is not None
+        local_port = self._udp_ports[1] if self._udp_ports else 0
+        proto_in = (_UDP if udp else _ESP) << 16
+        header = (_IN_V4_UDP_ESP if udp else _IN_V4_ESP).unpack_from
+        ct_offset = (28 if udp else 20) + self._esp_iv  # outer header [+ UDP] + ESP header + IV
+        min_total = ct_offset + 4 + 16
+        scratch = self._scratch
+        nonce = self._nonce
+        aad = self._nonce_aad
+        decrypt_into = self._aead.decrypt_into  # type: ignore[union-attr]
+        pack_nonce_aad = _NONCE_AAD.pack_into
+        pack_nonce_aad_esn = _NONCE_AAD_ESN.pack_into
+        first_word = _U32.unpack_from
+        pads = _PADS
+        # Index = pad length + 2: pad bytes, pad length, next header 4.
+        trailers = (b"", b"", *(_PADS_AND_LENGTH[n] + b"\x04" for n in range(self.align)))
+        max_trailer = len(trailers) - 1
+
+        def decap_into(buf: Buffer, start: int, end: int, window: ReplayWindow) -> DecapResult:
+            if buf.__class__ is not memoryview:
+                buf = memoryview(buf)
+            try:
+                if udp:
+                    w0, w1, w2, w3, w4, dport, udp_len, spi_in, seq_low, iv = header(buf, start)
+                    if dport != local_port or udp_len != (w0 & 0xFFFF) - 20:
+                        return general(buf, start, end, window)
+                else:
+                    w0, w1, w2, w3, w4, spi_in, seq_low, iv = header(buf, start)
+            except Exception:
+                return general(buf, start, end, window)
+            # Not the common case - IP options or ECN marks (w0), a fragment
+            # (w1), another protocol (w2), a bad header checksum (the sum of
+            # the words, RFC 1071: 2^16 = 1 mod 0xFFFF), too short or too long:
+            # the general path decides.
+            total = w0 & 0xFFFF
+            if (
+                w0 & 0xFF030000 != 0x45000000 or w1 & 0x3FFF or w2 & 0xFF0000 != proto_in
+                or (w0 + w1 + w2 + w3 + w4) % 0xFFFF
+                or not min_total <= total <= end - start or (total - ct_offset) & 3
+            ):
+                return general(buf, start, end, window)
+            try:
+                if spi_in != spi:
+                    return _D_UNKNOWN_SPI
+                # RFC 4303 §3.4.3, before the ICV.  In order (the usual case) a
+                # number above T is always fine; everything else asks the window.
+                top_word = window.top_word
+                top = top_word[0]
+                if esn or seq_low <= top:
+                    drop, seq = window.check(seq_low)
+                    if drop:
+                        return _D_REPLAY
+                    if esn:
+                        pack_nonce_aad_esn(scratch, 4, iv, spi, seq >> 32, seq_low)
+                    else:
+                        pack_nonce_aad(scratch, 4, iv, spi, seq_low)
+                else:
+                    seq = seq_low
+                    pack_nonce_aad(scratch, 4, iv, spi, seq_low)
+                end = start + total
+                ct = start + ct_offset
+                icv_at = end - 16
+                try:
+                    decrypt_into(nonce, buf[ct:end], aad, buf[ct:icv_at])
+                except InvalidTag:
+                    return _D_ICV
+                # ReplayWindow.update inlined for the next packet in order
+                # (T unchanged meanwhile): set its bit, or start its block.
+                blocks = window.blocks
+                if seq == top + 1 and blocks and top_word[0] == top:
+                    top_word[0] = seq
+                    block = (seq >> 3) % blocks
+                    if seq & 7:
+                        window.bitmap[block] |= _BITS[seq & 7]
+                    else:
+                        window.bitmap[block] = 1
+                else:
+                    window.update(seq)
+                # The usual trailer: pad bytes 1, 2, ..., pad length, next
+                # header 4, right after the inner IPv4 packet.  Anything else
+                # (IPv6 inside, TFC padding, errors) is sorted out below.
+                word = first_word(buf, ct)[0]
+                inner_len = word & 0xFFFF
+                trailer_len = icv_at - ct - inner_len
+                if (
+                    word >> 28 == 4 and 2 <= trailer_len <= max_trailer and inner_len >= 20
+                    and buf[icv_at - trailer_len : icv_at] == trailers[trailer_len]
+                ):
+                    return (_OK, ct, ct + inner_len, 4)
+                pad = buf[icv_at - 2]
+                next_header = buf[icv_at - 1]
+                payload_end = icv_at - 2 - pad
+                if payload_end < ct or (pad and buf[payload_end : icv_at - 2] != pads[pad]):
+                    return _D_PADDING
+                if next_header == 4:
+                    if word >> 28 != 4 or inner_len < 20 or inner_len > payload_end - ct:
+                        return _D_MALFORMED
+                elif next_header == 41:
+                    inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
+                    if buf[ct] >> 4 != 6 or inner_len > payload_end - ct:
+                        return _D_MALFORMED
+                elif next_header == _NONXT:
+                    return _D_DUMMY
+                else:
+                    return _D_BAD_NEXT_HEADER
+                return (_OK, ct, ct + inner_len, next_header)
+            except Exception:
+                if RAISE_UNEXPECTED:
+                    raise
+                log.exception("unexpected error in ESP decapsulation (SPI %#x)", spi)
+                return _D_MALFORMED
+
+        return decap_into
+
+    # -- conveniences for tests and the control plane --------------------
+
+    def encap(self, packet: bytes | bytearray | memoryview, seq: int) -> tuple[Drop, bytes]:
+        """Encapsulate a copy of ``packet``; returns ``(Drop.OK, esp_packet)`` or ``(reason, b"")``."""
+        headroom = self.headroom
+        buf = memoryview(bytearray(headroom + len(packet) + self.tailroom))
+        buf[headroom : headroom + len(packet)] = packet
+        drop, start, end = self.encap_into(buf, headroom, headroom + len(packet), seq)
+        if drop:
+            return drop, b""
+        return drop, bytes(buf[start:end])
+
+    def decap(
+        self, packet: bytes | bytearray | memoryview, window: ReplayWindow | None = None
+    ) -> tuple[Drop, Decapsulated | None]:
+        """Decapsulate a copy of ``packet``.
+
+        Without ``window`` no anti-replay check is made (a fresh disabled
+        window: with ESN the high bits are then inferred as 0).
+        """
+        if window is None:
+            window = ReplayWindow(0, esn=self.esn)
+        buf = memoryview(bytearray(len(packet) + 32))
+        buf[: len(packet)] = packet
+        # check() does not change the window, so this is the full sequence
+        # number decap_into will compute.
+        seq = window.check(peek(buf, 0, len(packet), udp_port=None).seq)[1]
+        drop, start, end, next_header = self.decap_into(buf, 0, len(packet), window)
+        if drop:
+            return drop, None
+        return drop, Decapsulated(bytes(buf[start:end]), next_header, seq)
+
+
+def _set_ecn(buf: memoryview, at: int, next_header: int, ecn: int) -> None:
+    """Set the ECN field of the inner packet at ``at`` (RFC 6040 §4.2)."""
+    if next_header == 4:
+        buf[at + 1] = (buf[at + 1] & 0xFC) | ecn
+        header_len = (buf[at] & 15) << 2
+        _U16.pack_into(buf, at + 10, 0)
+        _U16.pack_into(buf, at + 10, checksum(buf[at : at + header_len]))
+    else:
+        buf[at + 1] = (buf[at + 1] & 0xCF) | ecn << 4
+
+
+# -- inbound demultiplexing helper --------------------------------------------
+
+
+class Inbound(enum.IntEnum):
+    """What an inbound IP packet is, as far as ESP demultiplexing is concerned."""
+
+    ESP = 0  # an ESP packet (bare, or in UDP)
+    IKE = 1  # UDP with the 4-byte zero non-ESP marker (RFC 3948 §2.2)
+    NAT_KEEPALIVE = 2  # UDP with the single byte 0xFF (RFC 3948 §2.3)
+    OTHER = 3  # neither ESP nor UDP to the encapsulation port
+    MALFORMED = 4  # truncated or inconsistent IP / UDP / ESP header, or a fragment
+
+
+class EspPeek(NamedTuple):
+    """The result of :func:`peek`."""
+
+    kind: Inbound
+    spi: int  # 0 unless kind is ESP
+    seq: int  # the low 32 bits on the wire
+    offset: int  # where the ESP header starts
+    udp: bool  # True when UDP-encapsulated (RFC 3948)
+
+
+_PEEK_OTHER = EspPeek(Inbound.OTHER, 0, 0, 0, False)
+_PEEK_MALFORMED = EspPeek(Inbound.MALFORMED, 0, 0, 0, False)
+
+
+def peek(
+    buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, *, udp_port: int | None = 4500
+) -> EspPeek:
+    """Classify an inbound IP packet and read its SPI and sequence number, for the SAD lookup.
+
+    IPv4 or IPv6 (extension headers skipped) outer header; ESP directly or in
+    UDP (RFC 3948) to ``udp_port`` (``None``: any port).  In UDP, a zero
+    4-byte non-ESP marker means IKE and a lone 0xFF byte a NAT keepalive
+    (RFC 3948 §2.2, §2.3).  Never raises for packet content.
+    """
+    if end is None:
+        end = len(buf)
+    try:
+        if end - start < 20:
+            return _PEEK_MALFORMED
+        version = buf[start] >> 4
+        if version == 4:
+            ihl = (buf[start] & 15) << 2
+            total = buf[start + 2] << 8 | buf[start + 3]
+            if ihl < 20 or total < ihl or total > end - start:
+                return _PEEK_MALFORMED
+            if buf[start + 6] & 0x3F or buf[start + 7]:
+                return _PEEK_MALFORMED  # fragment
+            end = start + total
+            proto = buf[start + 9]
+            at = start + ihl
+        elif version == 6:
+            if end - start < 40:
+                return _PEEK_MALFORMED
+            total = 40 + (buf[start + 4] << 8 | buf[start + 5])
+            if total > end - start:
+                return _PEEK_MALFORMED
+            end = start + total
+            proto = buf[start + 6]
+            at = start + 40
+            while proto in _IPV6_EXT:
+                if at + 8 > end:
+                    return _PEEK_MALFORMED
+                proto = buf[at]
+                at += (buf[at + 1] + 1) << 3
+            if proto == IpProto.IPV6_FRAG or at > end:
+                return _PEEK_MALFORMED
+        else:
+            return _PEEK_MALFORMED
+        udp = False
+        if proto == _UDP:
+            if at + 8 > end:
+                return _PEEK_MALFORMED
+            if udp_port is not None and (buf[at + 2] << 8 | buf[at + 3]) != udp_port:
+                return _PEEK_OTHER
+            if (buf[at + 4] << 8 | buf[at + 5]) != end - at:
+                return _PEEK_MALFORMED
+            at += 8
+            if end - at == 1 and buf[at] == 0xFF:
+                return EspPeek(Inbound.NAT_KEEPALIVE, 0, 0, at, True)
+            if end - at >= 4 and not any(buf[at : at + 4]):
+                return EspPeek(Inbound.IKE, 0, 0, at, True)
+            udp = True
+        elif proto != _ESP:
+            return _PEEK_OTHER
+        if end - at < 8:
+            return _PEEK_MALFORMED
+        spi, seq = _ESP_HDR.unpack_from(buf, at)
+        if spi == 0:
+            return _PEEK_MALFORMED  # RFC 4303 §2.1: SPI 0 is reserved
+        return EspPeek(Inbound.ESP, spi, seq, at, udp)
+    except (IndexError, struct.error):
+        return _PEEK_MALFORMED

@@ -1,0 +1,195 @@
+"""Properties of the ESP codec (hypothesis).
+
+1. ``decap(encap(p)) == p`` for every transform of the issue's list, every
+   mode and address-family layout (mixed families in tunnel mode), ESN on and
+   off, bare and UDP-encapsulated, inner payloads of 0 to 1500 bytes.
+2. One flipped bit anywhere in an ESP packet: never an exception, always a
+   counted drop - except in the few outer-header bits no one protects, which
+   are listed in :func:`unprotected_bits` (IPv6 traffic class, flow label, hop
+   limit and addresses; the UDP source port, which a NAT may change, and the
+   UDP checksum, ignored as RFC 3948 says).  The outer IPv4 header is checked
+   by its header checksum, so every one of its bits counts.  Random packets
+   and bits, plus every bit of a few fixed packets.
+3. The fast paths (AEAD, tunnel, IPv4 outside) give exactly what the general
+   path gives: the same bytes out of encapsulation, the same verdict and
+   bytes out of decapsulation of valid and damaged packets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+import pytest
+from conftest import AEAD_TUNNEL, TRANSFORMS, Transform, make_ctx, udp4, udp6
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipsecd.drops import Drop
+from ipsecd.esp import EspContext
+from ipsecd.replay import ReplayWindow
+from ipsecd.sa import Mode
+
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+LAYOUTS = (  # mode, outer family, inner family
+    (Mode.TUNNEL, 4, 4), (Mode.TUNNEL, 4, 6), (Mode.TUNNEL, 6, 4), (Mode.TUNNEL, 6, 6),
+    (Mode.TRANSPORT, 4, 4), (Mode.TRANSPORT, 6, 6),
+)
+
+layouts = st.sampled_from(LAYOUTS)
+payloads = st.integers(0, 1500).flatmap(lambda n: st.binary(min_size=n, max_size=n))
+
+
+def inner_of(family: int, payload: bytes) -> bytes:
+    return udp4(payload) if family == 4 else udp6(payload)
+
+
+def window_for(ctx: EspContext, seq: int) -> ReplayWindow:
+    window = ReplayWindow(64, esn=ctx.esn)
+    window.reset(max(seq - 10, 0))
+    return window
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=str)
+@PROPERTY
+@given(layout=layouts, esn=st.booleans(), udp=st.booleans(), payload=payloads,
+       seq=st.integers(1, 2**32 - 1))
+def test_round_trip(transform: Transform, layout: tuple[Mode, int, int], esn: bool, udp: bool,
+                    payload: bytes, seq: int) -> None:
+    mode, outer, inner = layout
+    ctx = make_ctx(transform, mode=mode, family=outer, esn=esn, encap=udp)
+    if esn:
+        seq |= 1 << 32
+    packet = inner_of(inner, payload)
+    drop, esp = ctx.encap(packet, seq)
+    assert drop is Drop.OK
+    assert len(esp) == ctx.encapsulated_length(len(packet), 0 if mode is Mode.TUNNEL else 20 if inner == 4 else 40)
+    drop, result = ctx.decap(esp, window_for(ctx, seq))
+    assert drop is Drop.OK and result is not None
+    assert result.packet == packet and result.seq == seq
+
+
+def unprotected_bits(esp: bytes, outer: int, udp: bool) -> set[int]:
+    """Bit positions whose flip ESP cannot notice (and need not)."""
+    bits: set[int] = set()
+    if outer == 6:
+        bits |= set(range(4, 32))  # traffic class (ECN may then mark the inner packet) and flow label
+        bits |= set(range(7 * 8, 8 * 8))  # hop limit
+        bits |= set(range(8 * 8, 40 * 8))  # addresses
+    if udp:
+        ip = 20 if outer == 4 else 40
+        bits |= set(range(ip * 8, (ip + 2) * 8))  # source port: NATs rewrite it (RFC 3948)
+        bits |= set(range((ip + 6) * 8, (ip + 8) * 8))  # UDP checksum, not checked
+    return bits
+
+
+def flipped(esp: bytes, bit: int) -> bytes:
+    data = bytearray(esp)
+    data[bit // 8] ^= 0x80 >> (bit % 8)
+    return bytes(data)
+
+
+INTEGRITY = [t for t in TRANSFORMS if t.integrity]
+
+
+@PROPERTY
+@given(transform=st.sampled_from(INTEGRITY), layout=layouts, esn=st.booleans(), udp=st.booleans(),
+       payload=st.binary(max_size=200), data=st.data())
+def test_single_bit_flip_is_a_counted_drop(
+    transform: Transform, layout: tuple[Mode, int, int], esn: bool, udp: bool, payload: bytes, data: st.DataObject
+) -> None:
+    mode, outer, inner = layout
+    ctx = make_ctx(transform, mode=mode, family=outer, esn=esn, encap=udp)
+    seq = (1 << 32 | 77) if esn else 77
+    esp = ctx.encap(inner_of(inner, payload), seq)[1]
+    skip = unprotected_bits(esp, outer, udp)
+    bit = data.draw(st.integers(0, len(esp) * 8 - 1).filter(lambda b: b not in skip))
+    drop, _ = ctx.decap(flipped(esp, bit), window_for(ctx, seq))
+    assert drop is not Drop.OK, (bit, bit // 8)
+
+
+@pytest.mark.parametrize(("transform", "layout", "udp"), [
+    (t, layout, udp)
+    for t, layout, udp in itertools.product(
+        [BY for BY in INTEGRITY if BY.name in ("aes128-gcm16", "chacha20-poly1305", "aes128-gmac",
+                                               "aes128-cbc+sha256", "null+sha1", "des-cbc+sha1")],
+        [LAYOUTS[0], LAYOUTS[3], LAYOUTS[4], LAYOUTS[5]], [False, True])
+], ids=lambda v: str(v) if isinstance(v, Transform) else None)
+def test_every_bit_of_a_packet(transform: Transform, layout: tuple[Mode, int, int], udp: bool) -> None:
+    mode, outer, inner = layout
+    ctx = make_ctx(transform, mode=mode, family=outer, esn=True, encap=udp)
+    seq = (2 << 32) | 9
+    esp = ctx.encap(inner_of(inner, b"every bit counts"), seq)[1]
+    skip = unprotected_bits(esp, outer, udp)
+    verdicts: dict[Drop, int] = {}
+    for bit in range(len(esp) * 8):
+        drop, _ = ctx.decap(flipped(esp, bit), window_for(ctx, seq))
+        if bit in skip:
+            continue
+        assert drop is not Drop.OK, (bit // 8, bit % 8)
+        verdicts[drop] = verdicts.get(drop, 0) + 1
+    assert Drop.ICV in verdicts or Drop.MALFORMED in verdicts
+
+
+# -- fast path == general path ---------------------------------------------------------------
+
+inner_packets = st.one_of(
+    st.builds(lambda p, tos, df: udp4(p, tos=tos, df=df), st.binary(max_size=1500), st.integers(0, 255),
+              st.booleans()),
+    st.builds(lambda p, tc: udp6(p, traffic_class=tc), st.binary(max_size=300), st.integers(0, 255)),
+)
+
+
+def general_encap(ctx: EspContext, packet: bytes, seq: int) -> tuple[Drop, bytes]:
+    buf = memoryview(bytearray(ctx.headroom + len(packet) + ctx.tailroom))
+    buf[ctx.headroom : ctx.headroom + len(packet)] = packet
+    drop, start, end = ctx._general_encap(buf, ctx.headroom, ctx.headroom + len(packet), seq)
+    return drop, bytes(buf[start:end]) if not drop else b""
+
+
+@PROPERTY
+@given(transform=st.sampled_from(AEAD_TUNNEL), packet=inner_packets, esn=st.booleans(), udp=st.booleans(),
+       df=st.sampled_from(["copy", "set", "clear"]), seq=st.integers(1, 2**32 - 1))
+def test_fast_encap_equals_general(transform: Transform, packet: bytes, esn: bool, udp: bool, df: str,
+                                   seq: int) -> None:
+    from conftest import make_sa
+
+    ctx = EspContext(make_sa(transform, esn=esn, encap=udp), df=df)  # type: ignore[arg-type]
+    assert ctx.encap_into != ctx._general_encap  # the fast path is in use
+    assert ctx.encap(packet, seq) == general_encap(ctx, packet, seq)
+
+
+@PROPERTY
+@given(transform=st.sampled_from(AEAD_TUNNEL), packet=inner_packets, esn=st.booleans(), udp=st.booleans(),
+       mutations=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=3),
+       cut=st.integers(0, 8), window_top=st.integers(0, 120))
+def test_fast_decap_equals_general(transform: Transform, packet: bytes, esn: bool, udp: bool,
+                                   mutations: list[tuple[int, int]], cut: int, window_top: int) -> None:
+    ctx = make_ctx(transform, esn=esn, encap=udp)
+    esp = bytearray(ctx.encap(packet, 100)[1])
+    for position, value in mutations:
+        esp[position % len(esp)] = value
+    if cut:
+        esp = esp[:-cut]
+    results = []
+    for decap in (ctx.decap_into, ctx._general_decap):
+        buf = memoryview(bytearray(bytes(esp) + bytes(32)))
+        window = ReplayWindow(64, esn=esn)
+        window.reset(window_top)
+        drop, start, end, next_header = decap(buf, 0, len(esp), window)
+        results.append((drop, bytes(buf[start:end]), next_header, window.top, bytes(window.bitmap)))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("transform", AEAD_TUNNEL, ids=str)
+def test_fast_decap_in_order_stream_matches_general(transform: Transform) -> None:
+    """The inlined window update: a long in-order stream with block crossings and a gap."""
+    ctx = make_ctx(transform)
+    fast, general = ReplayWindow(64), ReplayWindow(64)
+    seqs = [*range(1, 200), 300, *range(250, 310), 301]
+    for seq in seqs:
+        esp = ctx.encap(udp4(struct.pack("!I", seq)), seq)[1]
+        a = ctx.decap_into(memoryview(bytearray(esp)), 0, len(esp), fast)
+        b = ctx._general_decap(memoryview(bytearray(esp)), 0, len(esp), general)
+        assert a[0] == b[0] and fast.top == general.top and bytes(fast.bitmap) == bytes(general.bitmap)
