@@ -33,8 +33,11 @@ if ((${#missing[@]})); then
 fi
 
 VENV=${VENV:-.venv}
+# Debian's own python3.11 (built with PGO/LTO): the interpreter an operator's
+# Debian 12 gateway runs, and measurably faster per packet than a local build.
+PYTHON=${PYTHON:-/usr/bin/python3}
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+  "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.ipsecd-deps"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
