@@ -46,6 +46,7 @@ import io
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import ip_interface, ip_network
@@ -169,7 +170,11 @@ def _index(ipr: Any, name: str) -> int:
 
 def configure(name: str, *, mtu: int | None = None, up: bool = True,
               addresses: Iterable[str] = ()) -> None:
-    """Set MTU and state of ``name`` and add ``addresses`` ("192.0.2.1/24"); idempotent."""
+    """Set MTU and state of ``name`` and add ``addresses`` ("192.0.2.1/24"); idempotent.
+
+    Returns once the IPv6 addresses can receive packets.
+    """
+    addresses = list(addresses)
     with _ipr() as ipr:
         index = _index(ipr, name)
         settings: dict[str, Any] = {"state": "up" if up else "down"}
@@ -187,6 +192,31 @@ def configure(name: str, *, mtu: int | None = None, up: bool = True,
             except Exception as exc:
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise
+        _wait_usable(ipr, [str(ip_interface(a).ip) for a in addresses
+                           if ip_interface(a).version == 6])
+
+
+RTN_LOCAL = 2
+
+
+def _wait_usable(ipr: Any, addresses: list[str], timeout: float = 2.0) -> None:
+    """Wait until each IPv6 address has its local route.
+
+    Even with NODAD the kernel finishes setting up an IPv6 address (its
+    ``local`` route) from a work queue after the link comes up; until then a
+    packet to the address counts as Ip6InAddrErrors and is dropped (seen as a
+    flaky first packet in the tests).
+    """
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        while time.monotonic() < deadline:
+            try:
+                routes = ipr.route("get", dst=address, family=socket.AF_INET6)
+            except Exception:
+                routes = []
+            if routes and routes[0]["type"] == RTN_LOCAL:
+                break
+            time.sleep(0.005)
 
 
 def _family(version: int) -> int:
