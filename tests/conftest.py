@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,3 +171,13 @@ def _esp_raise_unexpected(request: pytest.FixtureRequest) -> Iterator[None]:
 
 # Imported late so that the table above is usable even if the codec fails to import.
 from ipsecd.esp import EspContext  # noqa: E402
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``netns`` need root for namespaces: without it they fail, never skip.
+
+    A skipped namespace test would read as a pass; CI runs as root, so a
+    failure here means the environment is wrong and must be said loudly.
+    """
+    if item.get_closest_marker("netns") is not None and os.geteuid() != 0:
+        pytest.fail("this test builds network namespaces and needs root", pytrace=False)

@@ -426,8 +426,8 @@ def site_to_site(lab: Lab, *, routed: bool = True) -> SiteToSite:
 
 
 def needs_root() -> pytest.MarkDecorator:
-    """Skip (rather than fail) where namespaces cannot be made."""
-    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+    """Mark a test as needing namespaces: conftest.py fails it loudly (never skips) without root."""
+    return pytest.mark.netns
 
 
 def lab_fixture() -> Iterator[Lab]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +56,7 @@ def test_failing_scenario_is_reported_not_fatal() -> None:
 
 @pytest.mark.netns
 @pytest.mark.timeout(60)
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+@pytest.mark.netns
 def test_plain_routing_runs_end_to_end() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "ipsecd.bench_datapath", "--seconds", "1", "--only", "plain",

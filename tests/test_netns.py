@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import pytest
 from netns import NETNS_DIR, PREFIX, Lab, host_to_host, remove_stale, site_to_site
 
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+pytestmark = [pytest.mark.netns]
 
 
 def _ours() -> set[str]:
