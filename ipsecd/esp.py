@@ -24,7 +24,8 @@ The fast path works in one buffer without copying the payload::
 
 ``buf`` is a writable ``memoryview`` of bytes (over a ``bytearray``, an mmap'ed
 ring, a shared-memory block); a ``bytearray`` is accepted too and wrapped per
-call, which costs a little.  Offsets are absolute indexes into ``buf``.
+call, which costs a little (and gets none of the fast paths' per-buffer
+caching, see "Speed").  Offsets are absolute indexes into ``buf``.
 
 For :meth:`EspContext.encap_into` the plaintext IP packet is ``buf[start:end]``
 and the caller must leave ``ctx.headroom`` bytes free before ``start`` (outer
@@ -107,18 +108,29 @@ IVs
 Speed
 -----
 Per-packet cost is dominated by the number of Python operations, not by
-the crypto (see ``python -m ipsecd.bench codec``).  So each context builds
-its ``encap_into``/``decap_into`` once, as closures over its constants, and
-the most common configuration - AEAD in tunnel mode over IPv4 - gets a
-straight-line fast path: one ``struct`` call packs outer IPv4 header, ESP
-header and IV; one packs nonce and AAD into a scratch buffer; per inner
-(first header word) a cached layout supplies padding, offsets and the outer
-checksum; the in-order case of the replay window is handled inline.  Every
-packet the fast path does not cover (another inner version, options, ECN
-marks, a runt, ...) takes the general path, which produces identical bytes;
-the tests check both against each other.  What remains is the interpreter:
-one to two hundred bytecodes per packet outside the AEAD call, at roughly ten
-nanoseconds each right after a 1400-byte AEAD call has run.
+the crypto (see ``python -m ipsecd.bench codec``).  So the most common
+configuration - AEAD in tunnel mode over IPv4 - gets straight-line fast paths
+generated per SA from the source templates ``_FAST_ENCAP_TEMPLATE`` /
+``_FAST_DECAP_TEMPLATE``: the SA's constants (SPI, limits, offsets, masks) are
+compiled in as literals and the branches of other configurations (ESN, UDP)
+disappear.  Encapsulation: one ``struct`` call reads the inner header's first
+8 bytes; per such key a cached layout supplies padding, offsets and the outer
+header (with DF set the IPv4 ID is 0, so outer header + SPI is prebuilt and
+one ``pack_into`` adds sequence number and IV); one packs nonce and AAD.
+Decapsulation: one ``struct`` call reads outer header + SPI as bytes, checked
+(version, options, ECN, fragment, protocol, header checksum, SPI, length,
+alignment) once per distinct value; the in-order case of the replay window is
+handled inline; inner header and trailer are compared against what the last
+packet of that length had.  Both paths also keep, for the buffer and offset
+they were last called with twice in a row (the datapath reads every packet
+into the same place), the memoryview slices the AEAD call needs and the
+result tuple - which keeps that buffer exported until
+:meth:`EspContext.forget_buffers` or a call with another buffer.  Every packet
+the fast paths do not cover (another inner version, options, ECN marks, a
+runt, ...) takes the general path, which produces identical bytes and
+verdicts; the tests check both against each other, also for streams through
+one buffer.  What remains is the interpreter: some 60-80 bytecodes per packet
+outside the AEAD call.
 
 Tunnel and transport mode
 -------------------------
@@ -146,6 +158,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
+import string
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,14 +226,17 @@ _UDP_HDR = struct.Struct("!HHHH")
 _IPV4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
 _IPV4_HDR = struct.Struct("!BBHHHBBH4s4s")
 _IPV6_HDR = struct.Struct("!IHBB16s16s")
-# Fast paths: outer IPv4 header (addresses as one 8s) + [UDP] + ESP header + IV.
-_OUT_V4_ESP = struct.Struct("!BBHHHBBH8sIIQ")
-_OUT_V4_UDP_ESP = struct.Struct("!BBHHHBBH8sHHHHIIQ")
-# ... and read back: the outer IPv4 header as five 32-bit words (their sum
-# gives the header checksum), [UDP destination port and length], SPI,
-# sequence number, IV.
-_IN_V4_ESP = struct.Struct("!IIIIIIIQ")
-_IN_V4_UDP_ESP = struct.Struct("!IIIII2xHH2xIIQ")
+# Fast paths: the start of an outer IPv4 header (version/IHL, TOS, total length).
+_IPV4_START = struct.Struct("!BBH")
+# ... and checking one: the outer IPv4 header as two 64-bit words and the
+# destination address (their sum gives the header checksum), then the SPI, or
+# the UDP destination port and length.
+_IN_V4_SPI = struct.Struct("!QQII")
+_IN_V4_UDP = struct.Struct("!QQI2xHH")
+# What the encapsulation fast path knows per inner first word: inner length,
+# padding + trailer, ciphertext length, outer header (+ SPI) prebuilt or in
+# two parts, and the checksum (-1: in the header) or its partial sum.
+_EncapShape = tuple[int, bytes, int, "bytes | tuple[bytes, bytes]", int]
 
 # RFC 4303 §2.4: pad bytes are 1, 2, 3, ...; index = pad length.
 _PADS = tuple(bytes(range(1, n + 1)) for n in range(256))
@@ -257,6 +273,275 @@ _D_DUMMY = (Drop.DUMMY, 0, 0, 0)
 _D_BAD_NEXT_HEADER = (Drop.BAD_NEXT_HEADER, 0, 0, 0)
 _D_ECN = (Drop.ECN, 0, 0, 0)
 _OK = Drop.OK
+
+
+# -- fast-path templates -------------------------------------------------------
+#
+# The fast paths are generated per SA: each template below is filled in with
+# the SA's constants (``$NAME``: SPI, sequence limit, headroom, offsets, masks,
+# ESN and UDP switches) by :func:`_render` and compiled once, when the
+# context is built.  The constants then are literals in the bytecode
+# (LOAD_CONST rather than a closure or global lookup) and the branches of the
+# other configurations (``if False:``) are removed by the compiler.  Only ints,
+# bools and bytes from the SA's configuration are ever substituted: nothing
+# derived from packet bytes is compiled.  ``build(...)`` receives the objects
+# (functions, buffers, Drop results) and returns ``(fast_function, forget)``.
+#
+# Both paths keep, for the last buffer and offset they were called with (as
+# the datapath does: every packet read into the same place), the memoryview
+# slices the AEAD call needs and the result tuple, keyed by what determines
+# them (the inner header's first word, the outer total length); a different
+# buffer or offset takes the computing path, and the cache is filled from the
+# second call at the same place.  :meth:`EspContext.forget_buffers` drops it.
+
+_FAST_ENCAP_TEMPLATE = '''\
+def build(general, shapes, shape_of, encrypt_into, nonce, aad, scratch, unpack_key, pack_atomic,
+          pack_ident, pack_nonce_aad, log, memoryview, E_SEQ_OVERFLOW, E_MALFORMED, OK):
+    views = {}  # key -> entry, valid for buffer view_buf at offset view_start
+    view_buf = None
+    view_start = -1
+
+    def forget():
+        nonlocal view_buf, view_start
+        views.clear()
+        view_buf = None
+        view_start = -1
+
+    def prepare(buf, start, end, key):
+        """The entry for an inner packet whose first 8 bytes, masked, are ``key`` (None: general path)."""
+        nonlocal view_buf, view_start
+        shape = shapes.get(key) or shape_of(key)
+        if shape is None or end - start != shape[0]:
+            return None
+        _, pad_trailer, ct_len, header, csum = shape
+        view = buf if buf.__class__ is memoryview else memoryview(buf)
+        sealed_end = start + ct_len + 16
+        entry = (end, start + ct_len, pad_trailer, header, csum, view[start : start + ct_len],
+                 view[start:sealed_end], (OK, start - $HEADROOM, sealed_end))
+        if buf is view_buf and start == view_start:
+            if len(views) >= $CACHE_MAX:
+                views.clear()
+            views[key] = entry
+        elif buf.__class__ is memoryview:
+            views.clear()
+            view_buf = buf
+            view_start = start
+        return entry
+
+    def encap_into(buf, start, end, seq):
+        if not 0 < seq <= $LIMIT:
+            return E_SEQ_OVERFLOW
+        try:
+            # Inner version/IHL, TOS, total length [and DF]: all the layout depends on.
+            key = unpack_key(buf, start)[0] & $KEY_MASK
+        except Exception:
+            return general(buf, start, end, seq)
+        try:
+            if buf is view_buf and start == view_start:
+                entry = views.get(key) or prepare(buf, start, end, key)
+            else:
+                entry = prepare(buf, start, end, key)
+            if entry is None:
+                return general(buf, start, end, seq)
+            entry_end, ct_end, pad_trailer, header, csum, plaintext, sealed, result = entry
+            if end != entry_end:
+                return general(buf, start, end, seq)
+            buf[end:ct_end] = pad_trailer  # RFC 4303 §2.4: pad 1, 2, ..., pad length, next header 4
+            if $PLAIN:
+                seq_low = iv = seq
+            else:
+                seq_low = seq & 0xFFFFFFFF
+                iv = seq ^ $IV_MASK
+            if csum < 0:  # outer IPv4 header (DF, ID 0) [+ UDP] + SPI prebuilt
+                pack_atomic(buf, start - $HEADROOM, header, seq_low, iv)
+            else:  # ID = low bits of the sequence number, checksum completed here
+                ident = seq & 0xFFFF
+                csum += ident
+                csum = (csum & 0xFFFF) + (csum >> 16)
+                csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+                pack_ident(buf, start - $HEADROOM, header[0], ident, $MIDDLE, csum, header[1], seq_low, iv)
+            if $ESN:
+                pack_nonce_aad(scratch, 4, iv, $SPI, seq >> 32, seq_low)
+            else:
+                pack_nonce_aad(scratch, 4, iv, $SPI, seq_low)
+            encrypt_into(nonce, plaintext, aad, sealed)
+            return result
+        except Exception:
+            if RAISE_UNEXPECTED:
+                raise
+            log.exception("unexpected error in ESP encapsulation (SPI %#x)", $SPI)
+            return E_MALFORMED
+
+    return encap_into, forget
+'''
+
+_FAST_DECAP_TEMPLATE = '''\
+def build(general, decrypt_into, nonce, aad, scratch, unpack_header, unpack_fields, unpack_word,
+          pack_nonce_aad, trailers, pads, log, memoryview, InvalidTag, OK, D_REPLAY, D_ICV, D_PADDING,
+          D_MALFORMED, D_DUMMY, D_BAD_NEXT_HEADER):
+    headers = {}  # outer header bytes -> outer total length, for headers that passed check_header
+    views = {}  # outer header bytes -> entry, valid for buffer view_buf at offset view_start
+    view_buf = None
+    view_start = -1
+
+    def forget():
+        nonlocal view_buf, view_start
+        views.clear()
+        view_buf = None
+        view_start = -1
+
+    def check_header(header):
+        # The outer total length if ``header`` is the common case, else 0: the
+        # general path decides.  Not the common case: IP options or ECN marks,
+        # a fragment, another protocol, a bad header checksum (the sum of the
+        # words, RFC 1071: 2^16 = 1 mod 0xFFFF), another SPI or UDP port, too
+        # short, misaligned (RFC 4303 §2.4).
+        if $UDP:
+            head, tail, dst, port, udp_length = unpack_fields(header)
+        else:
+            head, tail, dst, spi = unpack_fields(header)
+        total = head >> 32 & 0xFFFF
+        if (
+            head & $HEAD_MASK != $HEAD_EXPECT or tail & 0xFF000000000000 != $PROTO_EXPECT
+            or (head + tail + dst) % 0xFFFF or total < $MIN_TOTAL
+        ):
+            return 0
+        if $UDP:
+            if port != $LOCAL_PORT or udp_length != total - 20:
+                return 0
+        elif spi != $SPI:
+            return 0
+        if len(headers) >= $CACHE_MAX:
+            headers.clear()
+        headers[header] = total
+        return total
+
+    def prepare(buf, start, header):
+        # The entry for a packet with this outer header at buf[start:] (None: the general path).
+        nonlocal view_buf, view_start
+        total = headers.get(header) or check_header(header)
+        if not total:
+            return None
+        view = buf if buf.__class__ is memoryview else memoryview(buf)
+        end = start + total
+        entry = (end, view[start + $CT : end], view[start + $CT : end - 16], -1, None, None, None)
+        if buf is view_buf and start == view_start:
+            if len(views) >= $CACHE_MAX:
+                views.clear()
+            views[header] = entry
+        elif buf.__class__ is memoryview:
+            views.clear()
+            view_buf = buf
+            view_start = start
+        return entry
+
+    def finish(buf, start, end, word, header):
+        # Trailer and inner header (first word: word) when the cached expectation is not met.
+        ct = start + $CT
+        icv_at = end - 16
+        inner_len = word & 0xFFFF
+        trailer_len = icv_at - ct - inner_len
+        # The usual trailer: pad bytes 1, 2, ..., pad length, next header 4,
+        # right after the inner IPv4 packet.
+        if (
+            word >> 28 == 4 and 2 <= trailer_len <= $MAX_TRAILER and inner_len >= 20
+            and buf[icv_at - trailer_len : icv_at] == trailers[trailer_len]
+        ):
+            result = (OK, ct, ct + inner_len, 4)
+            if buf is view_buf and start == view_start and header in views:
+                views[header] = (end, buf[ct:end], buf[ct:icv_at], 0x40000000 | inner_len,
+                                 buf[icv_at - trailer_len : icv_at], trailers[trailer_len], result)
+            return result
+        # Anything else (IPv6 inside, TFC padding, errors), as the general path.
+        pad = buf[icv_at - 2]
+        next_header = buf[icv_at - 1]
+        payload_end = icv_at - 2 - pad
+        if payload_end < ct or (pad and buf[payload_end : icv_at - 2] != pads[pad]):
+            return D_PADDING
+        if next_header == 4:
+            if word >> 28 != 4 or inner_len < 20 or inner_len > payload_end - ct:
+                return D_MALFORMED
+        elif next_header == 41:
+            inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
+            if buf[ct] >> 4 != 6 or inner_len > payload_end - ct:
+                return D_MALFORMED
+        elif next_header == $NONXT:
+            return D_DUMMY
+        else:
+            return D_BAD_NEXT_HEADER
+        return (OK, ct, ct + inner_len, next_header)
+
+    def decap_into(buf, start, end, window):
+        try:
+            if $UDP:  # the UDP checksum is not checked (RFC 3948 §2.1), nor part of the key
+                header, spi, seq_low, iv = unpack_header(buf, start)
+            else:
+                header, seq_low, iv = unpack_header(buf, start)
+        except Exception:
+            return general(buf, start, end, window)
+        try:
+            # Outer IPv4 header [+ UDP header] [+ SPI]: checked once per distinct value.
+            if buf is view_buf and start == view_start:
+                entry = views.get(header) or prepare(buf, start, header)
+            else:
+                entry = prepare(buf, start, header)
+            if entry is None:
+                return general(buf, start, end, window)
+            packet_end, data, out, expect, tail, trailer, result = entry
+            if end < packet_end:
+                return general(buf, start, end, window)
+            if $UDP:
+                if spi != $SPI:
+                    return general(buf, start, end, window)
+            # RFC 4303 §3.4.3, before the ICV.  In order (the usual case) a
+            # number above T is always fine; everything else asks the window.
+            top_word = window.top_word
+            if $ESN:
+                drop, seq = window.check(seq_low)
+                if drop:
+                    return D_REPLAY
+                pack_nonce_aad(scratch, 4, iv, $SPI, seq >> 32, seq_low)
+            else:
+                if seq_low <= top_word[0] and window.check(seq_low)[0]:
+                    return D_REPLAY
+                seq = seq_low
+                pack_nonce_aad(scratch, 4, iv, $SPI, seq_low)
+            try:
+                decrypt_into(nonce, data, aad, out)
+            except InvalidTag:
+                return D_ICV
+            # ReplayWindow.update inlined for the next packet in order (judged
+            # by T as it is now): set its bit, or start its block.
+            blocks = window.blocks
+            if seq == top_word[0] + 1 and blocks:
+                top_word[0] = seq
+                bit = seq & 7
+                if bit:
+                    window.bitmap[(seq >> 3) % blocks] |= 1 << bit
+                else:
+                    window.bitmap[(seq >> 3) % blocks] = 1
+            else:
+                window.update(seq)
+            word = unpack_word(buf, start + $CT)[0]
+            if word & 0xF000FFFF == expect and tail == trailer:
+                return result  # inner IPv4 of the length and trailer seen before
+            return finish(buf, start, packet_end, word, header)
+        except Exception:
+            if RAISE_UNEXPECTED:
+                raise
+            log.exception("unexpected error in ESP decapsulation (SPI %#x)", $SPI)
+            return D_MALFORMED
+
+    return decap_into, forget
+'''
+
+
+def _render(template: str, constants: dict[str, int | bytes | bool]) -> str:
+    """``template`` with each ``$NAME`` replaced by the literal of an SA constant."""
+    for name, value in constants.items():
+        if not isinstance(value, (int, bytes)):  # bool is an int
+            raise TypeError(f"{name}: only int, bool and bytes constants are compiled")
+    return string.Template(template).substitute({name: repr(value) for name, value in constants.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +614,7 @@ class EspContext:
         "_df_policy",
         "_dst",
         "_esp_iv",
+        "_forget",
         "_iv_mask",
         "_kind",
         "_mac_new",
@@ -460,6 +746,7 @@ class EspContext:
             room_after = max(room_after, enc.block_bytes - 1)
         self.tailroom = self.align - 1 + 2 + room_after
 
+        self._forget: tuple[Callable[[], None], ...] = ()
         self.encap_into = self._fast_encap() or self._general_encap
         self.decap_into = self._fast_decap() or self._general_decap
 
@@ -664,117 +951,6 @@ class EspContext:
         csum = checksum(buf[udp_at:end], pseudo)
         _U16.pack_into(buf, udp_at + 6, csum or 0xFFFF)
 
-    # -- outbound, fast path -------------------------------------------------
-
-    def _fast_encap(self) -> EncapFn | None:
-        """AEAD, tunnel mode, IPv4 outer header: the straight-line encapsulation.
-
-        Covers inner IPv4 packets with a 20-byte header; everything else goes
-        to :meth:`_general_encap`, which produces the same bytes.
-        """
-        if not (self._kind is _AEAD and self._tunnel and not self._outer6):
-            return None
-        general = self._general_encap
-        spi = self.spi
-        limit = self._seq_limit
-        headroom = self.headroom
-        ttl = self.ttl
-        plain = not self.esn and not self._iv_mask  # IV == seq == its low 32 bits
-        esn = self.esn
-        iv_mask = self._iv_mask
-        align = self.align
-        udp = self._udp_ports
-        sport, dport = udp if udp else (0, 0)
-        addresses = self._src + self._dst
-        proto = _UDP if udp else _ESP
-        base = self._v4_base
-        copy_df = self._df_policy == "copy"
-        fixed_df = 0x40 if self._df_policy == "set" else 0
-        scratch = self._scratch
-        nonce = self._nonce
-        aad = self._nonce_aad
-        encrypt_into = self._aead.encrypt_into  # type: ignore[union-attr]
-        pack_nonce_aad = _NONCE_AAD.pack_into
-        pack_nonce_aad_esn = _NONCE_AAD_ESN.pack_into
-        pack_outer = _OUT_V4_ESP.pack_into
-        pack_outer_udp = _OUT_V4_UDP_ESP.pack_into
-        first_word = _U32.unpack_from
-        trailers = tuple(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align))
-        # Per inner first word (version/IHL, TOS, total length): padding,
-        # offsets and outer checksum, separately for DF set and clear.
-        Layout = tuple[int, bytes, int, int, int, int, int, int]
-        with_df: dict[int, Layout] = {}
-        without_df: dict[int, Layout] = {}
-
-        def layout(word: int, df: int) -> Layout | None:
-            if word >> 24 != 0x45:
-                return None  # IPv6 or IPv4 options: the general path
-            cache = with_df if df else without_df
-            if len(cache) >= _LAYOUT_CACHE_MAX:
-                cache.clear()
-            length = word & 0xFFFF
-            tos = word >> 16 & 0xFF
-            pad = -(length + 2) % align
-            ct_end = length + pad + 2  # relative to start
-            total = headroom + ct_end + 16
-            flags = IPV4_DF if df else 0
-            csum = base + (0x4500 | tos) + total + flags  # the ID is added per packet
-            if df:  # RFC 6864 §4.1: ID 0 in an atomic datagram, so the checksum is fixed
-                csum = (csum & 0xFFFF) + (csum >> 16)
-                csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-            entry = cache[word] = (length, trailers[pad], ct_end, ct_end + 16, total, tos, flags, csum)
-            return entry
-
-        def encap_into(buf: Buffer, start: int, end: int, seq: int) -> EncapResult:
-            if not 0 < seq <= limit:
-                return _E_SEQ_OVERFLOW
-            if buf.__class__ is not memoryview:
-                buf = memoryview(buf)
-            if end - start < 20:
-                return general(buf, start, end, seq)
-            try:
-                word = first_word(buf, start)[0]
-                df = buf[start + 6] & 0x40 if copy_df else fixed_df
-                entry = (with_df if df else without_df).get(word) or layout(word, df)
-                if entry is None:
-                    return general(buf, start, end, seq)
-                length, trailer, ct_end, sealed_end, total, tos, flags, csum = entry
-                if length != end - start:
-                    return general(buf, start, end, seq)
-                buf[end : start + ct_end] = trailer
-                if df:
-                    ident = 0
-                else:
-                    ident = seq & 0xFFFF
-                    csum += ident
-                    csum = (csum & 0xFFFF) + (csum >> 16)
-                    csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-                new_start = start - headroom
-                if plain:
-                    seq_low = iv = seq
-                else:
-                    seq_low = seq & _M32
-                    iv = seq ^ iv_mask
-                if udp is None:
-                    pack_outer(buf, new_start, 0x45, tos, total, ident, flags, ttl, proto, csum,
-                               addresses, spi, seq_low, iv)
-                else:
-                    pack_outer_udp(buf, new_start, 0x45, tos, total, ident, flags, ttl, proto, csum,
-                                   addresses, sport, dport, total - 20, 0, spi, seq_low, iv)
-                if esn:
-                    pack_nonce_aad_esn(scratch, 4, iv, spi, seq >> 32, seq_low)
-                else:
-                    pack_nonce_aad(scratch, 4, iv, spi, seq_low)
-                encrypt_into(nonce, buf[start : start + ct_end], aad, buf[start : start + sealed_end])
-                return (_OK, new_start, start + sealed_end)
-            except Exception:
-                if RAISE_UNEXPECTED:
-                    raise
-                log.exception("unexpected error in ESP encapsulation (SPI %#x)", spi)
-                return _E_MALFORMED
-
-        return encap_into
-
     # -- inbound, general path -----------------------------------------------
 
     def _general_decap(self, buf: Buffer, start: int, end: int, window: ReplayWindow) -> DecapResult:
@@ -960,7 +1136,105 @@ class EspContext:
             log.exception("unexpected error in ESP decapsulation (SPI %#x)", self.spi)
             return _D_MALFORMED
 
-    # -- inbound, fast path --------------------------------------------------
+    # -- fast paths (generated code) -----------------------------------------
+
+    def _build(self, template: str, names: dict[str, object], **constants: int | bytes | bool) -> tuple[
+            Callable[..., object], Callable[[], None]]:
+        """Compile one of the fast-path templates for this SA; returns (function, forget)."""
+        source = _render(template, constants)
+        namespace: dict[str, object] = {}
+        exec(compile(source, f"<ipsecd.esp fast path, SPI {self.spi:#x}>", "exec"), globals(), namespace)
+        built = namespace["build"](**names)  # type: ignore[operator]
+        return built  # type: ignore[no-any-return]
+
+    def forget_buffers(self) -> None:
+        """Drop the views the fast paths keep of the last buffer they saw.
+
+        ``encap_into``/``decap_into`` cache memoryview slices of the buffer
+        they were last called with (while it is called again at the same
+        offset), which keeps that buffer exported: a ``bytearray`` under it
+        cannot be resized nor an ``mmap`` closed until the next call with
+        another buffer, this call, or the context's end.
+        """
+        for forget in self._forget:
+            forget()
+
+    def _fast_encap(self) -> EncapFn | None:
+        """AEAD, tunnel mode, IPv4 outer header: the straight-line encapsulation.
+
+        Covers inner IPv4 packets with a 20-byte header; everything else goes
+        to :meth:`_general_encap`, which produces the same bytes.
+        """
+        if not (self._kind is _AEAD and self._tunnel and not self._outer6):
+            return None
+        headroom = self.headroom
+        align = self.align
+        udp = self._udp_ports
+        proto = _UDP if udp else _ESP
+        base = self._v4_base
+        copy_df = self._df_policy == "copy"
+        fixed_df = IPV4_DF if self._df_policy == "set" else 0
+        addresses = self._src + self._dst
+        spi_bytes = _U32.pack(self.spi)
+        trailers = tuple(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align))
+        shapes: dict[int, _EncapShape] = {}
+
+        def shape_of(key: int) -> _EncapShape | None:
+            """The layout of an encapsulated inner packet, from its first 8 bytes (masked)."""
+            if key >> 56 != 0x45:
+                return None  # IPv6 or IPv4 options: the general path
+            length = key >> 32 & 0xFFFF
+            if length < 20:
+                return None
+            tos = key >> 48 & 0xFF
+            flags = (key & IPV4_DF if copy_df else fixed_df) and IPV4_DF
+            pad = -(length + 2) % align
+            ct_len = length + pad + 2
+            total = headroom + ct_len + 16
+            udp_header = _UDP_HDR.pack(udp[0], udp[1], total - 20, 0) if udp else b""
+            csum = base + (0x4500 | tos) + total + flags
+            header: bytes | tuple[bytes, bytes]
+            if flags:
+                # RFC 6864 §4.1: an atomic datagram has ID 0, so header, checksum and SPI are fixed.
+                csum = (csum & 0xFFFF) + (csum >> 16)
+                csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+                header = _IPV4_HDR.pack(0x45, tos, total, 0, flags, self.ttl, proto, csum, self._src, self._dst)
+                header += udp_header + spi_bytes
+                csum = -1
+            else:
+                # The ID is the low 16 bits of the sequence number: the checksum is completed per packet.
+                header = (_IPV4_START.pack(0x45, tos, total), addresses + udp_header + spi_bytes)
+            if len(shapes) >= _LAYOUT_CACHE_MAX:
+                shapes.clear()
+            shape = shapes[key] = (length, trailers[pad], ct_len, header, csum)
+            return shape
+
+        fixed = len(addresses) + len(spi_bytes) + (8 if udp else 0)
+        encap_into, forget = self._build(
+            _FAST_ENCAP_TEMPLATE,
+            {
+                "general": self._general_encap, "shapes": shapes, "shape_of": shape_of,
+                "encrypt_into": self._aead.encrypt_into,  # type: ignore[union-attr]
+                "nonce": self._nonce, "aad": self._nonce_aad, "scratch": self._scratch,
+                "unpack_key": _U64.unpack_from,
+                "pack_atomic": struct.Struct(f"!{12 + fixed}sIQ").pack_into,
+                "pack_ident": struct.Struct(f"!4sH4sH{fixed}sIQ").pack_into,
+                "pack_nonce_aad": (_NONCE_AAD_ESN if self.esn else _NONCE_AAD).pack_into,
+                "log": log, "memoryview": memoryview,
+                "E_SEQ_OVERFLOW": _E_SEQ_OVERFLOW, "E_MALFORMED": _E_MALFORMED, "OK": _OK,
+            },
+            LIMIT=self._seq_limit,
+            KEY_MASK=0xFFFFFFFF00000000 | (IPV4_DF if copy_df else 0),
+            PLAIN=not self.esn and not self._iv_mask,
+            IV_MASK=self._iv_mask,
+            ESN=self.esn,
+            SPI=self.spi,
+            HEADROOM=headroom,
+            MIDDLE=bytes((0, 0, self.ttl, proto)),  # flags/fragment 0, TTL, protocol
+            CACHE_MAX=_LAYOUT_CACHE_MAX,
+        )
+        self._forget = (*self._forget, forget)
+        return encap_into  # type: ignore[return-value]
 
     def _fast_decap(self) -> DecapFn | None:
         """AEAD, tunnel mode, IPv4 outer header (20 bytes): the straight-line decapsulation.
@@ -970,122 +1244,44 @@ class EspContext:
         """
         if not (self._kind is _AEAD and self._tunnel):
             return None
-        general = self._general_decap
-        spi = self.spi
-        esn = self.esn
         udp = self._udp_ports is not None
-        local_port = self._udp_ports[1] if self._udp_ports else 0
-        proto_in = (_UDP if udp else _ESP) << 16
-        header = (_IN_V4_UDP_ESP if udp else _IN_V4_ESP).unpack_from
         ct_offset = (28 if udp else 20) + self._esp_iv  # outer header [+ UDP] + ESP header + IV
-        min_total = ct_offset + 4 + 16
-        scratch = self._scratch
-        nonce = self._nonce
-        aad = self._nonce_aad
-        decrypt_into = self._aead.decrypt_into  # type: ignore[union-attr]
-        pack_nonce_aad = _NONCE_AAD.pack_into
-        pack_nonce_aad_esn = _NONCE_AAD_ESN.pack_into
-        first_word = _U32.unpack_from
-        pads = _PADS
+        align = self.align
         # Index = pad length + 2: pad bytes, pad length, next header 4.
-        trailers = (b"", b"", *(_PADS_AND_LENGTH[n] + b"\x04" for n in range(self.align)))
-        max_trailer = len(trailers) - 1
-
-        def decap_into(buf: Buffer, start: int, end: int, window: ReplayWindow) -> DecapResult:
-            if buf.__class__ is not memoryview:
-                buf = memoryview(buf)
-            try:
-                if udp:
-                    w0, w1, w2, w3, w4, dport, udp_len, spi_in, seq_low, iv = header(buf, start)
-                    if dport != local_port or udp_len != (w0 & 0xFFFF) - 20:
-                        return general(buf, start, end, window)
-                else:
-                    w0, w1, w2, w3, w4, spi_in, seq_low, iv = header(buf, start)
-            except Exception:
-                return general(buf, start, end, window)
-            # Not the common case - IP options or ECN marks (w0), a fragment
-            # (w1), another protocol (w2), a bad header checksum (the sum of
-            # the words, RFC 1071: 2^16 = 1 mod 0xFFFF), too short or too long:
-            # the general path decides.
-            total = w0 & 0xFFFF
-            if (
-                w0 & 0xFF030000 != 0x45000000 or w1 & 0x3FFF or w2 & 0xFF0000 != proto_in
-                or (w0 + w1 + w2 + w3 + w4) % 0xFFFF
-                or not min_total <= total <= end - start or (total - ct_offset) & 3
-            ):
-                return general(buf, start, end, window)
-            try:
-                if spi_in != spi:
-                    return _D_UNKNOWN_SPI
-                # RFC 4303 §3.4.3, before the ICV.  In order (the usual case) a
-                # number above T is always fine; everything else asks the window.
-                top_word = window.top_word
-                top = top_word[0]
-                if esn or seq_low <= top:
-                    drop, seq = window.check(seq_low)
-                    if drop:
-                        return _D_REPLAY
-                    if esn:
-                        pack_nonce_aad_esn(scratch, 4, iv, spi, seq >> 32, seq_low)
-                    else:
-                        pack_nonce_aad(scratch, 4, iv, spi, seq_low)
-                else:
-                    seq = seq_low
-                    pack_nonce_aad(scratch, 4, iv, spi, seq_low)
-                end = start + total
-                ct = start + ct_offset
-                icv_at = end - 16
-                try:
-                    decrypt_into(nonce, buf[ct:end], aad, buf[ct:icv_at])
-                except InvalidTag:
-                    return _D_ICV
-                # ReplayWindow.update inlined for the next packet in order
-                # (T unchanged meanwhile): set its bit, or start its block.
-                blocks = window.blocks
-                if seq == top + 1 and blocks and top_word[0] == top:
-                    top_word[0] = seq
-                    block = (seq >> 3) % blocks
-                    if seq & 7:
-                        window.bitmap[block] |= _BITS[seq & 7]
-                    else:
-                        window.bitmap[block] = 1
-                else:
-                    window.update(seq)
-                # The usual trailer: pad bytes 1, 2, ..., pad length, next
-                # header 4, right after the inner IPv4 packet.  Anything else
-                # (IPv6 inside, TFC padding, errors) is sorted out below.
-                word = first_word(buf, ct)[0]
-                inner_len = word & 0xFFFF
-                trailer_len = icv_at - ct - inner_len
-                if (
-                    word >> 28 == 4 and 2 <= trailer_len <= max_trailer and inner_len >= 20
-                    and buf[icv_at - trailer_len : icv_at] == trailers[trailer_len]
-                ):
-                    return (_OK, ct, ct + inner_len, 4)
-                pad = buf[icv_at - 2]
-                next_header = buf[icv_at - 1]
-                payload_end = icv_at - 2 - pad
-                if payload_end < ct or (pad and buf[payload_end : icv_at - 2] != pads[pad]):
-                    return _D_PADDING
-                if next_header == 4:
-                    if word >> 28 != 4 or inner_len < 20 or inner_len > payload_end - ct:
-                        return _D_MALFORMED
-                elif next_header == 41:
-                    inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
-                    if buf[ct] >> 4 != 6 or inner_len > payload_end - ct:
-                        return _D_MALFORMED
-                elif next_header == _NONXT:
-                    return _D_DUMMY
-                else:
-                    return _D_BAD_NEXT_HEADER
-                return (_OK, ct, ct + inner_len, next_header)
-            except Exception:
-                if RAISE_UNEXPECTED:
-                    raise
-                log.exception("unexpected error in ESP decapsulation (SPI %#x)", spi)
-                return _D_MALFORMED
-
-        return decap_into
+        trailers = (b"", b"", *(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align)))
+        decap_into, forget = self._build(
+            _FAST_DECAP_TEMPLATE,
+            {
+                "general": self._general_decap,
+                "decrypt_into": self._aead.decrypt_into,  # type: ignore[union-attr]
+                "nonce": self._nonce, "aad": self._nonce_aad, "scratch": self._scratch,
+                "unpack_header": struct.Struct("!26s2xIIQ" if udp else "!24sIQ").unpack_from,
+                "unpack_fields": (_IN_V4_UDP if udp else _IN_V4_SPI).unpack,
+                "unpack_word": _U32.unpack_from,
+                "pack_nonce_aad": (_NONCE_AAD_ESN if self.esn else _NONCE_AAD).pack_into,
+                "trailers": trailers, "pads": _PADS, "log": log, "memoryview": memoryview,
+                "InvalidTag": InvalidTag, "OK": _OK, "D_REPLAY": _D_REPLAY, "D_ICV": _D_ICV,
+                "D_PADDING": _D_PADDING, "D_MALFORMED": _D_MALFORMED, "D_DUMMY": _D_DUMMY,
+                "D_BAD_NEXT_HEADER": _D_BAD_NEXT_HEADER,
+            },
+            UDP=udp,
+            LOCAL_PORT=self._udp_ports[1] if self._udp_ports else 0,
+            ESN=self.esn,
+            SPI=self.spi,
+            CT=ct_offset,
+            # First 8 bytes of the outer header: version 4 and IHL 5, ECN 0 (the
+            # DSCP is free), total length aligned (RFC 4303 §2.4), no fragment
+            # (DF is free).  Bytes 8-15: the protocol.
+            HEAD_MASK=0xFF03_0000_0000_BFFF | (align - 1) << 32,
+            HEAD_EXPECT=0x45 << 56 | ((ct_offset + 16) % align) << 32,
+            PROTO_EXPECT=(_UDP if udp else _ESP) << 48,
+            MIN_TOTAL=ct_offset + align + 16,
+            MAX_TRAILER=len(trailers) - 1,
+            NONXT=_NONXT,
+            CACHE_MAX=_LAYOUT_CACHE_MAX,
+        )
+        self._forget = (*self._forget, forget)
+        return decap_into  # type: ignore[return-value]
 
     # -- conveniences for tests and the control plane --------------------
 

@@ -193,3 +193,104 @@ def test_fast_decap_in_order_stream_matches_general(transform: Transform) -> Non
         a = ctx.decap_into(memoryview(bytearray(esp)), 0, len(esp), fast)
         b = ctx._general_decap(memoryview(bytearray(esp)), 0, len(esp), general)
         assert a[0] == b[0] and fast.top == general.top and bytes(fast.bitmap) == bytes(general.bitmap)
+
+
+# -- the fast paths' per-buffer caches ---------------------------------------------------------
+# The datapath calls encap_into / decap_into again and again on one buffer at one offset, and the
+# fast paths then reuse memoryview slices and what they learned of the previous packets there.
+# Streams of varied packets through one place must still give what the general path gives.
+
+
+@PROPERTY
+@given(transform=st.sampled_from(AEAD_TUNNEL), packets=st.lists(inner_packets, min_size=1, max_size=8),
+       esn=st.booleans(), udp=st.booleans(), df=st.sampled_from(["copy", "set", "clear"]),
+       repeat=st.integers(1, 3), offset=st.integers(0, 8))
+def test_fast_encap_stream_through_one_buffer(transform: Transform, packets: list[bytes], esn: bool, udp: bool,
+                                              df: str, repeat: int, offset: int) -> None:
+    from conftest import make_sa
+
+    ctx = EspContext(make_sa(transform, esn=esn, encap=udp), df=df)  # type: ignore[arg-type]
+    start = ctx.headroom + offset
+    buf = memoryview(bytearray(start + 1600 + ctx.tailroom))
+    seq = 1
+    for packet in packets * repeat:
+        seq += 1
+        buf[start : start + len(packet)] = packet
+        drop, new_start, new_end = ctx.encap_into(buf, start, start + len(packet), seq)
+        fast = (drop, bytes(buf[new_start:new_end]) if not drop else b"")
+        assert fast == general_encap(ctx, packet, seq)
+    ctx.forget_buffers()
+
+
+def reseal(ctx: EspContext, esp: bytearray, position: int, value: int) -> None:
+    """Set plaintext byte ``position`` of an AEAD tunnel packet over IPv4 (negative: from the
+    end of the trailer, else in the inner header) to ``value`` and seal it again."""
+    at = 20 + (8 if ctx.udp_encap else 0)
+    ct = at + 16
+    spi, seq = esp[at : at + 4], esp[at + 4 : at + 8]
+    nonce = bytes(ctx._scratch[:4]) + bytes(esp[at + 8 : ct])
+    aad = bytes(spi + (bytes(4) if ctx.esn else b"") + seq)
+    aead = ctx._aead
+    assert aead is not None
+    plain = bytearray(aead.decrypt(nonce, bytes(esp[ct:]), aad))
+    plain[position] = value
+    esp[ct:] = aead.encrypt(nonce, bytes(plain), aad)
+
+
+@PROPERTY
+@given(transform=st.sampled_from(AEAD_TUNNEL), packets=st.lists(inner_packets, min_size=1, max_size=6),
+       esn=st.booleans(), udp=st.booleans(), repeat=st.integers(1, 3),
+       mutations=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2000), st.integers(0, 255)), max_size=4),
+       neighbours=st.lists(st.integers(0, 200), max_size=3), offset=st.integers(0, 8),
+       inside=st.lists(st.tuples(st.integers(0, 30), st.integers(-8, 5), st.integers(0, 255)), max_size=4))
+def test_fast_decap_stream_through_one_buffer(transform: Transform, packets: list[bytes], esn: bool, udp: bool,
+                                              repeat: int, mutations: list[tuple[int, int, int]],
+                                              neighbours: list[int], offset: int,
+                                              inside: list[tuple[int, int, int]]) -> None:
+    ctx = make_ctx(transform, esn=esn, encap=udp)
+    inner_stream = packets * repeat
+    for n in neighbours:  # inner lengths n and n + 1 often pad to the same outer length
+        inner_stream += [udp4(bytes(n)), udp4(bytes(n + 1)), udp4(bytes(n))]
+    stream = [bytearray(ctx.encap(packet, seq)[1]) for seq, packet in enumerate(inner_stream, start=1)]
+    for which, position, value in inside:  # authentic packets with a changed trailer or inner header
+        esp = stream[which % len(stream)]
+        reseal(ctx, esp, position, value)
+    for which, position, value in mutations:
+        esp = stream[which % len(stream)]
+        esp[position % len(esp)] = value
+    buf = memoryview(bytearray(offset + 1700))
+    fast, general = ReplayWindow(64, esn=esn), ReplayWindow(64, esn=esn)
+    for esp in stream:
+        buf[offset : offset + len(esp)] = esp
+        copy = memoryview(bytearray(buf))
+        a = ctx.decap_into(buf, offset, offset + len(esp), fast)
+        b = ctx._general_decap(copy, offset, offset + len(esp), general)
+        assert a[0] == b[0] and a[1:] == b[1:]
+        assert bytes(buf[a[1] : a[2]]) == bytes(copy[b[1] : b[2]])
+        assert fast.top == general.top and bytes(fast.bitmap) == bytes(general.bitmap)
+
+
+@pytest.mark.parametrize("udp", [False, True])
+@pytest.mark.parametrize("transform", AEAD_TUNNEL, ids=str)
+def test_fast_decap_cached_place_checks_every_packet(transform: Transform, udp: bool) -> None:
+    """After the cache of one buffer place is warm, authentic packets of the same outer length with
+    another trailer or inner header still get the general path's verdict."""
+    ctx = make_ctx(transform, encap=udp)
+    variants: list[tuple[int, int]] = [(-1, 41), (-1, 59), (-1, 17), (-2, 0), (-2, 3), (-2, 200), (-3, 9),
+                                       (0, 0x46), (0, 0x65), (2, 0), (3, 0x55), (3, 0x57), (1, 0x23)]
+    buf = memoryview(bytearray(1700))
+    fast, general = ReplayWindow(64), ReplayWindow(64)
+    seq = 0
+    for position, value in variants:
+        for mutate in (False, False, False, True, False):
+            seq += 1
+            esp = bytearray(ctx.encap(udp4(bytes(101)), seq)[1])
+            if mutate:
+                reseal(ctx, esp, position, value)
+            buf[: len(esp)] = esp
+            copy = memoryview(bytearray(buf))
+            a = ctx.decap_into(buf, 0, len(esp), fast)
+            b = ctx._general_decap(copy, 0, len(esp), general)
+            assert a == b, (position, value, mutate)
+            assert bytes(buf[a[1] : a[2]]) == bytes(copy[b[1] : b[2]])
+            assert fast.top == general.top and bytes(fast.bitmap) == bytes(general.bitmap)
