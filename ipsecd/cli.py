@@ -18,11 +18,21 @@ bytes (hidden by default).
 A script is always parsed and checked here first: a mistake is reported as
 ``FILE:LINE:COL: message`` (``<stdin>`` for ``-c``) with exit status 1, and
 nothing is sent.  The changes themselves go to the running daemon over its
-control socket (issue #3); until ``ipsecd run`` exists every command that
-needs the daemon exits with status 2 and says so.  ``-n`` needs no daemon.
+control socket (``--socket PATH``, or the one ``--config FILE`` names, else
+``/run/ipsecd/ipsecd.sock``), which applies the whole script - all files
+given - as one transaction.  ``-F``/``-FP``/``-D``/``-DP`` are sent as the
+statements ``flush;``/``spdflush;``/``dump;``/``spddump;``.  ``-n`` needs no
+daemon.
 
-Exit status: 0 success, 1 bad script or unreadable file, 2 usage error or
-no daemon.  User mistakes never print a traceback.
+The other commands::
+
+    ipsecd run --config FILE         # the daemon, in the foreground (systemd runs it so)
+    ipsecd run --config FILE --check # validate the configuration and the setkey script
+    ipsecd status [--json]           # workers, policies, SAs and counters
+
+Exit status: 0 success, 1 bad script, unreadable file or refused request,
+2 usage error or no daemon, 3 the daemon could not start.  User mistakes and
+a missing or foreign control socket never print a traceback.
 """
 
 from __future__ import annotations
@@ -30,7 +40,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ipsecd import __version__
 from ipsecd.setkey import Script, SetkeyError, check, parse
@@ -40,8 +53,19 @@ EXIT_OK = 0
 EXIT_SCRIPT = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 2
+EXIT_START = 3
 
-NO_DAEMON = "no running daemon: ipsecd run is not available yet; use -n to check a script"
+#: Statements that setkey's dump and flush flags stand for.
+_FLAG_SCRIPTS = {(True, False): "dump;", (True, True): "spddump;",
+                 (False, False): "flush;", (False, True): "spdflush;"}
+
+
+def _add_socket_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH",
+                       help="the daemon's control socket (default /run/ipsecd/ipsecd.sock)")
+    where.add_argument("--config", metavar="FILE",
+                       help="find the control socket in the daemon's configuration file")
 
 
 def _setkey_parser(
@@ -114,8 +138,33 @@ def _setkey_parser(
         action="store_true",
         help="print key bytes in dumps (they are hidden by default)",
     )
+    _add_socket_options(p)
     p.set_defaults(handler=_setkey, subparser=p)
     return p
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground",
+        description="Run the ipsecd daemon in the foreground until SIGTERM or SIGINT "
+        "(SIGHUP re-applies the configured setkey script).",
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration")
+    p.add_argument("--check", action="store_true",
+                   help="validate the configuration and its setkey script, then exit")
+    p.set_defaults(handler=_run, subparser=p)
+
+
+def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show the running daemon's workers, policies, SAs and counters",
+        description="Show the running daemon's workers, policies, SAs and counters.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
+    _add_socket_options(p)
+    p.set_defaults(handler=_status, subparser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _setkey_parser(sub)
+    _run_parser(sub)
+    _status_parser(sub)
     return parser
 
 
@@ -172,8 +223,8 @@ def _setkey(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.dump or args.flush:
         if args.no_act:
             parser.error("-n checks a script: use it with -c, -f or -e")
-        _err(f"ipsecd setkey: {NO_DAEMON}")
-        return EXIT_NO_DAEMON
+        statement = _FLAG_SCRIPTS[(bool(args.dump), bool(args.policy))]
+        return _send_setkey(args, [("<command line>", statement)])
 
     sources = _read_sources(args)
     if sources is None:
@@ -199,8 +250,158 @@ def _setkey(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"{names}: {len(ops)} statement{'s' if len(ops) != 1 else ''} OK")
     if args.no_act:
         return EXIT_OK
-    _err(f"ipsecd setkey: {NO_DAEMON}")
-    return EXIT_NO_DAEMON
+    return _send_setkey(args, sources)
+
+
+def _socket(args: argparse.Namespace, command: str) -> Path | None:
+    from ipsecd.config import ConfigError, socket_path
+
+    try:
+        return socket_path(args.config, args.socket)
+    except ConfigError as exc:
+        _err(f"ipsecd {command}: {exc}")
+        return None
+
+
+def _send_setkey(args: argparse.Namespace, sources: list[tuple[str, str]]) -> int:
+    from ipsecd import control
+
+    path = _socket(args, "setkey")
+    if path is None:
+        return EXIT_USAGE
+    try:
+        result = control.request(path, "setkey", sources=[[n, t] for n, t in sources],
+                                 rfc_mode=args.rfc_mode, show_keys=args.show_keys)
+    except control.RemoteError as exc:
+        _err(str(exc))
+        return EXIT_SCRIPT
+    except control.ControlError as exc:
+        _err(f"ipsecd setkey: {exc}")
+        return EXIT_NO_DAEMON
+    for text in result.get("output", []):
+        sys.stdout.write(text)
+    if args.verbose:
+        changes = int(result.get("changes", 0))
+        print(f"applied: {changes} change{'s' if changes != 1 else ''}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ipsecd import config as config_mod
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        _err(str(exc))
+        return EXIT_SCRIPT
+    level = cfg.daemon.level
+    logging.addLevelName(25, "NOTIFY")
+    logging.basicConfig(level=level, force=True, stream=sys.stderr,
+                        format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    for noisy in ("pyroute2", "asyncio"):  # their debug output is not ours to show
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if args.check:
+        if cfg.setkey.script is not None:
+            try:
+                text = cfg.setkey.script.read_bytes().decode("utf-8", "surrogateescape")
+            except OSError as exc:
+                _err(f"ipsecd run: setkey script {cfg.setkey.script}: {exc.strerror or exc}")
+                return EXIT_SCRIPT
+            try:
+                script = parse(text, str(cfg.setkey.script), allow_legacy=cfg.daemon.allow_legacy)
+                for warning in script.warnings:
+                    _err(str(warning))
+                check(script, rfc_mode=cfg.setkey.rfc_mode)
+                script.wipe()
+            except SetkeyError as exc:
+                _err(str(exc))
+                return EXIT_SCRIPT
+        print(f"{args.config}: OK")
+        return EXIT_OK
+    from ipsecd.daemon import run
+
+    status = run(cfg)
+    return EXIT_START if status == 3 else status
+
+
+def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ipsecd import control
+
+    path = _socket(args, "status")
+    if path is None:
+        return EXIT_USAGE
+    try:
+        result = control.request(path, "status")
+    except control.RemoteError as exc:
+        _err(f"ipsecd status: {exc}")
+        return EXIT_SCRIPT
+    except control.ControlError as exc:
+        _err(f"ipsecd status: {exc}")
+        return EXIT_NO_DAEMON
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(format_status(result))
+    return EXIT_OK
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                   + "\n" for r in rows)
+
+
+def _drops_text(drops: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "-"
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """``ipsecd status`` for people: the JSON result as tables."""
+    out = [f"ipsecd {st['version']}  instance {st['instance']}  pid {st['pid']}  "
+           f"up {_duration(st['uptime'])}  config {st['config']}\n",
+           f"datapath: outside {', '.join(st['outside'])}  TUN {st['tun']['name']} "
+           f"(MTU {st['tun']['mtu']})  metrics {st['metrics'] or 'off'}\n"]
+    workers = st["workers"]
+    out.append(f"\nworkers: {len(workers)}\n")
+    rows = [["#", "pid", "state", "restarts", "esp-in", "plain-in", "ring-drops", "drops"]]
+    for w in workers:
+        state = "running" if w["running"] else ("starting" if w["alive"] else "down")
+        rows.append([str(w["index"]), str(w["pid"]), state, str(w["restarts"]),
+                     str(w["packets_in"]), str(w["packets_out"]), str(w["ring_drops"]),
+                     _drops_text(w["drops"])])
+    out.append(_table(rows))
+    policies = st["policies"]
+    out.append(f"\npolicies: {len(policies)}\n")
+    if policies:
+        rows = [["dir", "selector", "action"]]
+        for p in policies:
+            proto = "any" if p["proto"] is None else str(p["proto"])
+            sel = f"{p['src']} -> {p['dst']} {proto}"
+            action = p["action"] + ("" if not p["requests"] else " " + " ".join(p["requests"]))
+            rows.append([p["direction"] + ("*" if p["auto"] else ""), sel, action])
+        out.append(_table(rows))
+    sas = st["sas"]
+    out.append(f"\nSAs: {len(sas)}\n")
+    if sas:
+        rows = [["dir", "spi", "src -> dst", "mode", "state", "packets", "bytes", "seq", "drops"]]
+        for sa in sas:
+            rows.append([sa["direction"] or "-", sa["spi_hex"], f"{sa['src']} -> {sa['dst']}",
+                         sa["mode"], sa["state"], str(sa["packets"]), str(sa["bytes"]),
+                         str(sa["seq"]), _drops_text(sa["drops"])])
+        out.append(_table(rows))
+    out.append(f"\ndrops: {_drops_text(st['drops'])}\n")
+    return "".join(out)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return time.strftime("%H:%M", time.gmtime(s)) if s < 86400 else f"{s // 86400}d"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

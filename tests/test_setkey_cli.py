@@ -13,7 +13,8 @@ from ipsecd.cli import main
 
 CORPUS = Path(__file__).parent / "corpus" / "setkey"
 ROOT = Path(__file__).resolve().parent.parent
-NO_DAEMON = "no running daemon: ipsecd run is not available yet; use -n to check a script"
+NOWHERE = "/nonexistent/ipsecd.sock"  # no daemon listens here
+NO_DAEMON = f"no running daemon: {NOWHERE} does not exist"
 HOWTO = (
     "spdadd 192.0.2.1/32 192.0.2.2/32 any -P out ipsec esp/transport//require;\n"
     "spdadd 192.0.2.2/32 192.0.2.1/32 any -P in ipsec esp/transport//require;\n"
@@ -79,16 +80,16 @@ def test_warnings_go_to_stderr_and_do_not_fail() -> None:
     assert "howto-tunnel-gw-b-short-prefix.conf:7:8: warning: '10.20.20/24' is read as 10.20.20.0/24" in r.stderr
 
 
-def test_without_n_there_is_no_daemon_yet() -> None:
-    r = ipsecd("setkey", "-c", stdin=HOWTO)
+def test_without_n_a_daemon_is_needed() -> None:
+    r = ipsecd("setkey", "-c", "--socket", NOWHERE, stdin=HOWTO)
     assert (r.returncode, r.stderr) == (2, f"ipsecd setkey: {NO_DAEMON}\n")
-    r = ipsecd("setkey", "-f", str(CORPUS / "valid" / "howto-host-to-host-a.conf"))
+    r = ipsecd("setkey", "--socket", NOWHERE, "-f", str(CORPUS / "valid" / "howto-host-to-host-a.conf"))
     assert r.returncode == 2 and NO_DAEMON in r.stderr
 
 
 @pytest.mark.parametrize("flags", [["-F"], ["-FP"], ["-D"], ["-DP"], ["-PD"], ["-D", "-P"], ["-DPp"]])
 def test_flush_and_dump_need_the_daemon(flags: list[str]) -> None:
-    r = ipsecd("setkey", *flags)
+    r = ipsecd("setkey", *flags, "--socket", NOWHERE)
     assert (r.returncode, r.stderr) == (2, f"ipsecd setkey: {NO_DAEMON}\n")
 
 
@@ -151,7 +152,7 @@ def test_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["setkey", "-n", "-e", "bogus;"]) == 1
     assert capsys.readouterr().err.startswith("<command line>:1:1: unknown command 'bogus'")
     assert main(["setkey", "-n", str(other)]) == 0
-    assert main(["setkey", "-D"]) == 2
+    assert main(["setkey", "-D", "--socket", NOWHERE]) == 2
 
 
 def test_non_utf8_bytes_in_a_quoted_key(tmp_path: Path) -> None:

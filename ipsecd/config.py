@@ -1,0 +1,455 @@
+"""The daemon's configuration file: TOML, validated once at start.
+
+``ipsecd run --config FILE`` reads one TOML file (stdlib :mod:`tomllib`)
+into a :class:`Config`.  Every mistake is reported as ``FILE:LINE: what is
+wrong`` - the line of the offending key (or of its table, or line 1 when a
+required table is missing) - and nothing starts.  tomllib's own syntax
+errors carry "(at line L, column C)"; they are re-formatted the same way.
+
+The tables and keys, with their defaults (README.md, "Configuration",
+documents them for operators; ``deploy/examples/`` has complete files)::
+
+    [daemon]
+    name = "main"            # instance name: nft table ipsecd_<name>, shm names
+    workers = 0              # 0: one per CPU (os.cpu_count())
+    state_dir = "/run/ipsecd"
+    log_level = "info"       # racoon's names: error, warning, notify, info, debug
+    allow_legacy = false     # admit 3DES, DES, Blowfish, CAST, HMAC-MD5
+    max_sas = 1024           # slots of the shared SA table
+
+    [datapath]
+    outside = ["eth0"]       # required: where ESP arrives and leaves
+    tun = "ipsec0"
+    mtu = "auto"             # TUN MTU: "auto" (smallest outside MTU) or a number
+    tun_addresses = []       # optional "addr/len" on the TUN device
+    mark = 1                 # SO_MARK of our ESP (policy routing skips the TUN)
+    route_table = 220        # our routing table
+    rule_priority = 10000    # priority of our "not fwmark" rules
+    tx = "ring"              # ring | packet | raw
+    nat_t_port = 4500        # RFC 3948 port for ESP in UDP
+    replay_window_max = 4096 # largest anti-replay window an SA may ask for
+
+    [control]
+    socket = "<state_dir>/ipsecd.sock"
+
+    [metrics]
+    listen = "127.0.0.1:9765"   # "" turns the exporter off; port 0 picks one
+
+    [setkey]
+    script = ""              # loaded at start (manual keying), relative to this file
+    rfc_mode = true          # in policies get fwd twins (setkey -r; false is -k)
+
+Relative paths are taken relative to the directory of the configuration
+file, so an example directory can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: racoon's log level names (racoon.conf(5), ``log``) and the ``logging`` levels they map to.
+LOG_LEVELS = {"error": 40, "warning": 30, "notify": 25, "info": 20, "debug": 10}
+TX_METHODS = ("ring", "packet", "raw")
+_IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+_NAME = re.compile(r"[A-Za-z0-9_]{1,24}")
+_TOMLLIB_AT = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+_TOMLLIB_END = re.compile(r"^(?P<msg>.*?)\s*\(at end of document\)$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``str()`` is ``FILE:LINE: message``."""
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        super().__init__(f"{file}:{line}: {message}" if line else f"{file}: {message}")
+        self.file = file
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    name: str = "main"
+    """Instance name; several daemons on one machine need different names only
+    when they share a network namespace (the nft table and shm names carry it)."""
+    workers: int = 0
+    """Worker processes; 0 means one per CPU."""
+    state_dir: Path = Path("/run/ipsecd")
+    """Directory (mode 0700) for the control socket and the daemon's state files."""
+    log_level: str = "info"
+    """racoon's names: error, warning, notify, info, debug."""
+    allow_legacy: bool = False
+    """Admit the HOWTO's legacy algorithms (each use logs a warning)."""
+    max_sas: int = 1024
+    """Slots of the shared-memory SA table (an SA used both ways takes two)."""
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def level(self) -> int:
+        return LOG_LEVELS[self.log_level]
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathConfig:
+    outside: tuple[str, ...] = ()
+    """Interfaces ESP arrives on and leaves from."""
+    tun: str = "ipsec0"
+    """Name of the multi-queue TUN device carrying the plaintext."""
+    mtu: int | None = None
+    """TUN MTU; None ("auto") is the smallest MTU of the outside interfaces."""
+    tun_addresses: tuple[str, ...] = ()
+    """Addresses ("192.0.2.1/24") to put on the TUN device; usually none."""
+    mark: int = 1
+    """SO_MARK on our ESP sockets: the policy-routing rule skips our table for it."""
+    route_table: int = 220
+    """Routing table that sends traffic to protected destinations into the TUN."""
+    rule_priority: int = 10000
+    """Priority of the ``not fwmark MARK lookup TABLE`` rules (below main's 32766)."""
+    tx: str = "ring"
+    """How ESP leaves (:class:`workers.rings.TxSender`): ring, packet or raw."""
+    nat_t_port: int = 4500
+    """UDP port of RFC 3948 ESP-in-UDP."""
+    replay_window_max: int = 4096
+    """Largest anti-replay window an SA may have (sizes the SA table)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: Path = Path("/run/ipsecd/ipsecd.sock")
+    """The control socket (mode 0600)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = ("127.0.0.1", 9765)
+    """Address and port of the Prometheus exporter; None turns it off."""
+
+    @property
+    def text(self) -> str:
+        if self.listen is None:
+            return ""
+        host, port = self.listen
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetkeyConfig:
+    script: Path | None = None
+    """setkey(8) script loaded at start (manual keying, the HOWTO's way)."""
+    rfc_mode: bool = True
+    """setkey's -r (true, default) or -k (false): fwd twins of in policies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated configuration (one file)."""
+
+    path: Path
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    datapath: DatapathConfig = field(default_factory=DatapathConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    setkey: SetkeyConfig = field(default_factory=SetkeyConfig)
+
+
+# --- locating keys in the text --------------------------------------------------------
+
+_TABLE_LINE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_KEY_LINE = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\")(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"))*)\s*=")
+
+
+def _split_key(text: str) -> list[str]:
+    return [part.strip().strip('"') for part in text.split(".")]
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """``"table.key"`` (and ``"table"``) -> the 1-based line where it is defined.
+
+    A light scan, good enough for error messages: table headers and
+    ``key =`` lines (dotted keys too); multi-line values are skipped by
+    tracking open brackets and triple-quoted strings.
+    """
+    lines: dict[str, int] = {}
+    table: list[str] = []
+    depth = 0
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_multiline is not None:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        if depth > 0:
+            depth += _bracket_balance(line)
+            continue
+        m = _TABLE_LINE.match(line)
+        if m:
+            table = _split_key(m.group(1))
+            lines.setdefault(".".join(table), number)
+            continue
+        m = _KEY_LINE.match(line)
+        if m:
+            path = [*table, *_split_key(m.group(1))]
+            for i in range(1, len(path) + 1):
+                lines.setdefault(".".join(path[:i]), number)
+            rest = line[m.end():]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    in_multiline = quote
+            depth = max(0, _bracket_balance(rest))
+    return lines
+
+
+def _bracket_balance(line: str) -> int:
+    code = re.sub(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'", '""', line).split("#", 1)[0]
+    return code.count("[") + code.count("{") - code.count("]") - code.count("}")
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+class _Checker:
+    """Turns the parsed TOML into dataclasses, naming the line of every mistake."""
+
+    def __init__(self, file: str, text: str, data: dict[str, Any], base: Path) -> None:
+        self.file = file
+        self.lines = key_lines(text)
+        self.data = data
+        self.base = base
+
+    def line(self, path: str) -> int:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path.rpartition(".")[0]
+        return 1
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line(path), f"{path}: {message}")
+
+    def table(self, name: str, keys: Mapping[str, str]) -> dict[str, Any]:
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise self.fail(name, "expected a table ([" + name + "])")
+        for key in value:
+            if key not in keys:
+                known = ", ".join(sorted(keys))
+                raise self.fail(f"{name}.{key}", f"unknown key (known: {known})")
+        return value
+
+    # typed getters
+
+    def boolean(self, table: dict[str, Any], path: str, default: bool) -> bool:
+        value = table.get(path.rpartition(".")[2], default)
+        if not isinstance(value, bool):
+            raise self.fail(path, "expected true or false")
+        return value
+
+    def integer(self, table: dict[str, Any], path: str, default: int, lo: int, hi: int) -> int:
+        value = table.get(path.rpartition(".")[2], default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, "expected an integer")
+        if not lo <= value <= hi:
+            raise self.fail(path, f"{value} is out of range {lo}..{hi}")
+        return value
+
+    def string(self, table: dict[str, Any], path: str, default: str) -> str:
+        value = table.get(path.rpartition(".")[2], default)
+        if not isinstance(value, str):
+            raise self.fail(path, "expected a string")
+        return value
+
+    def path(self, table: dict[str, Any], path: str, default: Path | None) -> Path | None:
+        key = path.rpartition(".")[2]
+        if key not in table:
+            return default
+        value = self.string(table, path, "")
+        if not value:
+            return None
+        if "\0" in value:
+            raise self.fail(path, "a path cannot contain NUL")
+        p = Path(value)
+        return p if p.is_absolute() else (self.base / p)
+
+
+def _parse_listen(text: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not m:
+        raise ValueError("expected HOST:PORT or [IPV6]:PORT, or \"\" to turn the exporter off")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    if m.group(1):
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config:
+    """Validate configuration ``text``; :class:`ConfigError` names the line of a mistake."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = _TOMLLIB_AT.match(message)
+        if m:
+            raise ConfigError(file, int(m.group("line")),
+                              f"{m.group('msg')} (column {m.group('col')})") from None
+        m = _TOMLLIB_END.match(message)
+        line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        raise ConfigError(file, max(line, 1), m.group("msg") if m else message) from None
+    base = base if base is not None else Path.cwd()
+    c = _Checker(file, text, data, base)
+    for name in data:
+        if name not in ("daemon", "datapath", "control", "metrics", "setkey"):
+            raise c.fail(name, "unknown table (known: control, daemon, datapath, metrics, setkey)")
+
+    # [daemon]
+    d = c.table("daemon", {k: "" for k in (
+        "name", "workers", "state_dir", "log_level", "allow_legacy", "max_sas")})
+    name = c.string(d, "daemon.name", "main")
+    if not _NAME.fullmatch(name):
+        raise c.fail("daemon.name", f"{name!r}: 1 to 24 letters, digits or _")
+    log_level = c.string(d, "daemon.log_level", "info")
+    if log_level not in LOG_LEVELS:
+        raise c.fail("daemon.log_level", f"{log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    state_dir = c.path(d, "daemon.state_dir", Path("/run/ipsecd"))
+    if state_dir is None:
+        raise c.fail("daemon.state_dir", "must not be empty")
+    daemon = DaemonConfig(
+        name=name,
+        workers=c.integer(d, "daemon.workers", 0, 0, 256),
+        state_dir=state_dir,
+        log_level=log_level,
+        allow_legacy=c.boolean(d, "daemon.allow_legacy", False),
+        max_sas=c.integer(d, "daemon.max_sas", 1024, 2, 1 << 20),
+    )
+
+    # [datapath]
+    p = c.table("datapath", {k: "" for k in (
+        "outside", "tun", "mtu", "tun_addresses", "mark", "route_table", "rule_priority", "tx",
+        "nat_t_port", "replay_window_max")})
+    if "datapath" not in data or "outside" not in p:
+        raise c.fail("datapath.outside" if "datapath" in data else "datapath",
+                     "required: the list of interfaces ESP arrives on, e.g. outside = [\"eth0\"]")
+    outside = p["outside"]
+    if (not isinstance(outside, list) or not outside
+            or not all(isinstance(x, str) and _IFNAME.fullmatch(x) for x in outside)):
+        raise c.fail("datapath.outside", "expected a list of interface names")
+    if len(set(outside)) != len(outside):
+        raise c.fail("datapath.outside", "an interface is listed twice")
+    tun_name = c.string(p, "datapath.tun", "ipsec0")
+    if not _IFNAME.fullmatch(tun_name):
+        raise c.fail("datapath.tun", f"{tun_name!r} is not an interface name (1-15 characters)")
+    if tun_name in outside:
+        raise c.fail("datapath.tun", "the TUN device cannot be an outside interface")
+    mtu_value = p.get("mtu", "auto")
+    mtu: int | None
+    if mtu_value == "auto":
+        mtu = None
+    elif isinstance(mtu_value, int) and not isinstance(mtu_value, bool):
+        mtu = c.integer(p, "datapath.mtu", 0, 576, 65535)
+    else:
+        raise c.fail("datapath.mtu", "expected \"auto\" or a number of bytes")
+    addresses = p.get("tun_addresses", [])
+    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+        raise c.fail("datapath.tun_addresses", "expected a list of \"address/prefix\" strings")
+    for a in addresses:
+        try:
+            ipaddress.ip_interface(a)
+        except ValueError:
+            raise c.fail("datapath.tun_addresses", f"{a!r} is not an address/prefix") from None
+    tx = c.string(p, "datapath.tx", "ring")
+    if tx not in TX_METHODS:
+        raise c.fail("datapath.tx", f"{tx!r}: expected one of {', '.join(TX_METHODS)}")
+    datapath = DatapathConfig(
+        outside=tuple(outside),
+        tun=tun_name,
+        mtu=mtu,
+        tun_addresses=tuple(addresses),
+        mark=c.integer(p, "datapath.mark", 1, 1, 0xFFFFFFFF),
+        route_table=c.integer(p, "datapath.route_table", 220, 1, 0xFFFFFFFF - 1),
+        rule_priority=c.integer(p, "datapath.rule_priority", 10000, 1, 32765),
+        tx=tx,
+        nat_t_port=c.integer(p, "datapath.nat_t_port", 4500, 1, 65535),
+        replay_window_max=c.integer(p, "datapath.replay_window_max", 4096, 64, 65536),
+    )
+    if datapath.route_table in (253, 254, 255):
+        raise c.fail("datapath.route_table", "253-255 are the kernel's default, main and local tables")
+
+    # [control]
+    ct = c.table("control", {"socket": ""})
+    sock = c.path(ct, "control.socket", daemon.state_dir / "ipsecd.sock")
+    if sock is None:
+        raise c.fail("control.socket", "must not be empty")
+    if len(os.fsencode(str(sock))) > 107:
+        raise c.fail("control.socket", "path too long for a unix socket (107 bytes at most)")
+    control = ControlConfig(socket=sock)
+
+    # [metrics]
+    mt = c.table("metrics", {"listen": ""})
+    try:
+        listen = _parse_listen(c.string(mt, "metrics.listen", "127.0.0.1:9765"))
+    except ValueError as exc:
+        raise c.fail("metrics.listen", str(exc)) from None
+    metrics = MetricsConfig(listen=listen)
+
+    # [setkey]
+    s = c.table("setkey", {"script": "", "rfc_mode": ""})
+    setkey = SetkeyConfig(
+        script=c.path(s, "setkey.script", None),
+        rfc_mode=c.boolean(s, "setkey.rfc_mode", True),
+    )
+    return Config(Path(file), daemon, datapath, control, metrics, setkey)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the file at ``path``; :class:`ConfigError` if it cannot be used."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(name, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(name, line, "not UTF-8 text") from None
+    return parse(text, name, Path(name).resolve().parent)
+
+
+def socket_path(config_path: str | os.PathLike[str] | None, socket: str | None) -> Path:
+    """The control socket a client should use: ``--socket``, else the one ``--config`` names,
+    else the default."""
+    if socket:
+        return Path(socket)
+    if config_path:
+        return load(config_path).control.socket
+    return ControlConfig().socket
+
+
+__all__ = [
+    "LOG_LEVELS",
+    "Config",
+    "ConfigError",
+    "ControlConfig",
+    "DaemonConfig",
+    "DatapathConfig",
+    "MetricsConfig",
+    "SetkeyConfig",
+    "key_lines",
+    "load",
+    "parse",
+    "socket_path",
+]

@@ -1,0 +1,1135 @@
+"""The control process: ``ipsecd run --config FILE``.
+
+Theory of operation
+-------------------
+The control process owns everything that is not a packet:
+
+* the **SPD and SAD** (:mod:`ipsecd.spd`, :mod:`ipsecd.sad`), changed only by
+  setkey scripts - the one named in the configuration at start, and those
+  ``ipsecd setkey`` sends over the control socket - each applied all or
+  nothing (:func:`ipsecd.setkey.apply` on copies, committed only when the
+  datapath can take the result too: free SA slots, a policy document that
+  fits its segment, codec contexts that build);
+* the **SA table** in shared memory (:mod:`ipsecd.satable`): after every
+  change the SAD is *synced* into it.  An SA goes into a slot as IN when
+  its destination is one of this machine's addresses, as OUT when its
+  source is (both, in two slots, when both are).  An SA that is replaced
+  or removed and comes back with the same keys continues its outbound
+  sequence numbers from where the old slot stopped (a per-daemon memory
+  keyed by a salted hash of SPI, destination and keys), so re-applying a
+  script that starts with ``flush;`` never reuses a number;
+* the **policy table** for the workers (:mod:`workers.policy`), published
+  after every sync: the SPD in lookup order, which slot serves which
+  ``ipsec`` request, each outbound SA's path MTU and interface, and the
+  local addresses;
+* the **plaintext side**: the multi-queue TUN device (created here, kept
+  alive by a detached queue), and routes to the destinations of ``out``
+  ``ipsec`` policies in a routing table of our own, consulted before
+  ``main`` by a ``not fwmark MARK lookup TABLE`` rule
+  (:class:`workers.tun.PolicyRouting`).  Tunnel and transport mode are the
+  same here: the selector's destination prefix goes into the TUN, with the
+  local address inside the selector's source prefix as preferred source.
+  Our own ESP carries the mark (``TxSender(mark=...)``) and so leaves by
+  the main table, never into the TUN.  Using our own table rather than
+  ``main`` mirrors kernel IPsec, where a policy wins over routing, and
+  leaves the operator's routes untouched (removal is one flush);
+* the **nft tables**: one keeps the kernel away from our ESP
+  (:class:`ipsecd.nft.EspDropTable`), the other drops plaintext that an
+  ``in``/``fwd`` policy requires protected (:class:`CleartextFilter`);
+* the **workers** (:mod:`workers.worker`), forked with ``multiprocess``
+  and supervised: the death of a worker is noticed at once (its process
+  sentinel is in the event loop) and it is restarted with the same index,
+  so its socket filter, its inbound SAs' replay windows (in shared memory)
+  and the shared sequence counters carry on; a worker whose heartbeat
+  stops for :data:`HEARTBEAT_TIMEOUT` is killed and restarted the same way;
+* **lifetimes**: every :data:`TICK` seconds the workers' counters of each
+  SA are summed; a soft limit marks the SA ``dying`` (logged; a mature SA
+  is then preferred for outbound traffic), a hard limit removes it;
+* the **control socket** (:mod:`ipsecd.control`) and the **metrics
+  exporter** (:mod:`metrics.exporter`).
+
+The event loop is asyncio, kept thin: signal handlers, the control server,
+one ticker task and one reader per worker sentinel.  Everything that
+changes state runs in the loop's thread, one event at a time.
+
+Shutdown (SIGTERM or SIGINT) undoes the start in reverse: workers stopped,
+routes and rules removed, nft table deleted, TUN closed (the device goes
+with its last queue), shared memory wiped and unlinked, SAD keys wiped.
+SIGHUP re-applies the configured setkey script as one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from ipsecd import __version__
+from ipsecd.config import Config
+from ipsecd.control import ControlError, ControlServer, RequestError, prepare_socket_path
+from ipsecd.drops import Drop
+from ipsecd.esp import EspContext
+from ipsecd.iana import IpProto
+from ipsecd.sa import IPAddress, SAState, SecurityAssociation
+from ipsecd.sad import SAD, SAKey
+from ipsecd.satable import (
+    DROP_COLUMNS,
+    SA_COUNTER_COLUMNS,
+    Direction,
+    SACounter,
+    SATable,
+    WorkerCounter,
+)
+from ipsecd.setkey import Script, SetkeyError, apply, dump, parse
+from ipsecd.spd import SPD, Action
+from ipsecd.spd import Direction as PolicyDirection
+from ipsecd.transforms import TransformError
+from metrics.exporter import Exporter, SASample, Snapshot, WorkerSample
+from workers.policy import (
+    InstalledSA,
+    PolicyTable,
+    PolicyTableFull,
+    SlotInfo,
+    build_document,
+)
+
+log = logging.getLogger("ipsecd")
+T = TypeVar("T")
+
+TICK = 0.5  # lifetimes, heartbeats
+HEARTBEAT_TIMEOUT = 5.0
+RESTART_WINDOW = 10.0  # more than RESTART_BURST restarts in this window: slow down
+RESTART_BURST = 5
+RESTART_DELAY = 1.0
+STOP_GRACE = 2.0
+
+
+class StartError(Exception):
+    """The daemon cannot start; ``str()`` says why (no traceback for the operator)."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """An SA as installed in the SA table."""
+
+    sa: SecurityAssociation
+    slot: int
+    uid: int
+    direction: Direction
+    order: int
+    fingerprint: bytes
+
+
+@dataclass(slots=True)
+class _Usage:
+    """Per-SA (not per-slot) bookkeeping for lifetimes."""
+
+    first_used: float | None = None
+    soft_fired: bool = False
+
+
+@dataclass(slots=True)
+class _WorkerState:
+    index: int
+    process: Any = None
+    pid: int = 0
+    started: float = 0.0
+    restarts: int = 0
+    recent: list[float] = field(default_factory=list)
+    exit_code: int | None = None
+    pending_restart: asyncio.TimerHandle | None = None
+
+
+def _fingerprint(salt: bytes, sa: SecurityAssociation) -> bytes:
+    h = hashlib.blake2b(key=salt, digest_size=16)
+    h.update(sa.spi.to_bytes(4, "big") + int(sa.protocol).to_bytes(1, "big") + sa.dst.packed)
+    h.update(len(sa.enc_key).to_bytes(2, "big") + bytes(sa.enc_key))
+    h.update(bytes(sa.auth_key))
+    return h.digest()
+
+
+class CleartextFilter:
+    """nftables rules that enforce ``in``/``fwd`` policies on packets that did *not* come
+    through IPsec.
+
+    Kernel IPsec drops a cleartext packet that an ``ipsec ... require``
+    policy says must arrive protected.  Without kernel IPsec the stack would
+    accept it, so the daemon mirrors its inbound SPD into a table of its own
+    (``inet ipsecd_<name>_policy``): in SPD order, first match wins, every
+    packet not arriving on the TUN device is matched against the ``in``
+    policies (hook input) or the ``fwd`` ones (hook forward): ``ipsec`` with
+    a required request drops, ``discard`` drops, ``none`` and ``ipsec`` with
+    only ``use`` requests accept.  Packets from the TUN were decapsulated by
+    a worker, which checked them already.  IKE (UDP 500 and 4500) and IPv6
+    neighbour discovery pass before any policy, as racoon's socket bypass
+    and ND would on a KAME host.  Replaced atomically after every change.
+    """
+
+    def __init__(self, name: str, tun: str) -> None:
+        self.table = f"ipsecd_{name}_policy"
+        self.tun = tun
+        self.installed = False
+
+    def script(self, spd: SPD) -> str:
+        chains = []
+        for hook, direction in (("input", PolicyDirection.IN), ("forward", PolicyDirection.FWD)):
+            rules = [f'iifname "{self.tun}" accept']
+            if hook == "input":
+                rules.append("udp dport { 500, 4500 } accept")
+            rules.append("icmpv6 type { nd-router-solicit, nd-router-advert, "
+                         "nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept")
+            for entry in spd.entries(direction):
+                rules.append(_cleartext_rule(entry.policy, entry.spid))
+            body = "\n".join("\t\t" + r for r in rules)
+            chains.append(f"\tchain {hook} {{\n\t\ttype filter hook {hook} priority -290; "
+                          f"policy accept;\n{body}\n\t}}\n")
+        return (f"add table inet {self.table}\ndelete table inet {self.table}\n"
+                f"table inet {self.table} {{\n{''.join(chains)}}}\n")
+
+    def apply(self, spd: SPD) -> None:
+        self._nft(self.script(spd))
+        self.installed = True
+
+    def remove(self) -> None:
+        if self.installed:
+            self._nft(f"add table inet {self.table}\ndelete table inet {self.table}\n")
+            self.installed = False
+
+    @staticmethod
+    def _nft(script: str) -> None:
+        import subprocess
+
+        proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True,
+                              timeout=10, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft: {proc.stderr.strip()}")
+
+
+def _cleartext_rule(policy: Any, spid: int) -> str:
+    sel = policy.selector
+    ip = "ip" if sel.version == 4 else "ip6"
+    match = [f"{ip} saddr {sel.src}", f"{ip} daddr {sel.dst}"]
+    if sel.proto is not None:
+        if sel.proto in (1, 58) and (sel.sport or sel.dport):
+            icmp = "icmp" if sel.proto == 1 else "icmpv6"
+            match.append(f"meta l4proto {sel.proto}")
+            if sel.sport:
+                match.append(f"{icmp} type {sel.sport}")
+            if sel.dport:
+                match.append(f"{icmp} code {sel.dport}")
+        else:
+            match.append(f"meta l4proto {sel.proto}")
+            if sel.sport:
+                match.append(f"th sport {sel.sport}")
+            if sel.dport:
+                match.append(f"th dport {sel.dport}")
+    if policy.action is Action.IPSEC:
+        verdict = "drop" if any(r.required for r in policy.requests) else "accept"
+    else:
+        verdict = "drop" if policy.action is Action.DISCARD else "accept"
+    return " ".join(match) + f' counter {verdict} comment "spid {spid}"'
+
+
+class Daemon:
+    """One ipsecd instance; :meth:`run` is ``ipsecd run``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spd = SPD()
+        self.sad = SAD()
+        self.started = time.time()
+        self.table: SATable | None = None
+        self.policy_table: PolicyTable | None = None
+        self.tun_queue: Any = None
+        self.routing: Any = None
+        self.nft: Any = None
+        self.cleartext: CleartextFilter | None = None
+        self.server: ControlServer | None = None
+        self.exporter: Exporter | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self.workers: list[_WorkerState] = []
+        self.slots: dict[tuple[SAKey, Direction], _Slot] = {}
+        self.usage: dict[int, _Usage] = {}  # id(sa) -> usage
+        self.routes: dict[str, str | None] = {}  # prefix -> preferred source
+        self.retired_drops = [0] * DROP_COLUMNS
+        self.tun_mtu = 1500
+        self.local: set[IPAddress] = set()
+        self._salt = secrets.token_bytes(32)
+        self._seq_memory: dict[bytes, int] = {}
+        self._order = 0
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._shm_names: list[str] = []
+        self._rp_restore: dict[str, int] = {}
+        self._sa_labels: tuple[tuple[int, SASample], ...] = ()
+        self.expired = 0
+        self._state_file = config.daemon.state_dir / f"{config.daemon.name}.state"
+        # pyroute2's synchronous API runs an asyncio loop of its own, which it cannot
+        # do in a thread where ours runs: netlink work goes to this thread instead.
+        self._netlink = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netlink")
+
+    def _nl(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` (pyroute2 work) where pyroute2 can run, and wait for it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args)
+        return self._netlink.submit(fn, *args).result()
+
+    # -- start ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Everything before the event loop: state dir, shm, TUN, routes, nft, the script."""
+        cfg = self.config
+        self._prepare_state_dir()
+        self._check_interfaces()
+        script = self._load_script()
+        name = f"ipsecd-{cfg.daemon.name}-{os.getpid()}"
+        n_workers = cfg.daemon.worker_count
+        self.table = SATable.create(f"{name}-sa", cfg.daemon.max_sas, n_workers,
+                                    cfg.datapath.replay_window_max)
+        self._shm_names.append(self.table.name)
+        self.policy_table = PolicyTable(f"{name}-policy")
+        self._shm_names.append(self.policy_table.name)
+        self._write_state()
+        self._setup_tun()
+        from ipsecd.nft import EspDropTable
+
+        self.nft = EspDropTable(cfg.daemon.name, interfaces=cfg.datapath.outside,
+                                nat_t_port=cfg.datapath.nat_t_port)
+        try:
+            self.nft.install()
+        except Exception as exc:
+            raise StartError(f"cannot install the nft table: {exc}") from None
+        self.cleartext = CleartextFilter(cfg.daemon.name, cfg.datapath.tun)
+        self._loosen_rp_filter()
+        self.workers = [_WorkerState(k) for k in range(n_workers)]
+        self.local = self._local_addresses()
+        if script is not None:
+            try:
+                self.apply_script(script, rfc_mode=cfg.setkey.rfc_mode)
+            except RequestError as exc:
+                raise StartError(str(exc)) from None
+            finally:
+                script.wipe()
+        else:
+            self._sync()
+
+    def _prepare_state_dir(self) -> None:
+        state = self.config.daemon.state_dir
+        try:
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = state.stat()
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(state, 0o700)
+        except OSError as exc:
+            raise StartError(f"state directory {state}: {exc.strerror or exc}") from None
+        sock = self.config.control.socket
+        try:
+            sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            prepare_socket_path(sock)
+        except ControlError as exc:
+            raise StartError(str(exc)) from None
+        except OSError as exc:
+            raise StartError(f"control socket {sock}: {exc.strerror or exc}") from None
+        # Shared memory a crashed predecessor left behind.
+        try:
+            old = orjson.loads(self._state_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            old = None
+        if isinstance(old, dict):
+            for shm in old.get("shm", []):
+                if isinstance(shm, str) and shm.startswith("ipsecd-"):
+                    if shm.endswith("-sa"):
+                        SATable.unlink_stale(shm)
+                    else:
+                        PolicyTable.unlink_stale(shm)
+
+    def _write_state(self) -> None:
+        data = orjson.dumps({"pid": os.getpid(), "shm": self._shm_names})
+        tmp = self._state_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self._state_file)
+
+    def _check_interfaces(self) -> None:
+        for name in self.config.datapath.outside:
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                raise StartError(f"{self.config.path}: datapath.outside: no interface named "
+                                 f"{name!r} in this network namespace") from None
+
+    def _load_script(self) -> Script | None:
+        path = self.config.setkey.script
+        if path is None:
+            return None
+        try:
+            text = path.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise StartError(f"setkey script {path}: {exc.strerror or exc}") from None
+        try:
+            script = parse(text, str(path), allow_legacy=self.config.daemon.allow_legacy)
+        except SetkeyError as exc:
+            raise StartError(str(exc)) from None
+        for warning in script.warnings:
+            log.warning("%s", warning)
+        return script
+
+    def _loosen_rp_filter(self) -> None:
+        """Strict reverse-path filtering on an outside interface breaks transport mode.
+
+        Packets from a peer whose address we route into the TUN arrive on the
+        outside interface (its ARP requests, anything it sends in clear), and
+        the strict check wants the route back to point there.  Loose mode
+        (2) still checks that the source is routable at all.  The effective
+        value is the larger of ``all`` and the interface's, so raising the
+        interface's to 2 is enough; it is put back at shutdown.
+        """
+        base = "/proc/sys/net/ipv4/conf"
+        try:
+            with open(f"{base}/all/rp_filter") as fh:
+                all_value = int(fh.read())
+        except (OSError, ValueError):
+            return
+        for name in self.config.datapath.outside:
+            path = f"{base}/{name}/rp_filter"
+            try:
+                with open(path) as fh:
+                    value = int(fh.read())
+                if max(all_value, value) != 1:
+                    continue
+                with open(path, "w") as fh:
+                    fh.write("2\n")
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cannot make rp_filter loose: %s", name, exc)
+                continue
+            self._rp_restore[path] = value
+            log.log(25, "%s: rp_filter set to loose (2) while ipsecd runs (was strict)", name)
+
+    def _setup_tun(self) -> None:
+        from workers import tun
+
+        cfg = self.config.datapath
+        mtu = cfg.mtu
+        if mtu is None:
+            mtu = min(_link_mtu(name) for name in cfg.outside)
+        self.tun_mtu = mtu
+        try:
+            self.tun_queue = tun.create(cfg.tun)
+            tun.configure(cfg.tun, mtu=mtu, addresses=cfg.tun_addresses)
+        except OSError as exc:
+            raise StartError(f"TUN device {cfg.tun}: {exc.strerror or exc}") from None
+        self.routing = tun.PolicyRouting(cfg.tun, table=cfg.route_table, mark=cfg.mark,
+                                         priority=cfg.rule_priority)
+        self.routing.remove()  # leftovers of a crashed predecessor
+        self.routing.install()
+
+    # -- the SAD -> SA table -> policy table --------------------------------------------------
+
+    def _local_addresses(self) -> set[IPAddress]:
+        from pyroute2 import IPRoute
+
+        out: set[IPAddress] = set()
+        with IPRoute() as ipr:
+            for msg in ipr.get_addr():
+                addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if addr:
+                    with contextlib.suppress(ValueError):
+                        out.add(ipaddress.ip_address(addr.split("%")[0]))
+        return out
+
+    def _desired(self, sad: SAD) -> dict[tuple[SAKey, Direction], SecurityAssociation]:
+        want: dict[tuple[SAKey, Direction], SecurityAssociation] = {}
+        for sa in sad.dump():
+            if sa.state is SAState.DEAD or sa.protocol != IpProto.ESP:
+                continue  # AH and IPComp have no datapath yet
+            if sa.dst in self.local:
+                want[(sa.key, Direction.IN)] = sa
+            if sa.src in self.local:
+                want[(sa.key, Direction.OUT)] = sa
+        return want
+
+    def _check_plan(self, spd: SPD, sad: SAD) -> None:
+        """Refuse (RequestError) a result the datapath could not take; nothing is changed."""
+        assert self.table is not None and self.policy_table is not None
+        want = self._desired(sad)
+        staying = sum(1 for key, s in self.slots.items() if want.get(key) is s.sa)
+        new = [sa for key, sa in want.items()
+               if key not in self.slots or self.slots[key].sa is not sa]
+        if staying + len(new) > self.table.n_slots:
+            raise RequestError(f"the SA table is full: {staying + len(new)} slots needed, "
+                               f"{self.table.n_slots} configured (daemon.max_sas)")
+        for sa in {id(sa): sa for sa in new}.values():
+            if sa.replay_window > self.table.replay_bytes * 8:
+                raise RequestError(f"SA {sa.spi:#x}: replay window {sa.replay_window} is larger "
+                                   f"than datapath.replay_window_max")
+            try:
+                EspContext(sa, allow_legacy=self.config.daemon.allow_legacy)
+            except (TransformError, ValueError) as exc:
+                raise RequestError(f"SA {sa.spi:#x} to {sa.dst}: {exc}") from None
+        fake = [InstalledSA(sa, 0, 0) for (_, d), sa in want.items() if d is Direction.OUT]
+        try:
+            self.policy_table.encode(build_document(spd, fake, self.local, {}))
+        except PolicyTableFull as exc:
+            raise RequestError(str(exc)) from None
+
+    def _sync(self) -> None:
+        """Bring the SA table, the policy table and the routes in line with the SAD and SPD."""
+        assert self.table is not None and self.policy_table is not None
+        table = self.table
+        want = self._desired(self.sad)
+        # Remove first: slots freed here may be reused below.
+        for key, s in list(self.slots.items()):
+            if want.get(key) is s.sa:
+                continue
+            self._retire(s)
+            del self.slots[key]
+        for key, sa in want.items():
+            if key in self.slots:
+                continue
+            direction = key[1]
+            fp = _fingerprint(self._salt, sa)
+            if direction is Direction.OUT:
+                sa.seq = max(sa.seq, self._seq_memory.get(fp, 0))
+            slot = table.free_slot()
+            uid = table.install(slot, sa, direction)
+            self._order += 1
+            self.slots[key] = _Slot(sa, slot, uid, direction, self._order, fp)
+            log.info("SA %s spi %#x %s -> %s installed in slot %d (%s)",
+                     sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
+                     direction.name.lower())
+        live = {id(s.sa) for s in self.slots.values()}
+        self.usage = {k: v for k, v in self.usage.items() if k in live}
+        self._publish()
+        self._nl(self._sync_routes)
+        if self.cleartext is not None:
+            try:
+                self.cleartext.apply(self.spd)
+            except Exception as exc:
+                log.error("inbound policy filter (nft): %s", exc)
+        self._sa_labels = tuple(
+            (s.slot, SASample(str(s.sa.src), str(s.sa.dst), s.sa.spi, s.direction.name.lower(),
+                              0, 0))
+            for s in sorted(self.slots.values(), key=lambda s: s.slot))
+
+    def _retire(self, s: _Slot) -> None:
+        assert self.table is not None
+        totals = self.table.sum_sa_counters(s.slot)
+        for i in range(DROP_COLUMNS):
+            self.retired_drops[i] += totals[SACounter.DROPS + i]
+        if s.direction is Direction.OUT:
+            last = self.table.last_seq(s.slot)
+            self._seq_memory[s.fingerprint] = max(self._seq_memory.get(s.fingerprint, 0), last)
+        self.table.remove(s.slot)
+        log.info("SA spi %#x %s -> %s removed from slot %d", s.sa.spi, s.sa.src, s.sa.dst,
+                 s.slot)
+
+    def _publish(self) -> None:
+        assert self.policy_table is not None
+        outbound = [InstalledSA(s.sa, s.slot, s.order) for s in self.slots.values()
+                    if s.direction is Direction.OUT]
+        info: dict[int, SlotInfo] = {}
+        for inst in outbound:
+            info[inst.slot] = self._nl(self._route_info, inst.sa.dst)
+        doc = build_document(self.spd, outbound, self.local, info)
+        self.policy_table.publish(doc)
+
+    def _route_info(self, dst: IPAddress) -> SlotInfo:
+        from pyroute2 import IPRoute
+
+        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        try:
+            with IPRoute() as ipr:
+                routes = ipr.route("get", dst=str(dst), family=family,
+                                   mark=self.config.datapath.mark)
+                if not routes:
+                    raise OSError("no route")
+                oif = routes[0].get_attr("RTA_OIF")
+                link = ipr.get_links(oif)[0]
+                ifname = link.get_attr("IFLA_IFNAME")
+                mtu = int(link.get_attr("IFLA_MTU"))
+                metrics = routes[0].get_attr("RTA_METRICS")
+                if metrics is not None:
+                    route_mtu = metrics.get_attr("RTAX_MTU")
+                    if route_mtu:
+                        mtu = min(mtu, int(route_mtu))
+                return SlotInfo(mtu, str(ifname))
+        except Exception:
+            return SlotInfo(self.tun_mtu, "")
+
+    def _sync_routes(self) -> None:
+        if self.routing is None:
+            return
+        want: dict[str, str | None] = {}
+        for entry in self.spd.entries(PolicyDirection.OUT):
+            policy = entry.policy
+            if policy.action is not Action.IPSEC:
+                continue
+            prefix = str(policy.selector.dst)
+            src = next((str(a) for a in sorted(self.local, key=str)
+                        if a.version == policy.selector.version and a in policy.selector.src),
+                       None)
+            want.setdefault(prefix, src)
+        for prefix in list(self.routes):
+            if prefix not in want:
+                with contextlib.suppress(Exception):
+                    self.routing.del_peer(prefix)
+                del self.routes[prefix]
+        for prefix, src in want.items():
+            if self.routes.get(prefix, "-") == src:
+                continue
+            try:
+                self.routing.add_peer(prefix, src=src)
+            except Exception as exc:
+                log.error("route %s into %s: %s", prefix, self.config.datapath.tun, exc)
+                continue
+            self.routes[prefix] = src
+
+    # -- setkey ----------------------------------------------------------------------------
+
+    def apply_script(self, script: Script, *, rfc_mode: bool = True,
+                     show_keys: bool = False) -> dict[str, Any]:
+        """Apply a parsed script atomically (SAD, SPD and datapath); RequestError if refused."""
+        self._refresh_seq()
+        self.local = self._nl(self._local_addresses)
+        spd2, sad2 = self.spd.copy(), self.sad.copy()
+        live = {id(sa) for sa in self.sad.dump()}
+        try:
+            result = apply(script, spd2, sad2, rfc_mode=rfc_mode, show_keys=show_keys,
+                           pid=os.getpid())
+            self._check_plan(spd2, sad2)
+        except (SetkeyError, RequestError) as exc:
+            for sa in sad2.dump():
+                if id(sa) not in live:
+                    sa.wipe()
+            raise RequestError(str(exc)) from None
+        self.sad.replace_with(sad2)
+        self.spd.replace_with(spd2)
+        self._sync()
+        return {"changes": result.changes, "output": result.output,
+                "warnings": [str(w) for w in script.warnings]}
+
+    def _refresh_seq(self) -> None:
+        """Copy the shared outbound counters into the SAD's SAs (dumps show ``seq=``)."""
+        if self.table is None:
+            return
+        for s in self.slots.values():
+            if s.direction is Direction.OUT:
+                s.sa.seq = max(s.sa.seq, self.table.last_seq(s.slot))
+
+    # -- control commands ---------------------------------------------------------------------
+
+    def cmd_setkey(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply one or more scripts (``sources``: [[name, text], ...]) as one transaction."""
+        sources = request.get("sources")
+        if sources is None and "script" in request:
+            sources = [[request.get("name", "<control>"), request["script"]]]
+        if (not isinstance(sources, list) or not sources
+                or not all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
+                           and isinstance(x[1], str) for x in sources)):
+            raise RequestError("setkey: expected sources: [[name, script text], ...]")
+        rfc_mode = request.get("rfc_mode", self.config.setkey.rfc_mode)
+        scripts: list[Script] = []
+        try:
+            for name, text in sources:
+                scripts.append(parse(text, name, allow_legacy=self.config.daemon.allow_legacy))
+            combined = Script(sources[0][0], [op for sc in scripts for op in sc.ops],
+                              [w for sc in scripts for w in sc.warnings])
+            return self.apply_script(combined, rfc_mode=bool(rfc_mode),
+                                     show_keys=bool(request.get("show_keys", False)))
+        except SetkeyError as exc:
+            raise RequestError(str(exc)) from None
+        finally:
+            for sc in scripts:
+                sc.wipe()
+
+    def cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    def cmd_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid()}
+
+    def status(self) -> dict[str, Any]:
+        assert self.table is not None
+        table = self.table
+        self._refresh_seq()
+        now_mono = time.monotonic_ns()
+        workers = []
+        for w in self.workers:
+            wrow = table.worker_counters(w.index)
+            hb = int(wrow[WorkerCounter.HEARTBEAT_NS])
+            alive = w.process is not None and w.process.is_alive()
+            workers.append({
+                "index": w.index,
+                "pid": w.pid,
+                "alive": alive,
+                "running": alive and hb != 0 and now_mono - hb < HEARTBEAT_TIMEOUT * 1e9
+                           and hb >= int(w.started * 1e9),
+                "restarts": w.restarts,
+                "heartbeat_age": round((now_mono - hb) / 1e9, 3) if hb else None,
+                "packets_in": int(wrow[WorkerCounter.PACKETS_IN]),
+                "packets_out": int(wrow[WorkerCounter.PACKETS_OUT]),
+                "ring_drops": int(wrow[WorkerCounter.RING_DROPS]),
+                "busy_seconds": round(int(wrow[WorkerCounter.BUSY_NS]) / 1e9, 3),
+                "drops": _drops(wrow[WorkerCounter.DROPS + i] for i in range(DROP_COLUMNS)),
+            })
+        policies = []
+        for entry in self.spd.entries():
+            p = entry.policy
+            policies.append({
+                "direction": p.direction.value,
+                "src": str(p.selector.src),
+                "dst": str(p.selector.dst),
+                "proto": p.selector.proto,
+                "sport": p.selector.sport,
+                "dport": p.selector.dport,
+                "action": p.action.value,
+                "requests": [dump.format_request(r) for r in p.requests],
+                "priority": p.priority,
+                "auto": entry.auto,
+                "text": " ".join(line.strip() for line in dump.format_policy_lines(p)),
+            })
+        sas = []
+        by_sa: dict[int, list[_Slot]] = {}
+        for s in self.slots.values():
+            by_sa.setdefault(id(s.sa), []).append(s)
+        for sa in self.sad.dump():
+            slots = by_sa.get(id(sa), [])
+            totals = [0] * SA_COUNTER_COLUMNS
+            for s in slots:
+                row = table.sum_sa_counters(s.slot)
+                for i, v in enumerate(row):
+                    totals[i] = max(totals[i], v) if i == SACounter.LAST_USED_NS else totals[i] + v
+            sas.append({
+                "spi": sa.spi,
+                "spi_hex": f"0x{sa.spi:08x}",
+                "protocol": sa.protocol.name.lower(),
+                "src": str(sa.src),
+                "dst": str(sa.dst),
+                "mode": sa.mode.value,
+                "state": sa.state.value,
+                "direction": ",".join(s.direction.name.lower() for s in slots) or None,
+                "slots": [s.slot for s in slots],
+                "algorithms": _algorithms(sa),
+                "keys": sa.describe_keys(),
+                "seq": sa.seq,
+                "packets": totals[SACounter.PACKETS],
+                "bytes": totals[SACounter.BYTES],
+                "last_used": totals[SACounter.LAST_USED_NS] / 1e9 or None,
+                "created": self.sad.created(sa),
+                "drops": _drops(totals[SACounter.DROPS + i] for i in range(DROP_COLUMNS)),
+            })
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "instance": self.config.daemon.name,
+            "config": str(self.config.path),
+            "uptime": round(time.time() - self.started, 3),
+            "tun": {"name": self.config.datapath.tun, "mtu": self.tun_mtu},
+            "outside": list(self.config.datapath.outside),
+            "metrics": None if self.metrics_address is None else
+            f"{self.metrics_address[0]}:{self.metrics_address[1]}",
+            "workers": workers,
+            "policies": policies,
+            "sas": sas,
+            "drops": self._drop_totals(),
+            "expired": self.expired,
+            "routes": sorted(self.routes),
+        }
+
+    def _drop_totals(self) -> dict[str, int]:
+        assert self.table is not None
+        totals = list(self.retired_drops)
+        for s in self.slots.values():
+            row = self.table.sum_sa_counters(s.slot)
+            for i in range(DROP_COLUMNS):
+                totals[i] += row[SACounter.DROPS + i]
+        for w in range(self.table.n_workers):
+            wrow = self.table.worker_counters(w)
+            for i in range(DROP_COLUMNS):
+                totals[i] += int(wrow[WorkerCounter.DROPS + i])
+        return _drops(totals)
+
+    def metrics_snapshot(self) -> Snapshot:
+        """Called from the exporter's thread: reads shared counters and immutable labels only."""
+        table = self.table
+        if table is None:
+            return Snapshot()
+        sas = []
+        counts: dict[str, int] = {}
+        for slot, label in self._sa_labels:
+            row = table.sum_sa_counters(slot)
+            sas.append(SASample(label.src, label.dst, label.spi, label.direction,
+                                row[SACounter.PACKETS], row[SACounter.BYTES]))
+            counts[label.direction] = counts.get(label.direction, 0) + 1
+        workers = []
+        for w in list(self.workers):
+            wrow = table.worker_counters(w.index)
+            proc = w.process
+            workers.append(WorkerSample(
+                w.index, proc is not None and proc.is_alive(), w.restarts,
+                int(wrow[WorkerCounter.PACKETS_IN]), int(wrow[WorkerCounter.PACKETS_OUT]),
+                int(wrow[WorkerCounter.RING_DROPS]), int(wrow[WorkerCounter.BUSY_NS]) / 1e9))
+        drops = self._drop_totals()
+        for reason in Drop:
+            if reason is not Drop.OK:
+                drops.setdefault(reason.label, 0)
+        return Snapshot(sas=sas, drops=drops, workers=workers, sa_count=counts,
+                        policies=len(self.spd))
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _spec(self, index: int) -> Any:
+        from workers.worker import WorkerSpec
+
+        assert self.table is not None and self.policy_table is not None
+        cfg = self.config
+        return WorkerSpec(
+            index=index, count=len(self.workers), table=self.table.name,
+            policy=self.policy_table.name, tun=cfg.datapath.tun, outside=cfg.datapath.outside,
+            mark=cfg.datapath.mark, tx=cfg.datapath.tx, nat_t_port=cfg.datapath.nat_t_port,
+            allow_legacy=cfg.daemon.allow_legacy, log_level=cfg.daemon.level,
+            tun_mtu=self.tun_mtu)
+
+    def _start_worker(self, w: _WorkerState) -> None:
+        import multiprocess
+
+        from workers.worker import main as worker_main
+
+        w.pending_restart = None
+        if self._stopping:
+            return
+        ctx = multiprocess.get_context("fork")
+        proc = ctx.Process(target=worker_main, args=(self._spec(w.index),),
+                           name=f"ipsecd-worker-{w.index}", daemon=False)
+        w.started = time.monotonic()
+        proc.start()
+        w.process = proc
+        w.pid = int(proc.pid)
+        w.exit_code = None
+        loop = asyncio.get_running_loop()
+        loop.add_reader(proc.sentinel, self._worker_exited, w)
+        log.debug("worker %d started (pid %d)", w.index, w.pid)
+
+    def _worker_exited(self, w: _WorkerState) -> None:
+        loop = asyncio.get_running_loop()
+        proc = w.process
+        if proc is None:
+            return
+        loop.remove_reader(proc.sentinel)
+        proc.join(1)
+        w.exit_code = proc.exitcode
+        w.process = None
+        if self._stopping:
+            return
+        how = (f"killed by signal {-w.exit_code}" if w.exit_code is not None and w.exit_code < 0
+               else f"exit status {w.exit_code}")
+        now = time.monotonic()
+        w.recent = [t for t in w.recent if now - t < RESTART_WINDOW] + [now]
+        w.restarts += 1
+        delay = RESTART_DELAY if len(w.recent) > RESTART_BURST else 0.0
+        log.error("worker %d (pid %d) died (%s); restarting%s", w.index, w.pid, how,
+                  f" in {delay:g} s" if delay else "")
+        w.pending_restart = loop.call_later(delay, self._start_worker, w)
+
+    def _stop_workers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for w in self.workers:
+            if w.pending_restart is not None:
+                w.pending_restart.cancel()
+            if w.process is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(w.process.sentinel)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for w in self.workers:
+            if w.process is None:
+                continue
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
+                w.process.join(1)
+            w.process = None
+
+    # -- periodic work --------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self._tick()
+            except Exception:
+                log.exception("periodic work failed")
+
+    def _tick(self) -> None:
+        assert self.table is not None
+        now = time.time()
+        mono = time.monotonic_ns()
+        for w in self.workers:
+            if w.process is None:
+                continue
+            hb = int(self.table.worker_counters(w.index)[WorkerCounter.HEARTBEAT_NS])
+            started_ns = int(w.started * 1e9)
+            last = max(hb, started_ns)
+            if mono - last > HEARTBEAT_TIMEOUT * 1e9:
+                log.error("worker %d (pid %d): no heartbeat for %.1f s; killing it", w.index,
+                          w.pid, (mono - last) / 1e9)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
+        self._lifetimes(now)
+
+    def _lifetimes(self, now: float) -> None:
+        assert self.table is not None
+        per_sa: dict[int, tuple[SecurityAssociation, int, int, int]] = {}
+        for s in self.slots.values():
+            row = self.table.sum_sa_counters(s.slot)
+            sa, packets, nbytes, last = per_sa.get(id(s.sa), (s.sa, 0, 0, 0))
+            per_sa[id(s.sa)] = (sa, packets + row[SACounter.PACKETS],
+                                nbytes + row[SACounter.BYTES],
+                                max(last, row[SACounter.LAST_USED_NS]))
+        expired: list[SecurityAssociation] = []
+        changed = False
+        for key, (sa, packets, nbytes, _) in per_sa.items():
+            usage = self.usage.setdefault(key, _Usage())
+            if packets and usage.first_used is None:
+                usage.first_used = now
+            try:
+                age = now - self.sad.created(sa)
+            except Exception:
+                continue
+            used = now - usage.first_used if usage.first_used is not None else 0.0
+            if _reached(sa.hard, age, used, nbytes, packets, usage.first_used is not None):
+                expired.append(sa)
+            elif (not usage.soft_fired
+                  and _reached(sa.soft, age, used, nbytes, packets, usage.first_used is not None)):
+                usage.soft_fired = True
+                sa.state = SAState.DYING
+                changed = True
+                log.log(25, "SA %s spi %#x %s -> %s reached its soft lifetime: dying",
+                        sa.protocol.name.lower(), sa.spi, sa.src, sa.dst)
+        for sa in expired:
+            log.log(25, "SA %s spi %#x %s -> %s reached its hard lifetime: removed",
+                    sa.protocol.name.lower(), sa.spi, sa.src, sa.dst)
+            with contextlib.suppress(Exception):
+                self.sad.delete(sa.spi, sa.protocol, sa.dst)
+            self.expired += 1
+            changed = True
+        if expired:
+            self._refresh_seq()
+            self._sync()
+        elif changed:
+            self._publish()
+
+    # -- run --------------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        listen = self.config.metrics.listen
+        if listen is not None:
+            self.exporter = Exporter(listen[0], listen[1], self.metrics_snapshot)
+            try:
+                self.metrics_address = self.exporter.start()
+            except OSError as exc:
+                raise StartError(f"metrics.listen {self.config.metrics.text}: "
+                                 f"{exc.strerror or exc}") from None
+        server = ControlServer(self.config.control.socket, {
+            "setkey": self.cmd_setkey, "status": self.cmd_status, "ping": self.cmd_ping})
+        try:
+            await server.start()
+        except (ControlError, OSError) as exc:
+            raise StartError(f"control socket {self.config.control.socket}: {exc}") from None
+        self.server = server
+        ticker: asyncio.Task[None] | None = None
+        try:
+            for w in self.workers:
+                self._start_worker(w)
+            ticker = asyncio.create_task(self._ticker())
+            log.info("ipsecd %s running: %d worker(s), TUN %s (MTU %d), control %s%s",
+                     __version__, len(self.workers), self.config.datapath.tun, self.tun_mtu,
+                     self.config.control.socket,
+                     f", metrics {self.metrics_address[0]}:{self.metrics_address[1]}"
+                     if self.metrics_address else "")
+            _sd_notify("READY=1")
+            await self._stop.wait()
+        finally:
+            _sd_notify("STOPPING=1")
+            self._stopping = True
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+            await server.close()
+            self._stop_workers()
+
+    def _reload(self) -> None:
+        log.info("SIGHUP: re-applying the setkey script")
+        try:
+            script = self._load_script()
+        except StartError as exc:
+            log.error("reload: %s", exc)
+            return
+        if script is None:
+            return
+        try:
+            self.apply_script(script, rfc_mode=self.config.setkey.rfc_mode)
+        except RequestError as exc:
+            log.error("reload refused, nothing changed: %s", exc)
+        finally:
+            script.wipe()
+
+    def close(self) -> None:
+        """Undo :meth:`setup` (idempotent, and safe after a partial start)."""
+        if self.exporter is not None:
+            with contextlib.suppress(Exception):
+                self.exporter.close()
+            self.exporter = None
+        self._netlink.shutdown(wait=True)
+        if self.routing is not None:
+            try:
+                self.routing.remove()
+            except Exception as exc:
+                log.error("removing routing rules: %s", exc)
+            self.routing = None
+        if self.cleartext is not None:
+            try:
+                self.cleartext.remove()
+            except Exception as exc:
+                log.error("removing the inbound policy filter: %s", exc)
+            self.cleartext = None
+        if self.nft is not None:
+            try:
+                self.nft.remove()
+            except Exception as exc:
+                log.error("removing the nft table: %s", exc)
+            self.nft = None
+        if self.tun_queue is not None:
+            with contextlib.suppress(Exception):
+                self.tun_queue.close()
+            self.tun_queue = None
+        if self.table is not None:
+            self.table.close()
+            self.table = None
+        if self.policy_table is not None:
+            self.policy_table.close()
+            self.policy_table = None
+        self.sad.flush()
+        self.spd.flush()
+        for path, value in self._rp_restore.items():
+            with contextlib.suppress(OSError), open(path, "w") as fh:
+                fh.write(f"{value}\n")
+        self._rp_restore.clear()
+        with contextlib.suppress(OSError):
+            self._state_file.unlink()
+
+
+def _reached(limit: Any, age: float, used: float, nbytes: int, packets: int,
+             ever_used: bool) -> bool:
+    return bool(
+        (limit.add_seconds and age >= limit.add_seconds)
+        or (limit.use_seconds and ever_used and used >= limit.use_seconds)
+        or (limit.bytes and nbytes >= limit.bytes)
+        or (limit.packets and packets >= limit.packets))
+
+
+def _drops(values: Iterable[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if v and i:
+            try:
+                out[Drop(i).label] = int(v)
+            except ValueError:
+                out[f"reason_{i}"] = int(v)
+    return out
+
+
+def _algorithms(sa: SecurityAssociation) -> str:
+    parts = []
+    if sa.enc is not None:
+        parts.append(sa.enc.name.lower().removeprefix("encr_"))
+    if sa.auth and int(sa.auth):
+        parts.append(sa.auth.name.lower().removeprefix("auth_"))
+    if sa.comp is not None:
+        parts.append(sa.comp.name.lower())
+    if sa.esn:
+        parts.append("esn")
+    if sa.encap is not None:
+        parts.append(f"udp-encap {sa.encap.sport}/{sa.encap.dport}")
+    return " ".join(parts)
+
+
+def _link_mtu(name: str) -> int:
+    from pyroute2 import IPRoute
+
+    try:
+        with IPRoute() as ipr:
+            return int(ipr.get_links(ifname=name)[0].get_attr("IFLA_MTU"))
+    except Exception:
+        return 1500
+
+
+def _sd_notify(message: str) -> None:
+    """systemd's readiness protocol (sd_notify(3)), when started as a Type=notify service."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), path)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def run(config: Config) -> int:
+    """``ipsecd run``: start, serve until SIGTERM/SIGINT, clean up; the exit status."""
+    daemon = Daemon(config)
+    # Until the event loop takes over, SIGTERM/SIGINT abort the start-up through
+    # the same clean-up as everything else (no half-installed tables or rules).
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.setup()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        asyncio.run(daemon.serve())
+    except StartError as exc:
+        log.error("%s", exc)
+        return 3
+    except _Interrupted as exc:
+        log.info("%s during start-up: stopping", exc)
+        return 0
+    finally:
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)  # clean-up is not to be interrupted
+        daemon.close()
+    log.info("ipsecd stopped")
+    return 0
+
+
+__all__ = ["Daemon", "StartError", "run"]

@@ -1,0 +1,803 @@
+"""A datapath worker: ESP from the RX ring to the TUN, plaintext from the TUN to ESP.
+
+Theory of operation
+-------------------
+The control process forks one worker per core and calls :func:`main` with a
+:class:`WorkerSpec`.  A worker owns, for its whole life:
+
+* one TPACKET_V3 RX ring per outside interface, each with the socket filter
+  ``bpf.spi_steering(n, k)``: this worker sees exactly the ESP whose
+  ``spi % n == k``, so the anti-replay window of each inbound SA is used by
+  one process (docs/architecture.md);
+* one queue of the multi-queue TUN device: the kernel hands it the
+  plaintext of some flows (a flow always lands on one queue);
+* a :class:`workers.rings.TxSender` per outside interface (with the policy
+  routing mark, so our ESP does not loop back into the TUN);
+* read-only views of the SA table (:mod:`ipsecd.satable`) and the policy
+  table (:mod:`workers.policy`), and its own counter rows in the SA table.
+
+The loop waits in ``poll`` on the ring and TUN descriptors (at most
+:data:`IDLE_POLL_MS`, so the heartbeat moves while idle) and per wake-up:
+
+1. **Generations.**  When the SA table's generation moved, changed slots are
+   re-read (seqlock copy) and their codec contexts rebuilt; the key copies
+   are wiped once the context holds them.  When the policy table's
+   generation moved, the policy document is re-read.  Either change clears
+   the per-flow decision caches.
+2. **Inbound.**  Every ready ring block: :func:`ipsecd.esp.peek` for the SPI,
+   the SPI's context, ``decap_into`` in the ring frame itself (no copy), the
+   inbound policy check (cached per SA and flow), one ``write`` to the TUN.
+3. **Outbound.**  Up to :data:`BATCH` packets are read from the TUN, each
+   into its own reusable buffer behind :data:`HEADROOM` bytes, and
+   classified (per-flow cache of the SPD decision: bypass, discard, or the
+   SA slot and its context).  Then, once per SA per batch,
+   ``SATable.alloc_seq(slot, count)`` takes exactly the sequence numbers
+   the batch needs under the SA's record lock, so no number is ever used
+   twice, whatever the number of workers; a worker killed in between
+   leaves a gap, never a reuse.  Each packet is encrypted where it lies
+   (``encap_into``) and queued on the TX ring; one ``flush`` per batch.
+4. **Counters** are accumulated in local ints and added to the worker's
+   own rows of the shared table once per batch, with the heartbeat.
+
+Drops are counted per SA when the SA is known, else in the worker row, and
+logged at most once per reason per :data:`LOG_INTERVAL` seconds with the
+number seen since the last line.
+
+MTU: a packet that would not fit the SA's path MTU once encapsulated gets
+ICMP "fragmentation needed" / "packet too big" back through the TUN when
+DF is set (IPv6: always), announcing the largest inner packet that fits
+*that* SA; an IPv4 packet without DF is fragmented before encapsulation
+(:mod:`workers.icmp`).  The outer packet is never fragmented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ipsecd.drops import Drop
+from ipsecd.esp import EspContext, Inbound, peek
+from ipsecd.iana import IpProto
+from ipsecd.packet import ipv6_ipsec_offset
+from ipsecd.replay import ReplayWindow
+from ipsecd.sa import Mode, SecurityAssociation
+from ipsecd.satable import (
+    SA_COUNTER_COLUMNS,
+    Direction,
+    SACounter,
+    SATable,
+    WorkerCounter,
+)
+from workers import bpf
+from workers.icmp import RateLimit, fragment_ipv4, too_big_error
+from workers.policy import (
+    ACTION_DISCARD,
+    ACTION_NONE,
+    MODE_TRANSPORT,
+    MODE_TUNNEL,
+    PolicyReader,
+    PolicySet,
+    Rule,
+)
+from workers.rings import RingConfig, RxRing, TxSender
+from workers.tun import TunQueue
+
+log = logging.getLogger("ipsecd.worker")
+
+BATCH = 64  # packets read from the TUN per turn
+HEADROOM = 128  # room before a TUN packet: outer IPv6 + UDP + ESP + IV is 72 at most
+TAILROOM = 128  # padding, trailer, ICV (and CBC scratch)
+IDLE_POLL_MS = 200
+LOG_INTERVAL = 10.0
+STATS_INTERVAL = 1.0
+ICMP_RATE = 200.0  # errors per second per worker (RFC 1812 §4.3.2.8 wants a limit)
+
+_ESP = int(IpProto.ESP)
+_AH = int(IpProto.AH)
+_IPCOMP = int(IpProto.IPCOMP)
+_V4_KEY = struct.Struct("!B5xBBxB2x8s")  # ver/ihl, flags/frag hi, frag lo, proto, src+dst
+_V6_KEY = struct.Struct("!6xB1x32s")  # next header, src+dst
+_U32 = struct.Struct("!I")
+_SPI_AT_V4 = _U32
+_U16 = struct.Struct("!H")
+_PORT_PROTOS = frozenset((6, 17, 132, 136))
+_ICMP_PROTOS = frozenset((1, 58))
+_IPV6_EXT = frozenset((0, 43, 60))
+_M32 = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
+
+# Outbound decisions (first item of a cached decision tuple).
+OUT_ESP = 0
+OUT_BYPASS = 1
+OUT_DROP = 2
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; the control process builds one per worker index."""
+
+    index: int
+    count: int
+    table: str  # SA table shm name
+    policy: str  # policy table shm name
+    tun: str
+    outside: tuple[str, ...]
+    mark: int
+    tx: str = "ring"
+    nat_t_port: int = 4500
+    allow_legacy: bool = False
+    log_level: int = logging.INFO
+    tun_mtu: int = 1500
+    ring_block_size: int = 1 << 17
+    ring_block_count: int = 32
+
+
+class _In:
+    """An inbound SA as the worker uses it."""
+
+    __slots__ = ("decap", "dst", "mode", "reqid", "slot", "spi", "src", "uid", "window")
+
+    def __init__(self, slot: int, uid: int, ctx: EspContext, window: ReplayWindow,
+                 sa: SecurityAssociation) -> None:
+        self.slot = slot
+        self.uid = uid
+        self.spi = sa.spi
+        self.decap = ctx.decap_into
+        self.window = window
+        self.mode = MODE_TUNNEL if sa.mode is Mode.TUNNEL else MODE_TRANSPORT
+        self.src = sa.src.packed
+        self.dst = sa.dst.packed
+        self.reqid = sa.reqid
+
+
+_UNKNOWN: Any = object()  # no SA with this SPI
+
+
+class _Out:
+    """An outbound SA: its context, sizes and sequence-number limit."""
+
+    __slots__ = ("ctx", "encap", "limit", "slot", "tunnel", "uid")
+
+    def __init__(self, slot: int, uid: int, ctx: EspContext, sa: SecurityAssociation) -> None:
+        self.slot = slot
+        self.uid = uid
+        self.ctx = ctx
+        self.encap = ctx.encap_into
+        self.limit = _M64 if sa.esn else _M32
+        self.tunnel = sa.mode is Mode.TUNNEL
+
+    def max_inner(self, path_mtu: int, header: int) -> int:
+        """The largest inner packet that fits ``path_mtu`` once encapsulated.
+
+        ``header`` is the length of the IP header that stays in front of ESP
+        in transport mode (ignored in tunnel mode).  See
+        :meth:`ipsecd.esp.EspContext.encapsulated_length`: the padded payload
+        (payload + 2 trailer bytes, rounded up to ``align``) plus headroom,
+        ICV and, in transport mode, the header must fit.
+        """
+        ctx = self.ctx
+        h = 0 if self.tunnel else header
+        room = path_mtu - ctx.headroom - ctx.icv_bytes - h
+        room -= room % ctx.align
+        return room - 2 + h
+
+
+class Worker:
+    """One worker's state and loop; see the module docstring."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.k = spec.index
+        self.running = True
+        self.table = SATable.attach(spec.table)
+        self.policy_reader = PolicyReader(spec.policy)
+        self.sa_ctr = self.table.sa_counters(spec.index)
+        self.wk_ctr = self.table.worker_counters(spec.index)
+        self.wk_ctr[WorkerCounter.PID] = os.getpid()
+        self.tun = TunQueue.open(spec.tun)
+        ring_config = RingConfig(block_size=spec.ring_block_size,
+                                 block_count=spec.ring_block_count)
+        code = bpf.pack(bpf.spi_steering(spec.count, spec.index, nat_t_port=spec.nat_t_port,
+                                         fragments_to=None))
+        self.rings = [RxRing(ifname, config=ring_config, filter=code) for ifname in spec.outside]
+        self.txs = {ifname: TxSender(ifname, method=spec.tx, mark=spec.mark)  # type: ignore[arg-type]
+                    for ifname in spec.outside}
+        self.tx_default = self.txs[spec.outside[0]]
+        self.raw = self.tx_default.raw
+        self.poll = select.poll()
+        for ring in self.rings:
+            self.poll.register(ring.fileno(), select.POLLIN | select.POLLERR)
+        self.poll.register(self.tun.fileno(), select.POLLIN)
+
+        # TUN buffers: BATCH slots, each HEADROOM + MTU + TAILROOM bytes.
+        self.capacity = max(spec.tun_mtu, 1280) + 1  # one more: a longer packet shows as truncated
+        size = HEADROOM + self.capacity + TAILROOM
+        self._mem = bytearray(BATCH * size)
+        whole = memoryview(self._mem)
+        self.bufs = [whole[i * size:(i + 1) * size] for i in range(BATCH)]
+        self.reads = [b[HEADROOM:HEADROOM + self.capacity] for b in self.bufs]
+
+        # SA and policy state, rebuilt on generation changes.
+        self.sa_generation = -1
+        self.slot_gen: dict[int, int] = {}
+        # Inbound SAs by SPI - the hot-path lookup - and, for the rare SPIs
+        # that several SAs share (the SAD key is SPI, protocol and destination),
+        # by (SPI, destination): then the SPI maps to None here.
+        self.inbound: dict[int, _In | None] = {}
+        self.inbound_by_dst: dict[tuple[int, bytes], _In] = {}
+        self.outbound: dict[int, _Out] = {}
+        self.policy_generation = -1
+        self.policies = PolicySet()
+        self.out_flows: dict[Any, tuple[Any, ...]] = {}
+        self.in_flows: dict[Any, int] = {}
+
+        # Local counters, flushed once per batch.
+        self.acc: dict[int, list[int]] = {}  # slot -> [packets, bytes]
+        self.sa_drops: dict[tuple[int, int], int] = {}
+        self.wk_drops: dict[int, int] = {}
+        self.packets_in = 0
+        self.packets_out = 0
+        self.icmp_limit = RateLimit(ICMP_RATE, ICMP_RATE / 2)
+        self._log_last: dict[str, float] = {}
+        self._log_count: dict[str, int] = {}
+        self._next_stats = 0.0
+        # Worker rows outlive a worker: a restarted one adds to what its predecessor counted.
+        self._ring_drops_base = int(self.wk_ctr[WorkerCounter.RING_DROPS])
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        log.debug("worker %d of %d up (pid %d)", self.k, self.spec.count, os.getpid())
+        poll = self.poll.poll
+        rings = self.rings
+        wk = self.wk_ctr
+        busy = False
+        ppid = os.getppid()
+        while self.running:
+            if not busy:
+                poll(IDLE_POLL_MS)
+            start = time.monotonic_ns()
+            wk[WorkerCounter.HEARTBEAT_NS] = start
+            self._refresh()
+            busy = False
+            for ring in rings:
+                if ring.ready():
+                    self._inbound(ring)
+            if self._outbound() == BATCH:
+                busy = True
+            for ring in rings:
+                if ring.ready():
+                    busy = True
+            self._flush_counters()
+            end = time.monotonic_ns()
+            wk[WorkerCounter.BUSY_NS] += end - start
+            if end >= self._next_stats:
+                self._next_stats = end + int(STATS_INTERVAL * 1e9)
+                self._ring_stats()
+                if os.getppid() != ppid:  # the control process is gone
+                    log.error("worker %d: control process gone, exiting", self.k)
+                    break
+
+    def stop(self) -> None:
+        self.running = False
+
+    # -- generations --------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        gen = self.table.generation
+        if gen != self.sa_generation:
+            self.sa_generation = gen
+            self._reload_sas()
+            self.out_flows.clear()
+            self.in_flows.clear()
+        pgen = self.policy_reader.generation
+        if pgen != self.policy_generation:
+            got = self.policy_reader.read()
+            if got is not None:
+                self.policy_generation, doc = got
+                self.policies = PolicySet.from_document(self.policy_generation, doc)
+                self.out_flows.clear()
+                self.in_flows.clear()
+
+    def _reload_sas(self) -> None:
+        table = self.table
+        n, k = self.spec.count, self.k
+        for slot in range(table.n_slots):
+            gen = table.slot_generation(slot)
+            if self.slot_gen.get(slot) == gen:
+                continue
+            entry = table.read(slot)
+            if entry is None:
+                if gen & 1:  # being written: look again next turn
+                    self.sa_generation = -1
+                    continue
+                self.slot_gen[slot] = gen
+                self._forget(slot)
+                continue
+            self.slot_gen[slot] = entry.generation
+            self._forget(slot)
+            sa = entry.sa
+            try:
+                if sa.protocol != IpProto.ESP:
+                    continue  # AH and IPComp are not in the datapath yet
+                if entry.direction is Direction.IN:
+                    if sa.spi % n != k:
+                        continue  # another worker's SA (socket filter)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy)
+                    window = ReplayWindow(sa.replay_window, esn=sa.esn,
+                                          buffer=table.replay_buffer(slot), initialize=False)
+                    self._add_inbound(_In(slot, entry.uid, ctx, window, sa))
+                else:
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy)
+                    self.outbound[slot] = _Out(slot, entry.uid, ctx, sa)
+            except Exception as exc:  # TransformError, ValueError: the control validated it
+                self._note("bad_sa", f"SA {sa.spi:#x} in slot {slot} unusable: {exc}")
+            finally:
+                sa.wipe()  # the context holds what it needs; the copy's keys go
+
+    def _add_inbound(self, e: _In) -> None:
+        self.inbound_by_dst[(e.spi, e.dst)] = e
+        shared = [x for (s, _), x in self.inbound_by_dst.items() if s == e.spi]
+        self.inbound[e.spi] = e if len(shared) == 1 else None
+
+    def _forget(self, slot: int) -> None:
+        self.outbound.pop(slot, None)
+        for key, e in list(self.inbound_by_dst.items()):
+            if e.slot == slot:
+                del self.inbound_by_dst[key]
+                rest = [x for (s, _), x in self.inbound_by_dst.items() if s == key[0]]
+                if not rest:
+                    self.inbound.pop(key[0], None)
+                else:
+                    self.inbound[key[0]] = rest[0] if len(rest) == 1 else None
+
+    def _shared_spi(self, spi: int, pkt: memoryview) -> _In | None:
+        """The SA of a shared SPI, by the packet's destination address."""
+        dst = bytes(pkt[16:20]) if pkt[0] >> 4 == 4 else bytes(pkt[24:40])
+        return self.inbound_by_dst.get((spi, dst))
+
+    # -- inbound ------------------------------------------------------------------------
+
+    def _inbound(self, ring: RxRing) -> None:
+        inbound = self.inbound
+        acc = self.acc
+        write = self.tun.write
+        port = self.spec.nat_t_port
+        esp_kind = Inbound.ESP
+        check = self._inbound_check
+        count = 0
+        spi_at = _SPI_AT_V4.unpack_from
+        for pkt in ring.batch(0):
+            count += 1
+            end = len(pkt)
+            if pkt[0] == 0x45 and pkt[9] == _ESP and end >= 28:
+                # The common case, bare ESP after an IPv4 header without options:
+                # the SPI is at 20 (decap_into checks the rest of the header).
+                spi = spi_at(pkt, 20)[0]
+            else:
+                kind, spi, _, _, _ = peek(pkt, 0, end, udp_port=port)
+                if kind is not esp_kind:
+                    self._wk_drop(Drop.MALFORMED, "malformed")
+                    continue
+            e = inbound.get(spi, _UNKNOWN)
+            if e is None:
+                e = self._shared_spi(spi, pkt)
+            if e is None or e is _UNKNOWN:
+                self._wk_drop(Drop.UNKNOWN_SPI, "unknown_spi", spi)
+                continue
+            drop, s, en, _ = e.decap(pkt, 0, end, e.window)
+            if drop:
+                self._sa_drop(e.slot, drop, spi)
+                continue
+            if not check(e, pkt, s, en):
+                self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
+                continue
+            try:
+                write(pkt[s:en])
+            except OSError as exc:
+                self._note("tun_write", f"TUN write failed: {exc.strerror}")
+                continue
+            a = acc.get(e.slot)
+            if a is None:
+                acc[e.slot] = [1, en - s]
+            else:
+                a[0] += 1
+                a[1] += en - s
+        self.packets_in += count
+
+    def _inbound_check(self, e: _In, buf: memoryview, s: int, end: int) -> bool:
+        """RFC 4301 §5.2: the decapsulated packet must be one the SA's policy admits."""
+        version = buf[s] >> 4
+        if version == 4:
+            if end - s < 20:
+                return False
+            b0, frag_hi, frag_lo, proto, addrs = _V4_KEY.unpack_from(buf, s)
+            at = s + ((b0 & 15) << 2)
+            ports = 0 if (frag_hi & 0x1F or frag_lo) else _ports(proto, buf, at, end)
+        elif version == 6:
+            if end - s < 40:
+                return False
+            proto, addrs = _V6_KEY.unpack_from(buf, s)
+            at = s + 40
+            while proto in _IPV6_EXT and at + 8 <= end:
+                proto, at = buf[at], at + ((buf[at + 1] + 1) << 3)
+            ports = _ports(proto, buf, at, end)
+        else:
+            return False
+        key = (e.slot, addrs, proto, ports)
+        ok = self.in_flows.get(key)
+        if ok is None:
+            ok = self.in_flows[key] = self._inbound_decide(e, version, addrs, proto, ports)
+            if len(self.in_flows) > 65536:
+                self.in_flows.clear()
+        return bool(ok)
+
+    def _inbound_decide(self, e: _In, version: int, addrs: bytes, proto: int, ports: int) -> int:
+        half = len(addrs) // 2
+        src, dst = addrs[:half], addrs[half:]
+        ps = self.policies
+        direction = "in" if dst in ps.local else "fwd"
+        rule = ps.lookup(direction, version, int.from_bytes(src, "big"),
+                         int.from_bytes(dst, "big"), proto, ports >> 16, ports & 0xFFFF)
+        transport = e.mode == MODE_TRANSPORT
+        if rule is None or rule.action == ACTION_NONE:
+            # As Linux (__xfrm_policy_check): without a policy that asks for
+            # IPsec, only what came through transport-mode SAs is accepted.
+            return int(transport)
+        if rule.action == ACTION_DISCARD:
+            return 0
+        for req in rule.requests:
+            if req.protocol != _ESP or req.mode != e.mode:
+                continue
+            if req.src is not None and (req.src != e.src or req.dst != e.dst):
+                continue
+            if req.reqid and req.reqid != e.reqid:
+                continue
+            return 1
+        return 0
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def _outbound(self) -> int:
+        read = self.tun.readinto
+        reads = self.reads
+        bufs = self.bufs
+        flows = self.out_flows
+        decide = self._outbound_decide
+        pending: list[tuple[memoryview, int, tuple[Any, ...]]] = []
+        need: dict[int, int] = {}
+        n = 0
+        h = HEADROOM
+        for i in range(BATCH):
+            try:
+                length = read(reads[i])
+            except OSError:
+                length = None
+            if length is None:
+                break
+            n += 1
+            buf = bufs[i]
+            version = buf[h] >> 4
+            if version == 4 and length >= 20:
+                b0, frag_hi, frag_lo, proto, addrs = _V4_KEY.unpack_from(buf, h)
+                ports = 0 if (frag_hi & 0x1F or frag_lo) else _ports(
+                    proto, buf, h + ((b0 & 15) << 2), h + length)
+            elif version == 6 and length >= 40:
+                proto, addrs = _V6_KEY.unpack_from(buf, h)
+                at = h + 40
+                end = h + length
+                while proto in _IPV6_EXT and at + 8 <= end:
+                    proto, at = buf[at], at + ((buf[at + 1] + 1) << 3)
+                ports = _ports(proto, buf, at, end)
+            else:
+                self._wk_drop(Drop.MALFORMED, "malformed")
+                continue
+            if length >= self.capacity:
+                self._wk_drop(Drop.MALFORMED, "malformed")  # truncated: larger than the TUN MTU
+                continue
+            key = (addrs, proto, ports)
+            d = flows.get(key)
+            if d is None:
+                d = decide(version, addrs, proto, ports, buf, h, length)
+                if len(flows) > 65536:
+                    flows.clear()
+                flows[key] = d
+            kind = d[0]
+            if kind == OUT_ESP:
+                slot = d[1]
+                if length > d[3]:
+                    self._too_big(buf, h, length, d, pending, need)
+                    continue
+                pending.append((buf, length, d))
+                need[slot] = need.get(slot, 0) + 1
+            elif kind == OUT_BYPASS:
+                self._bypass(buf[h:h + length], version, addrs)
+            else:
+                reason = d[1]
+                if d[2] is not None:
+                    self._sa_drop(d[2], reason, 0)
+                else:
+                    self._wk_drop(reason, reason.label)
+        if not n:
+            return 0
+        self.packets_out += n
+        if pending:
+            self._encrypt(pending, need)
+        return n
+
+    def _encrypt(self, pending: list[tuple[memoryview, int, tuple[Any, ...]]],
+                 need: dict[int, int]) -> None:
+        table = self.table
+        nxt: dict[int, int] = {}
+        for slot, count in need.items():
+            out = self.outbound.get(slot)
+            first = table.alloc_seq(slot, count, out.limit) if out is not None else 0
+            nxt[slot] = first  # 0: exhausted (RFC 4303 §3.3.3: rekey, never cycle)
+        acc = self.acc
+        h = HEADROOM
+        sent_to: set[TxSender] = set()
+        for buf, length, d in pending:
+            slot = d[1]
+            seq = nxt[slot]
+            if not seq:
+                self._sa_drop(slot, Drop.SEQ_OVERFLOW, 0)
+                continue
+            nxt[slot] = seq + 1
+            drop, s, e = d[2](buf, h, h + length, seq)
+            if drop:
+                self._sa_drop(slot, drop, 0)
+                continue
+            tx = d[4]
+            if not tx.send(buf[s:e]):
+                self._sa_drop(slot, Drop.RING_FULL, 0)
+                continue
+            sent_to.add(tx)
+            a = acc.get(slot)
+            if a is None:
+                acc[slot] = [1, length]
+            else:
+                a[0] += 1
+                a[1] += length
+        for tx in sent_to:
+            tx.flush()
+
+    def _outbound_decide(self, version: int, addrs: bytes, proto: int, ports: int,
+                         buf: memoryview, h: int, length: int) -> tuple[Any, ...]:
+        """The SPD decision for a new flow (cached by the caller)."""
+        half = len(addrs) // 2
+        src, dst = addrs[:half], addrs[half:]
+        rule: Rule | None = self.policies.lookup(
+            "out", version, int.from_bytes(src, "big"), int.from_bytes(dst, "big"),
+            proto, ports >> 16, ports & 0xFFFF)
+        if rule is None or rule.action == ACTION_NONE:
+            return (OUT_BYPASS,)
+        if rule.action == ACTION_DISCARD:
+            return (OUT_DROP, Drop.DISCARD, None)
+        chosen: _Out | None = None
+        for req in rule.requests:
+            if req.protocol == _IPCOMP:
+                continue  # RFC 3173 §2.2: sending uncompressed is always allowed
+            slot = self.policies.outbound_slot(req, src, dst)
+            out = self.outbound.get(slot) if slot is not None else None
+            if req.protocol != _ESP:
+                if req.required:
+                    self._note("ah_out", "AH is not supported by the datapath yet: "
+                               f"policy for {_addr(src)} -> {_addr(dst)} drops")
+                    return (OUT_DROP, Drop.NO_SA, None)
+                continue
+            if out is None:
+                if req.required:
+                    return (OUT_DROP, Drop.NO_SA, None)
+                continue
+            if chosen is None:
+                chosen = out
+        if chosen is None:
+            return (OUT_BYPASS,)
+        info = self.policies.slots.get(chosen.slot)
+        path_mtu = info.path_mtu if info is not None else 1500
+        tx = self.txs.get(info.ifname, self.tx_default) if info is not None else self.tx_default
+        if chosen.tunnel:
+            header = 0
+        elif version == 4:
+            header = (buf[h] & 15) << 2
+        else:
+            try:
+                header = ipv6_ipsec_offset(buf[h:h + length])[0]
+            except ValueError:
+                header = 40
+        return (OUT_ESP, chosen.slot, chosen.encap, chosen.max_inner(path_mtu, header), tx,
+                version)
+
+    def _too_big(self, buf: memoryview, h: int, length: int, d: tuple[Any, ...],
+                 pending: list[tuple[memoryview, int, tuple[Any, ...]]],
+                 need: dict[int, int]) -> None:
+        slot, max_inner, version = d[1], d[3], d[5]
+        packet = buf[h:h + length]
+        if version == 4 and not packet[6] & 0x40:
+            frags = fragment_ipv4(packet, max_inner)
+            if frags:
+                size = HEADROOM + max_inner + TAILROOM
+                for frag in frags:
+                    room = memoryview(bytearray(size))
+                    room[h:h + len(frag)] = frag
+                    pending.append((room, len(frag), d))
+                need[slot] = need.get(slot, 0) + len(frags)
+                return
+        self._sa_drop(slot, Drop.MTU, 0)
+        if self.icmp_limit.allow():
+            error = too_big_error(packet, max_inner)
+            if error is not None:
+                try:
+                    self.tun.write(error)
+                except OSError as exc:
+                    self._note("tun_write", f"TUN write failed: {exc.strerror}")
+
+    def _bypass(self, packet: memoryview, version: int, addrs: bytes) -> None:
+        """Traffic the SPD lets pass in clear (``none``, or no policy): out by the main table."""
+        dst = addrs[len(addrs) // 2:]
+        if (version == 6 and (dst[0] == 0xFF or dst[:2] == b"\xfe\x80")) or (
+                version == 4 and dst[0] >= 224):
+            # Multicast and link-local (the kernel's own MLD and router
+            # solicitations on the TUN): not ours to route, and not a drop of
+            # anyone's traffic either.
+            return
+        if not self.raw.send(packet, dst):
+            self._wk_drop(Drop.RING_FULL, "bypass_send")
+
+    # -- counters and logs ---------------------------------------------------------------
+
+    def _sa_drop(self, slot: int, reason: Drop, spi: int) -> None:
+        key = (slot, int(reason))
+        self.sa_drops[key] = self.sa_drops.get(key, 0) + 1
+        if reason is not Drop.DUMMY:
+            self._note(reason.label, f"SA slot {slot}" + (f" spi {spi:#x}" if spi else ""))
+
+    def _wk_drop(self, reason: Drop, what: str, spi: int = 0) -> None:
+        r = int(reason)
+        self.wk_drops[r] = self.wk_drops.get(r, 0) + 1
+        self._note(what, f"spi {spi:#x}" if spi else "")
+
+    def _note(self, what: str, detail: str) -> None:
+        """Rate-limited log: one line per kind per LOG_INTERVAL, with the count since the last."""
+        count = self._log_count.get(what, 0) + 1
+        now = time.monotonic()
+        last = self._log_last.get(what)
+        if last is not None and now - last < LOG_INTERVAL:
+            self._log_count[what] = count
+            return
+        self._log_last[what] = now
+        self._log_count[what] = 0
+        log.warning("worker %d: %s: %d packet(s)%s", self.k, what, count,
+                    f" (last: {detail})" if detail else "")
+
+    def _flush_counters(self) -> None:
+        ctr = self.sa_ctr
+        if self.acc:
+            now = time.time_ns()
+            for slot, (packets, nbytes) in self.acc.items():
+                base = slot * SA_COUNTER_COLUMNS
+                ctr[base + SACounter.PACKETS] += packets
+                ctr[base + SACounter.BYTES] += nbytes
+                ctr[base + SACounter.LAST_USED_NS] = now
+            self.acc.clear()
+        if self.sa_drops:
+            for (slot, reason), count in self.sa_drops.items():
+                ctr[slot * SA_COUNTER_COLUMNS + SACounter.DROPS + reason] += count
+            self.sa_drops.clear()
+        wk = self.wk_ctr
+        if self.wk_drops:
+            for reason, count in self.wk_drops.items():
+                wk[WorkerCounter.DROPS + reason] += count
+            self.wk_drops.clear()
+        if self.packets_in:
+            wk[WorkerCounter.PACKETS_IN] += self.packets_in
+            self.packets_in = 0
+        if self.packets_out:
+            wk[WorkerCounter.PACKETS_OUT] += self.packets_out
+            self.packets_out = 0
+
+    def _ring_stats(self) -> None:
+        drops = 0
+        for ring in self.rings:
+            with contextlib.suppress(OSError):
+                drops += ring.read_stats().drops
+        self.wk_ctr[WorkerCounter.RING_DROPS] = self._ring_drops_base + drops
+
+    def close(self) -> None:
+        for ring in self.rings:
+            with contextlib.suppress(Exception):
+                ring.close()
+        for tx in self.txs.values():
+            with contextlib.suppress(Exception):
+                tx.close()
+        with contextlib.suppress(Exception):
+            self.tun.close()
+        with contextlib.suppress(Exception):
+            self.policy_reader.close()
+        self.inbound.clear()
+        self.inbound_by_dst.clear()
+        self.outbound.clear()
+        self.out_flows.clear()
+
+
+def _ports(proto: int, buf: memoryview, at: int, end: int) -> int:
+    """Selector ports as one int (sport << 16 | dport); ICMP: type << 16 | code."""
+    if proto in _PORT_PROTOS:
+        if at + 4 <= end:
+            return int(_U32.unpack_from(buf, at)[0])
+    elif proto in _ICMP_PROTOS and at + 2 <= end:
+        return buf[at] << 16 | buf[at + 1]
+    return 0
+
+
+def _addr(packed: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(packed))
+
+
+# --- process entry --------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the control process dies (no orphan workers)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _reset_signals(on_term: Callable[[int, object], None]) -> None:
+    # A forked child inherits the control process's asyncio signal set-up: its
+    # wakeup fd is the parent's self-pipe.  Detach from it first, or a signal
+    # to this worker would be taken for one to the control process.
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C in a terminal goes to the control process
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def main(spec: WorkerSpec) -> None:
+    """Worker process entry point (the control process forks and calls this)."""
+    _die_with_parent()
+    worker: Worker | None = None
+
+    def on_term(signum: int, frame: object) -> None:
+        if worker is not None:
+            worker.stop()
+        else:
+            raise SystemExit(0)
+
+    _reset_signals(on_term)
+    logging.getLogger().setLevel(spec.log_level)
+    try:
+        worker = Worker(spec)
+    except Exception as exc:
+        log.error("worker %d could not start: %s", spec.index, exc)
+        sys.stderr.flush()
+        os._exit(3)
+    try:
+        worker.run()
+    except Exception:
+        log.exception("worker %d failed", spec.index)
+        os._exit(4)
+    finally:
+        worker.close()
+
+
+__all__ = ["BATCH", "HEADROOM", "Worker", "WorkerSpec", "main"]
