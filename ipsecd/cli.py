@@ -294,12 +294,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except config_mod.ConfigError as exc:
         _err(str(exc))
         return EXIT_SCRIPT
-    level = cfg.daemon.level
-    logging.addLevelName(25, "NOTIFY")
-    logging.basicConfig(level=level, force=True, stream=sys.stderr,
-                        format="%(levelname)s %(name)s[%(process)d]: %(message)s")
-    for noisy in ("pyroute2", "asyncio"):  # their debug output is not ours to show
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from ipsecd import log as log_setup
+
+    log_setup.setup(cfg.daemon.log_level, cfg.log.format, cfg.log.levels)
     if args.check:
         if cfg.setkey.script is not None:
             try:

@@ -34,6 +34,11 @@ documents them for operators; ``deploy/examples/`` has complete files)::
 
     [metrics]
     listen = "127.0.0.1:9765"   # "" turns the exporter off; port 0 picks one
+    sa_labels = false           # also per-SA series labelled with the SPI
+
+    [log]
+    format = "text"          # text: human lines; json: one JSON object a line
+    levels = {}              # per subsystem, e.g. { worker = "debug" } (default daemon.log_level)
 
     [setkey]
     script = ""              # loaded at start (manual keying), relative to this file
@@ -132,6 +137,8 @@ class ControlConfig:
 class MetricsConfig:
     listen: tuple[str, int] | None = ("127.0.0.1", 9765)
     """Address and port of the Prometheus exporter; None turns it off."""
+    sa_labels: bool = False
+    """Also export per-SA series with an ``spi`` label (one series per SA: new at every rekey)."""
 
     @property
     def text(self) -> str:
@@ -139,6 +146,14 @@ class MetricsConfig:
             return ""
         host, port = self.listen
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "text"
+    """``text`` (human lines) or ``json`` (one JSON object a line)."""
+    levels: tuple[tuple[str, str], ...] = ()
+    """(subsystem, racoon level name) pairs overriding ``daemon.log_level``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +174,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     setkey: SetkeyConfig = field(default_factory=SetkeyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # --- locating keys in the text --------------------------------------------------------
@@ -311,8 +327,9 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
     base = base if base is not None else Path.cwd()
     c = _Checker(file, text, data, base)
     for name in data:
-        if name not in ("daemon", "datapath", "control", "metrics", "setkey"):
-            raise c.fail(name, "unknown table (known: control, daemon, datapath, metrics, setkey)")
+        if name not in ("daemon", "datapath", "control", "metrics", "setkey", "log"):
+            raise c.fail(name, "unknown table (known: control, daemon, datapath, log, metrics, "
+                               "setkey)")
 
     # [daemon]
     d = c.table("daemon", {k: "" for k in (
@@ -397,12 +414,31 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
     control = ControlConfig(socket=sock)
 
     # [metrics]
-    mt = c.table("metrics", {"listen": ""})
+    mt = c.table("metrics", {"listen": "", "sa_labels": ""})
     try:
         listen = _parse_listen(c.string(mt, "metrics.listen", "127.0.0.1:9765"))
     except ValueError as exc:
         raise c.fail("metrics.listen", str(exc)) from None
-    metrics = MetricsConfig(listen=listen)
+    metrics = MetricsConfig(listen=listen, sa_labels=c.boolean(mt, "metrics.sa_labels", False))
+
+    # [log]
+    from ipsecd.log import FORMATS, SUBSYSTEMS
+
+    lg = c.table("log", {"format": "", "levels": ""})
+    log_format = c.string(lg, "log.format", "text")
+    if log_format not in FORMATS:
+        raise c.fail("log.format", f"{log_format!r}: expected one of {', '.join(FORMATS)}")
+    levels = lg.get("levels", {})
+    if not isinstance(levels, dict):
+        raise c.fail("log.levels", 'expected a table, e.g. { worker = "debug" }')
+    for subsystem, value in levels.items():
+        if subsystem not in SUBSYSTEMS:
+            raise c.fail(f"log.levels.{subsystem}",
+                         f"unknown subsystem (known: {', '.join(SUBSYSTEMS)})")
+        if value not in LOG_LEVELS:
+            raise c.fail(f"log.levels.{subsystem}",
+                         f"{value!r}: expected one of {', '.join(LOG_LEVELS)}")
+    log = LogConfig(format=log_format, levels=tuple(sorted(levels.items())))
 
     # [setkey]
     s = c.table("setkey", {"script": "", "rfc_mode": ""})
@@ -410,7 +446,7 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
         script=c.path(s, "setkey.script", None),
         rfc_mode=c.boolean(s, "setkey.rfc_mode", True),
     )
-    return Config(Path(file), daemon, datapath, control, metrics, setkey)
+    return Config(Path(file), daemon, datapath, control, metrics, setkey, log)
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -97,7 +97,8 @@ from ipsecd.setkey import Script, SetkeyError, apply, dump, parse
 from ipsecd.spd import SPD, Action
 from ipsecd.spd import Direction as PolicyDirection
 from ipsecd.transforms import TransformError
-from metrics.exporter import Exporter, SASample, Snapshot, WorkerSample
+from metrics.accounting import Accounting
+from metrics.exporter import Exporter, Snapshot, WorkerSample
 from workers.policy import (
     InstalledSA,
     PolicyTable,
@@ -264,7 +265,7 @@ class Daemon:
         self.slots: dict[tuple[SAKey, Direction], _Slot] = {}
         self.usage: dict[int, _Usage] = {}  # id(sa) -> usage
         self.routes: dict[str, str | None] = {}  # prefix -> preferred source
-        self.retired_drops = [0] * DROP_COLUMNS
+        self.accounting = Accounting()  # per-child counters across rekeys, for the exporter
         self.tun_mtu = 1500
         self.local: set[IPAddress] = set()
         self._salt = secrets.token_bytes(32)
@@ -274,7 +275,6 @@ class Daemon:
         self._stopping = False
         self._shm_names: list[str] = []
         self._rp_restore: dict[str, int] = {}
-        self._sa_labels: tuple[tuple[int, SASample], ...] = ()
         self.expired = 0
         self._state_file = config.daemon.state_dir / f"{config.daemon.name}.state"
         # pyroute2's synchronous API runs an asyncio loop of its own, which it cannot
@@ -510,6 +510,7 @@ class Daemon:
             uid = table.install(slot, sa, direction)
             self._order += 1
             self.slots[key] = _Slot(sa, slot, uid, direction, self._order, fp)
+            self.accounting.install(slot, uid, sa, direction.name.lower(), self.sad.created(sa))
             log.info("SA %s spi %#x %s -> %s installed in slot %d (%s)",
                      sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
                      direction.name.lower())
@@ -522,16 +523,10 @@ class Daemon:
                 self.cleartext.apply(self.spd)
             except Exception as exc:
                 log.error("inbound policy filter (nft): %s", exc)
-        self._sa_labels = tuple(
-            (s.slot, SASample(str(s.sa.src), str(s.sa.dst), s.sa.spi, s.direction.name.lower(),
-                              0, 0))
-            for s in sorted(self.slots.values(), key=lambda s: s.slot))
 
     def _retire(self, s: _Slot) -> None:
         assert self.table is not None
-        totals = self.table.sum_sa_counters(s.slot)
-        for i in range(DROP_COLUMNS):
-            self.retired_drops[i] += totals[SACounter.DROPS + i]
+        self.accounting.retire(s.slot, self.table)  # final counters into the child's totals
         if s.direction is Direction.OUT:
             last = self.table.last_seq(s.slot)
             self._seq_memory[s.fingerprint] = max(self._seq_memory.get(s.fingerprint, 0), last)
@@ -754,11 +749,7 @@ class Daemon:
 
     def _drop_totals(self) -> dict[str, int]:
         assert self.table is not None
-        totals = list(self.retired_drops)
-        for s in self.slots.values():
-            row = self.table.sum_sa_counters(s.slot)
-            for i in range(DROP_COLUMNS):
-                totals[i] += row[SACounter.DROPS + i]
+        totals = self.accounting.drop_totals(self.table)
         for w in range(self.table.n_workers):
             wrow = self.table.worker_counters(w)
             for i in range(DROP_COLUMNS):
@@ -766,30 +757,23 @@ class Daemon:
         return _drops(totals)
 
     def metrics_snapshot(self) -> Snapshot:
-        """Called from the exporter's thread: reads shared counters and immutable labels only."""
+        """Called from the exporter's thread: shared counters and the accounting only."""
         table = self.table
         if table is None:
             return Snapshot()
-        sas = []
-        counts: dict[str, int] = {}
-        for slot, label in self._sa_labels:
-            row = table.sum_sa_counters(slot)
-            sas.append(SASample(label.src, label.dst, label.spi, label.direction,
-                                row[SACounter.PACKETS], row[SACounter.BYTES]))
-            counts[label.direction] = counts.get(label.direction, 0) + 1
+        traffic = self.accounting.snapshot(table, per_sa=self.config.metrics.sa_labels)
+        worker_drops = [0] * DROP_COLUMNS
         workers = []
         for w in list(self.workers):
             wrow = table.worker_counters(w.index)
+            for i in range(DROP_COLUMNS):
+                worker_drops[i] += int(wrow[WorkerCounter.DROPS + i])
             proc = w.process
             workers.append(WorkerSample(
                 w.index, proc is not None and proc.is_alive(), w.restarts,
                 int(wrow[WorkerCounter.PACKETS_IN]), int(wrow[WorkerCounter.PACKETS_OUT]),
                 int(wrow[WorkerCounter.RING_DROPS]), int(wrow[WorkerCounter.BUSY_NS]) / 1e9))
-        drops = self._drop_totals()
-        for reason in Drop:
-            if reason is not Drop.OK:
-                drops.setdefault(reason.label, 0)
-        return Snapshot(sas=sas, drops=drops, workers=workers, sa_count=counts,
+        return Snapshot(traffic=traffic, worker_drops=worker_drops, workers=workers,
                         policies=len(self.spd))
 
     # -- workers ---------------------------------------------------------------------------
@@ -910,6 +894,7 @@ class Daemon:
             usage = self.usage.setdefault(key, _Usage())
             if packets and usage.first_used is None:
                 usage.first_used = now
+                self.accounting.first_used([s.uid for s in self.slots.values() if s.sa is sa], now)
             try:
                 age = now - self.sad.created(sa)
             except Exception:

@@ -250,9 +250,8 @@ def test_metrics(pair: Pair) -> None:
         sock_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         text = sock_opener.open(f"http://{address}/metrics", timeout=5).read().decode()
     assert 'ipsecd_build_info{version="0.1.0"} 1.0' in text
-    line = next(x for x in text.splitlines() if x.startswith("ipsecd_sa_packets_total{")
-                and 'spi="0x00001001"' in x and 'src="192.0.2.1"' in x)
-    assert 'direction="out"' in line
+    line = next(x for x in text.splitlines() if x.startswith("ipsecd_child_packets_total{")
+                and 'connection="192.0.2.1-192.0.2.2"' in x and 'direction="out"' in x)
     assert float(line.rsplit(" ", 1)[1]) >= 1
     assert 'ipsecd_drops_total{reason="unknown_spi"}' in text
     assert 'ipsecd_worker_up{worker="0"} 1.0' in text

@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins
   prometheus
+  systemd
 )
 
 missing=()
