@@ -511,11 +511,12 @@ class Injector:
 
 
 def ping(ns: Netns, dst: str, *, count: int = 3, interval: float = 0.2,
-         timeout: float = 2.0, size: int = 56) -> int:
+         timeout: float = 2.0, size: int = 56, payload: bytes | None = None) -> int:
     """Send ``count`` ICMP/ICMPv6 echo requests from ``ns`` to ``dst``; the replies received.
 
     A raw-socket ping (ping(8) need not be installed): one request every
     ``interval`` s, then wait up to ``timeout`` s for the rest of the replies.
+    The echo data is ``size`` zero bytes, or ``payload`` when given.
     """
     v6 = ":" in dst
     with ns.enter():
@@ -533,7 +534,8 @@ def ping(ns: Netns, dst: str, *, count: int = 3, interval: float = 0.2,
         while len(seen) < count and time.monotonic() < deadline:
             now = time.monotonic()
             if sent < count and now >= next_send:
-                body = struct.pack("!BBHHH", request, 0, 0, ident, sent) + bytes(size)
+                data = bytes(size) if payload is None else payload
+                body = struct.pack("!BBHHH", request, 0, 0, ident, sent) + data
                 if not v6:  # the kernel fills in the ICMPv6 checksum, not ICMP's
                     body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
                 sock.sendto(body, (dst, 0))
