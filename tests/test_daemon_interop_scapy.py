@@ -1,0 +1,227 @@
+"""A running ``ipsecd`` gateway against an ESP implementation we did not write: scapy.
+
+The peer is scapy's ``scapy.layers.ipsec.SecurityAssociation`` with the same
+manual keys, in a namespace of its own that has no IPsec at all: it encrypts
+an ICMP echo request, sends the ESP packet through a raw socket, reads the
+ESP that comes back from the wire (an AF_PACKET socket; an nftables rule
+keeps the peer's kernel from answering ESP with protocol-unreachable), and
+decrypts it.  The echo reply must carry the request's id, sequence number
+and data.
+
+* transport mode (``scapy ── ipsecd``, netns.host_to_host): the gateway
+  itself answers;
+* tunnel mode (``scapy ══ gwB(ipsecd) ── netB``, netns.site_to_site): scapy
+  plays gateway A with an inner packet from site A, a host behind ipsecd
+  answers, the reply comes back tunnelled.
+
+Both with AES-GCM-16 and AES-CBC + HMAC-SHA256, over IPv4 and IPv6.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daemon_harness import Daemon, start, wait_ready
+from netns import Lab, Netns, host_to_host, needs_root, remove_stale, site_to_site
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import SecurityAssociation as ScapySA
+from scapy.packet import Packet, Raw
+
+pytestmark = [pytest.mark.netns, needs_root()]
+
+ETH_P_ALL, PACKET_OUTGOING = 0x0003, 4
+SPI_IN, SPI_OUT = 0x5001, 0x5002  # seen from ipsecd: scapy -> ipsecd, ipsecd -> scapy
+
+
+@dataclass(frozen=True)
+class Alg:
+    setkey_name: str
+    scapy_crypt: str
+    scapy_auth: str | None
+    enc_key: tuple[bytes, bytes]  # scapy -> ipsecd, ipsecd -> scapy (GCM: key + salt)
+    auth_key: tuple[bytes, bytes] | None
+
+    def setkey(self, direction: int) -> str:
+        text = f"-E {self.setkey_name} 0x{self.enc_key[direction].hex()}"
+        if self.auth_key is not None:
+            text += f" -A hmac-sha256 0x{self.auth_key[direction].hex()}"
+        return text
+
+    def scapy(self, direction: int, spi: int, tunnel: Packet | None) -> ScapySA:
+        return ScapySA(  # type: ignore[no-untyped-call]
+            ESP, spi=spi, crypt_algo=self.scapy_crypt, crypt_key=self.enc_key[direction],
+            auth_algo=self.scapy_auth,
+            auth_key=None if self.auth_key is None else self.auth_key[direction],
+            tunnel_header=tunnel)
+
+
+ALGS = {
+    "aes-gcm": Alg("aes-gcm-16", "AES-GCM", None,
+                   (bytes.fromhex("4c80cdefbb5d10da906ac73c3613a634" "2e443b68"),
+                    bytes.fromhex("feffe9928665731c6d6a8f9467308308" "cafebabe")), None),
+    "aes-cbc-sha256": Alg(
+        "aes-cbc", "AES-CBC", "SHA2-256-128",
+        (bytes.fromhex("c286696d887c9aa0611bbb3e2025a45a"),
+         bytes.fromhex("56e47a38c5598974bc46903dba290349")),
+        (bytes.fromhex("0102030405060708090a0b0c0d0e0f10111213141516171819" "1a1b1c1d1e1f20"),
+         bytes.fromhex("202122232425262728292a2b2c2d2e2f30313233343536373839" "3a3b3c3d3e3f"))),
+}
+CASES = [(mode, alg) for mode in ("transport", "tunnel") for alg in ALGS]
+
+
+@dataclass
+class Setup:
+    mode: str
+    alg: Alg
+    gateway: Daemon
+    scapy_ns: Netns
+    scapy_if: str
+    # per family: (scapy's outer address, ipsecd's outer address,
+    #              inner source, inner destination that answers)
+    addrs: dict[int, tuple[str, str, str, str]]
+
+
+def _script(mode: str, alg: Alg, addrs: dict[int, tuple[str, str, str, str]],
+            sites: dict[int, tuple[str, str]]) -> str:
+    """ipsecd's side, HOWTO style: the scapy peer is "A", ipsecd is "B"."""
+    lines = ["flush;", "spdflush;"]
+    for family, (peer, me, _, _) in addrs.items():
+        off = 0 if family == 4 else 0x100
+        lines += [f"add {peer} {me} esp {SPI_IN + off:#x} -m {mode} {alg.setkey(0)};",
+                  f"add {me} {peer} esp {SPI_OUT + off:#x} -m {mode} {alg.setkey(1)};"]
+        site_a, site_b = sites[family]
+        if mode == "transport":
+            lines += [f"spdadd {me} {peer} any -P out ipsec esp/transport//require;",
+                      f"spdadd {peer} {me} any -P in ipsec esp/transport//require;"]
+        else:
+            lines += [f"spdadd {site_b} {site_a} any -P out ipsec "
+                      f"esp/tunnel/{me}-{peer}/require;",
+                      f"spdadd {site_a} {site_b} any -P in ipsec "
+                      f"esp/tunnel/{peer}-{me}/require;"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{a}" for m, a in CASES])
+def setup(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    mode, alg_name = request.param
+    alg = ALGS[alg_name]
+    remove_stale()
+    workdir = tmp_path_factory.mktemp(f"interop-{mode}-{alg_name}")
+    with Lab("sc") as lab:
+        if mode == "transport":
+            h = host_to_host(lab)
+            addrs = {4: (h.a.v4, h.b.v4, h.a.v4, h.b.v4), 6: (h.a.v6, h.b.v6, h.a.v6, h.b.v6)}
+            sites = {4: (f"{h.a.v4}/32", f"{h.b.v4}/32"), 6: (f"{h.a.v6}/128", f"{h.b.v6}/128")}
+            scapy_ns, scapy_if, gw_ns, outside = h.a.ns, "eth0", h.b.ns, "eth0"
+        else:
+            t = site_to_site(lab, routed=False)
+            addrs = {4: (t.gw_a_wan.v4, t.gw_b_wan.v4, t.net_a.v4, t.net_b.v4),
+                     6: (t.gw_a_wan.v6, t.gw_b_wan.v6, t.net_a.v6, t.net_b.v6)}
+            sites = {4: (t.site_a[0], t.site_b[0]), 6: (t.site_a[1], t.site_b[1])}
+            scapy_ns, scapy_if, gw_ns, outside = t.gw_a_wan.ns, "wan0", t.gw_b_wan.ns, "wan0"
+        # The scapy side's kernel has no ESP: keep it from answering the ESP it gets
+        # (protocol unreachable); AF_PACKET sockets still see the packets.
+        scapy_ns.run("nft", "-f", "-", input=b"table inet scapy { chain input { "
+                     b"type filter hook input priority -300; meta l4proto esp drop; }; }\n")
+        gw = start(gw_ns, workdir, f"sc-{mode[:2]}-{alg_name[4:7]}", outside=[outside],
+                   script=_script(mode, alg, addrs, sites), wait=False)
+        try:
+            wait_ready(gw)
+            yield Setup(mode, alg, gw, scapy_ns, scapy_if, addrs)
+        finally:
+            status = gw.stop()
+        assert status == 0, gw.log_text()
+
+
+def _echo(family: int, src: str, dst: str, ident: int, seq: int, data: bytes) -> Packet:
+    if family == 4:
+        return IP(src=src, dst=dst) / ICMP(type=8, id=ident, seq=seq) / Raw(data)
+    return IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=ident, seq=seq, data=data)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_scapy_pings_through_ipsecd(setup: Setup, family: int) -> None:
+    peer, me, inner_src, inner_dst = setup.addrs[family]
+    off = 0 if family == 4 else 0x100
+    tunnel_out = tunnel_in = None
+    if setup.mode == "tunnel":
+        outer = IP if family == 4 else IPv6
+        tunnel_out, tunnel_in = outer(src=peer, dst=me), outer(src=me, dst=peer)
+    sa_out = setup.alg.scapy(0, SPI_IN + off, tunnel_out)  # scapy -> ipsecd
+    sa_in = setup.alg.scapy(1, SPI_OUT + off, tunnel_in)  # ipsecd -> scapy
+    ident = os.getpid() & 0xFFFF
+    count = 3
+    with setup.scapy_ns.enter():
+        tx = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW,
+                           socket.IPPROTO_RAW)
+        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        rx.bind((setup.scapy_if, 0))
+    before = setup.gateway.sa(SPI_IN + off)["packets"]
+    replies: dict[int, Packet] = {}
+    try:
+        payloads = {seq: f"scapy->ipsecd {setup.mode} seq {seq} ".encode() * 3
+                    for seq in range(count)}
+        for seq in range(count):
+            request = _echo(family, inner_src, inner_dst, ident, seq, payloads[seq])
+            tx.sendto(bytes(sa_out.encrypt(request)), (me, 0))  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 5
+        while len(replies) < count and time.monotonic() < deadline:
+            if not select.select([rx], [], [], 0.1)[0]:
+                continue
+            data, address = rx.recvfrom(65535)
+            if address[2] == PACKET_OUTGOING:
+                continue
+            packet = IP(data) if family == 4 and data[0] >> 4 == 4 else (
+                IPv6(data) if family == 6 and data[0] >> 4 == 6 else None)
+            if packet is None or ESP not in packet or packet[ESP].spi != SPI_OUT + off:
+                continue
+            assert (packet.src, packet.dst) == (me, peer)
+            clear = sa_in.decrypt(packet)  # type: ignore[no-untyped-call]
+            if family == 4:
+                assert clear[ICMP].type == 0 and clear[ICMP].id == ident
+                replies[clear[ICMP].seq] = clear
+            else:
+                assert ICMPv6EchoReply in clear and clear[ICMPv6EchoReply].id == ident
+                replies[clear[ICMPv6EchoReply].seq] = clear
+    finally:
+        tx.close()
+        rx.close()
+    assert sorted(replies) == list(range(count)), setup.gateway.status()["drops"]
+    for seq, clear in replies.items():
+        assert (clear.src, clear.dst) == (inner_dst, inner_src)
+        data = bytes(clear[ICMP].payload) if family == 4 else clear[ICMPv6EchoReply].data
+        assert data == payloads[seq]
+    # ipsecd decrypted exactly what scapy sent, on the SA scapy used.
+    assert setup.gateway.sa(SPI_IN + off)["packets"] == before + count
+    assert not setup.gateway.sa(SPI_IN + off)["drops"]
+
+
+def test_nothing_reached_the_peer_in_clear(setup: Setup, tmp_path: Path) -> None:
+    """The gateway's answers to scapy are all ESP: a capture on the peer's side has no ICMP."""
+    family = 4
+    peer, me, inner_src, inner_dst = setup.addrs[family]
+    cap = setup.scapy_ns.capture(setup.scapy_if, tmp_path / "peer.pcap", "icmp")
+    tunnel = IP(src=peer, dst=me) if setup.mode == "tunnel" else None
+    sa_out = setup.alg.scapy(0, SPI_IN, tunnel)
+    sa_out.seq_num = 1000  # after the other test's numbers
+    with setup.scapy_ns.enter():
+        tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        for seq in range(3):
+            echo = _echo(family, inner_src, inner_dst, 0x4242, seq, b"x" * 32)
+            tx.sendto(bytes(sa_out.encrypt(echo)), (me, 0))  # type: ignore[no-untyped-call]
+        time.sleep(0.5)
+    finally:
+        tx.close()
+        cap.stop()
+    assert cap.packets() == []
