@@ -229,3 +229,32 @@ def bench_pair(topo: SiteToSite, workdir: Path, workers: int) -> Iterator[_Pair]
     finally:
         a.stop()
         b.stop()
+
+
+@dataclass
+class Gateways:
+    """A site-to-site topology with an ipsecd daemon on each gateway."""
+
+    topo: SiteToSite
+    a: Daemon
+    b: Daemon
+
+
+@contextlib.contextmanager
+def tunnel_pair(workdir: Path, tag: str) -> Iterator[Gateways]:
+    """The HOWTO's site-to-site picture with both daemons up; both must exit cleanly."""
+    from netns import Lab, remove_stale, site_to_site
+
+    remove_stale()
+    with Lab(tag) as lab:
+        topo = site_to_site(lab, routed=False)
+        a = start(topo.gw_a_wan.ns, workdir, f"{tag}-a", outside=["wan0"],
+                  script=tunnel_script(topo, "a"), wait=False)
+        b = start(topo.gw_b_wan.ns, workdir, f"{tag}-b", outside=["wan0"],
+                  script=tunnel_script(topo, "b"), wait=False)
+        try:
+            wait_ready(a, b)
+            yield Gateways(topo, a, b)
+        finally:
+            status = [a.stop(), b.stop()]
+        assert status == [0, 0], a.log_text() + b.log_text()

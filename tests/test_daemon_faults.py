@@ -19,20 +19,15 @@ import pytest
 from daemon_harness import (
     KEY_AB,
     KEY_BA,
-    Daemon,
+    Gateways,
     start,
     transport_script,
-    tunnel_script,
-    wait_ready,
+    tunnel_pair,
 )
 from netns import (
     Injector,
-    Lab,
-    SiteToSite,
     needs_root,
     ping,
-    remove_stale,
-    site_to_site,
     wait_until,
 )
 
@@ -44,27 +39,10 @@ FLOWS = 8
 RATE = 1500  # datagrams per second, all flows together
 
 
-class Gateways:
-    def __init__(self, topo: SiteToSite, a: Daemon, b: Daemon) -> None:
-        self.topo, self.a, self.b = topo, a, b
-
-
 @pytest.fixture(scope="module")
 def gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    remove_stale()
-    workdir = tmp_path_factory.mktemp("faults")
-    with Lab("fa") as lab:
-        topo = site_to_site(lab, routed=False)
-        a = start(topo.gw_a_wan.ns, workdir, "fa-a", outside=["wan0"],
-                  script=tunnel_script(topo, "a"), wait=False)
-        b = start(topo.gw_b_wan.ns, workdir, "fa-b", outside=["wan0"],
-                  script=tunnel_script(topo, "b"), wait=False)
-        try:
-            wait_ready(a, b)
-            yield Gateways(topo, a, b)
-        finally:
-            status = [a.stop(), b.stop()]
-        assert status == [0, 0], a.log_text() + b.log_text()
+    with tunnel_pair(tmp_path_factory.mktemp("faults"), "fa") as gateways:
+        yield gateways
 
 
 def _send(dst: str, seconds: float) -> int:

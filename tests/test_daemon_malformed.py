@@ -28,15 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import KEY_AB, Daemon, start, tunnel_script, wait_ready
+from daemon_harness import KEY_AB, Daemon, Gateways, tunnel_pair
 from netns import (
     Injector,
-    Lab,
-    SiteToSite,
     needs_root,
     ping,
-    remove_stale,
-    site_to_site,
     wait_until,
 )
 from scapy.layers.inet import ICMP, IP
@@ -51,27 +47,10 @@ SPI_AB = 0x2001  # gwA -> gwB, IPv4 WAN (daemon_harness.tunnel_script)
 N = 300  # packets of each kind
 
 
-class Gateways:
-    def __init__(self, topo: SiteToSite, a: Daemon, b: Daemon) -> None:
-        self.topo, self.a, self.b = topo, a, b
-
-
 @pytest.fixture(scope="module")
 def gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    remove_stale()
-    workdir = tmp_path_factory.mktemp("malformed")
-    with Lab("ml") as lab:
-        topo = site_to_site(lab, routed=False)
-        a = start(topo.gw_a_wan.ns, workdir, "ml-a", outside=["wan0"],
-                  script=tunnel_script(topo, "a"), wait=False)
-        b = start(topo.gw_b_wan.ns, workdir, "ml-b", outside=["wan0"],
-                  script=tunnel_script(topo, "b"), wait=False)
-        try:
-            wait_ready(a, b)
-            yield Gateways(topo, a, b)
-        finally:
-            status = [a.stop(), b.stop()]
-        assert status == [0, 0], a.log_text() + b.log_text()
+    with tunnel_pair(tmp_path_factory.mktemp("malformed"), "ml") as gateways:
+        yield gateways
 
 
 def _icmp_errors(frames: list[bytes], src4: str, src6: str) -> list[tuple[int, int, int]]:
