@@ -84,6 +84,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ipsecd.iana import IntegId, IpProto
 from ipsecd.sa import (
@@ -139,6 +140,8 @@ from ipsecd.transforms import (
     enc_algo,
     integ_algo,
 )
+
+_A = TypeVar("_A")
 
 #: Upper-layer protocols by name (``upperspec``): /etc/protocols' common
 #: names plus setkey's own ``icmp6`` and ``ip4``.  A built-in table, so a
@@ -628,38 +631,18 @@ class _Parser:
             value = self.number(arg.text, arg.loc, f"{flag} lifetime", 2**64 - 1)
             setattr(opts.hard if hard else opts.soft, attr, value)
         elif flag == "-E":
-            name = self.word("an encryption algorithm")
-            try:
-                opts.enc = enc_algo(name.text, allow_legacy=self.allow_legacy)
-            except LegacyAlgorithmError as exc:
-                raise SetkeyError(name.loc, str(exc)) from None
-            except TransformError:
-                raise SetkeyError(
-                    name.loc,
-                    f"unknown encryption algorithm {_q(name.text)}; ipsecd knows {_ENC_NAMES}",
-                ) from None
+            opts.enc = self.algorithm(enc_algo, "encryption", _ENC_NAMES)
             if opts.enc.key_bits == (0,):
                 # setkey's null takes no key; accept an empty one too.
                 nxt = self.peek()
-                if nxt.kind is Kind.STRING or (
+                if not (nxt.kind is Kind.STRING or (
                     nxt.kind is Kind.WORD and nxt.text[:2] in ("0x", "0X")
-                ):
-                    opts.enc_key, key_tok = self.key(opts.enc.name)
-                    self.check_enc_key(opts.enc, opts.enc_key, key_tok)
-                return
+                )):
+                    return
             opts.enc_key, key_tok = self.key(opts.enc.name)
             self.check_enc_key(opts.enc, opts.enc_key, key_tok)
         elif flag == "-A":
-            name = self.word("an authentication algorithm")
-            try:
-                opts.integ = integ_algo(name.text, allow_legacy=self.allow_legacy)
-            except LegacyAlgorithmError as exc:
-                raise SetkeyError(name.loc, str(exc)) from None
-            except TransformError:
-                raise SetkeyError(
-                    name.loc,
-                    f"unknown authentication algorithm {_q(name.text)}; ipsecd knows {_INTEG_NAMES}",
-                ) from None
+            opts.integ = self.algorithm(integ_algo, "authentication", _INTEG_NAMES)
             opts.auth_key, key_tok = self.key(opts.integ.name)
             if len(opts.auth_key) != opts.integ.key_bytes:
                 raise SetkeyError(
@@ -671,6 +654,18 @@ class _Parser:
             opts.comp_tok = self.word("a compression algorithm")
         elif flag == "-R":
             opts.rawcpi = True
+
+    def algorithm(self, lookup: Callable[..., _A], kind: str, known: str) -> _A:
+        """The next word as an algorithm name, looked up with ``lookup`` (enc_algo / integ_algo)."""
+        name = self.word(f"an {kind} algorithm")
+        try:
+            return lookup(name.text, allow_legacy=self.allow_legacy)
+        except LegacyAlgorithmError as exc:
+            raise SetkeyError(name.loc, str(exc)) from None
+        except TransformError:
+            raise SetkeyError(
+                name.loc, f"unknown {kind} algorithm {_q(name.text)}; ipsecd knows {known}",
+            ) from None
 
     def check_enc_key(self, algo: EncAlgo, key: bytearray, key_tok: Token) -> None:
         try:
