@@ -9,7 +9,7 @@ DEB_PACKAGES=(
   python3 python3-venv python3-dev gcc make
   iproute2 nftables tcpdump iperf3 procps psmisc
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-  libstrongswan-standard-plugins
+  libstrongswan-standard-plugins strongswan-pki
   prometheus
   systemd
 )
