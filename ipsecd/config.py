@@ -44,6 +44,64 @@ documents them for operators; ``deploy/examples/`` has complete files)::
     script = ""              # loaded at start (manual keying), relative to this file
     rfc_mode = true          # in policies get fwd twins (setkey -r; false is -k)
 
+    [ike]                    # IKEv2 (ipsecd.ike.config); off without [connections]
+    port = 500               # IKE's UDP port; NAT-T uses datapath.nat_t_port
+    psk_file = ""            # racoon's psk.txt; read at start: must be root's, mode 0600
+    cookie_threshold = 50    # half-open IKE SAs before COOKIEs are demanded (RFC 7296 §2.6)
+    half_open_max = 1000     # half-open IKE SAs in all
+    half_open_per_peer = 20  # ... from one peer address
+    retransmit_timeout = 1.0 # seconds (or a duration) before the first retransmission
+    retransmit_base = 1.8    # each retransmission waits this much longer
+    retransmit_tries = 5     # retransmissions before giving up
+
+    [connections.NAME]       # NAME: 1-32 of A-Z a-z 0-9 _ . -; one per peer
+    version = 2              # IKEv2 only (1: IKEv1, not supported yet)
+    local_addrs = ["%any"]   # IP addresses, or "%any"
+    remote_addrs = ["%any"]  # "%any": responder only (no start/trap/restart)
+    local_port = 500         # default: ike.port
+    remote_port = 500
+    proposals = ["default"]  # IKE proposals, strongSwan syntax (ipsecd.ike.proposals)
+    rekey_time = "4h"        # durations: seconds, or "500ms", "30s", "5m", "4h", "1d"; 0: never
+    reauth_time = 0
+    over_time = ""           # "": 10% of the longer of rekey_time and reauth_time
+    dpd_delay = "30s"        # 0 disables dead peer detection
+    dpd_timeout = "150s"
+    dpd_action = "clear"     # clear | restart | trap
+    encap = false            # force UDP encapsulation (NAT-T) without a NAT
+    fragmentation = true     # RFC 7383
+    keyingtries = 1          # 0: forever
+    unique = "replace"       # no | replace | keep: a second IKE SA with the same remote id
+
+    [connections.NAME.local]
+    auth = "psk"             # psk (needs ike.psk_file) | pubkey
+    id = ""                  # default: the first of local_addrs (or the IKE SA's address)
+    certs = []               # pubkey: our chain, end entity first (files must exist)
+    key = ""                 # pubkey: our private key
+
+    [connections.NAME.remote]
+    auth = "psk"             # psk | pubkey
+    id = "%any"              # the peer's identity (ipsecd.ike.auth.parse_identity)
+    cacerts = []             # pubkey: trust anchors
+
+    [connections.NAME.children.CHILD]    # at least one per connection
+    local_ts = ["dynamic"]   # traffic selectors (ipsecd.ike.ts.parse_ts)
+    remote_ts = ["dynamic"]
+    mode = "tunnel"          # tunnel | transport
+    esp_proposals = ["default"]
+    start_action = "none"    # none | trap | start
+    close_action = "none"    # none | trap | start
+    rekey_time = "1h"
+    life_time = ""           # "": 110% of rekey_time; never less than rekey_time
+    rekey_bytes = 0          # 0: no limit; life_* >= rekey_* when both are set
+    life_bytes = 0
+    rekey_packets = 0
+    life_packets = 0
+    replay_window = 1024     # 0 (off) or 32..datapath.replay_window_max
+    ipcomp = false
+
+A string stands for a list of one where a list is expected.  A missing
+``[connections]`` table means no IKE: manual keying (``[setkey]``) only.
+
 Relative paths are taken relative to the directory of the configuration
 file, so an example directory can be moved as a whole.
 """
@@ -54,10 +112,13 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ipsecd.ike import config as ike_config
+from ipsecd.ike.config import IkeConfig
 
 #: racoon's log level names (racoon.conf(5), ``log``) and the ``logging`` levels they map to.
 LOG_LEVELS = {"error": 40, "warning": 30, "notify": 25, "info": 20, "debug": 10}
@@ -175,6 +236,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     setkey: SetkeyConfig = field(default_factory=SetkeyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ike: IkeConfig = field(default_factory=IkeConfig)
+    """IKE; ``ike.enabled`` is False (manual keying only) without ``[connections]``."""
 
 
 # --- locating keys in the text --------------------------------------------------------
@@ -184,7 +247,7 @@ _KEY_LINE = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\")(?:\s*\.\s*(?:[A-Za-z
 
 
 def _split_key(text: str) -> list[str]:
-    return [part.strip().strip('"') for part in text.split(".")]
+    return [part.strip().strip("\"'") for part in text.split(".")]
 
 
 def key_lines(text: str) -> dict[str, int]:
@@ -251,14 +314,20 @@ class _Checker:
     def fail(self, path: str, message: str) -> ConfigError:
         return ConfigError(self.file, self.line(path), f"{path}: {message}")
 
-    def table(self, name: str, keys: Mapping[str, str]) -> dict[str, Any]:
-        value = self.data.get(name, {})
+    def table(self, name: str, keys: Collection[str]) -> dict[str, Any]:
+        return self.subtable(self.data, name, keys)
+
+    def subtable(self, parent: Mapping[str, Any], path: str, keys: Collection[str],
+                 name: str | None = None) -> dict[str, Any]:
+        """``parent``'s table ``name`` (default: the last part of ``path``; ``{}`` if absent),
+        with no key outside ``keys``."""
+        value = parent.get(path.rpartition(".")[2] if name is None else name, {})
         if not isinstance(value, dict):
-            raise self.fail(name, "expected a table ([" + name + "])")
+            raise self.fail(path, "expected a table ([" + path + "])")
         for key in value:
             if key not in keys:
                 known = ", ".join(sorted(keys))
-                raise self.fail(f"{name}.{key}", f"unknown key (known: {known})")
+                raise self.fail(f"{path}.{key}", f"unknown key (known: {known})")
         return value
 
     # typed getters
@@ -283,6 +352,55 @@ class _Checker:
             raise self.fail(path, "expected a string")
         return value
 
+    def number(self, table: dict[str, Any], path: str, default: float, lo: float,
+               hi: float) -> float:
+        value = table.get(path.rpartition(".")[2], default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(path, "expected a number")
+        if not lo <= value <= hi:
+            raise self.fail(path, f"{value} is out of range {lo:g}..{hi:g}")
+        return float(value)
+
+    def choice(self, table: dict[str, Any], path: str, default: str,
+               choices: Collection[str]) -> str:
+        value = self.string(table, path, default)
+        if value not in choices:
+            raise self.fail(path, f"{value!r}: expected one of {', '.join(choices)}")
+        return value
+
+    def strings(self, table: dict[str, Any], path: str, default: Sequence[str]) -> list[str]:
+        """A non-empty list of strings; a single string stands for a list of one."""
+        value = table.get(path.rpartition(".")[2], list(default))
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(path, "expected a string or a list of strings")
+        if not value:
+            raise self.fail(path, "must not be empty")
+        return value
+
+    def duration(self, table: dict[str, Any], path: str, default: str | float) -> float | None:
+        """Seconds (:func:`ipsecd.ike.config.parse_duration`); None for ``""`` (derived later)."""
+        value = table.get(path.rpartition(".")[2], default)
+        if value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(path, 'expected a duration: seconds or e.g. "500ms", "30s", "5m", '
+                                  '"4h", "1d"')
+        try:
+            return ike_config.parse_duration(value)
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
+
+    def resolve(self, path: str, value: str) -> Path:
+        """``value`` as a path, relative to the configuration file's directory."""
+        if not value:
+            raise self.fail(path, "must not be empty")
+        if "\0" in value:
+            raise self.fail(path, "a path cannot contain NUL")
+        p = Path(value)
+        return p if p.is_absolute() else (self.base / p)
+
     def path(self, table: dict[str, Any], path: str, default: Path | None) -> Path | None:
         key = path.rpartition(".")[2]
         if key not in table:
@@ -290,10 +408,7 @@ class _Checker:
         value = self.string(table, path, "")
         if not value:
             return None
-        if "\0" in value:
-            raise self.fail(path, "a path cannot contain NUL")
-        p = Path(value)
-        return p if p.is_absolute() else (self.base / p)
+        return self.resolve(path, value)
 
 
 def _parse_listen(text: str) -> tuple[str, int] | None:
@@ -327,9 +442,10 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
     base = base if base is not None else Path.cwd()
     c = _Checker(file, text, data, base)
     for name in data:
-        if name not in ("daemon", "datapath", "control", "metrics", "setkey", "log"):
-            raise c.fail(name, "unknown table (known: control, daemon, datapath, log, metrics, "
-                               "setkey)")
+        if name not in ("daemon", "datapath", "control", "metrics", "setkey", "log", "ike",
+                        "connections"):
+            raise c.fail(name, "unknown table (known: connections, control, daemon, datapath, "
+                               "ike, log, metrics, setkey)")
 
     # [daemon]
     d = c.table("daemon", {k: "" for k in (
@@ -446,7 +562,12 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
         script=c.path(s, "setkey.script", None),
         rfc_mode=c.boolean(s, "setkey.rfc_mode", True),
     )
-    return Config(Path(file), daemon, datapath, control, metrics, setkey, log)
+
+    # [ike] and [connections.*] (ipsecd.ike.config)
+    ike = ike_config.from_tables(c, allow_legacy=daemon.allow_legacy,
+                                 nat_t_port=datapath.nat_t_port,
+                                 replay_window_max=datapath.replay_window_max)
+    return Config(Path(file), daemon, datapath, control, metrics, setkey, log, ike)
 
 
 def load(path: str | os.PathLike[str]) -> Config:
