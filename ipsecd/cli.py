@@ -167,6 +167,142 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(handler=_status, subparser=p)
 
 
+def _ike_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("initiate", help="bring up an IKE connection",
+                       description="Initiate the IKE SA and Child SAs of a configured "
+                       "connection and wait until they are up (or --timeout passes).")
+    p.add_argument("name", help="the connection, as named in [connections.NAME]")
+    p.add_argument("--timeout", type=float, default=15.0, metavar="S",
+                   help="seconds to wait for the IKE SA (0: do not wait; default 15)")
+    _add_socket_options(p)
+    p.set_defaults(handler=_initiate, subparser=p)
+    p = sub.add_parser("terminate", help="close an IKE connection",
+                       description="Delete the IKE SAs (and their Child SAs) of a connection.")
+    p.add_argument("name")
+    _add_socket_options(p)
+    p.set_defaults(handler=_terminate, subparser=p)
+    p = sub.add_parser("rekey", help="rekey a connection's Child SAs (or IKE SA) now",
+                       description="Rekey the Child SAs of a connection now (with --ike: its "
+                       "IKE SAs), as their lifetime would.")
+    p.add_argument("name")
+    p.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
+    _add_socket_options(p)
+    p.set_defaults(handler=_rekey, subparser=p)
+    for name, what in (("list-sas", "the IKE SAs and Child SAs, with counters"),
+                       ("list-conns", "the configured IKE connections")):
+        p = sub.add_parser(name, help=f"show {what}", description=f"Show {what}.")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        _add_socket_options(p)
+        p.set_defaults(handler=_listing, subparser=p, what=name)
+
+
+def _ask(args: argparse.Namespace, command: str, **request: Any) -> tuple[int, Any]:
+    from ipsecd import control
+
+    path = _socket(args, command)
+    if path is None:
+        return EXIT_USAGE, None
+    try:
+        return EXIT_OK, control.request(path, command, **request)
+    except control.RemoteError as exc:
+        _err(f"ipsecd {command}: {exc}")
+        return EXIT_SCRIPT, None
+    except control.ControlError as exc:
+        _err(f"ipsecd {command}: {exc}")
+        return EXIT_NO_DAEMON, None
+
+
+def _initiate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    status, result = _ask(args, "initiate", name=args.name)
+    if status != EXIT_OK:
+        return status
+    spi = result["ike"]["spi_i"]
+    deadline = time.monotonic() + args.timeout
+    while args.timeout > 0:
+        status, listing = _ask(args, "list-sas")
+        if status != EXIT_OK:
+            return status
+        mine = [s for s in listing["ike_sas"] if s["spi_i"] == spi]
+        if mine and mine[0]["state"] == "established":
+            sa = mine[0]
+            print(f"{args.name}: IKE SA established with {sa['remote']} ({sa['proposal']}), "
+                  f"{len(sa['children'])} CHILD_SA(s)")
+            return EXIT_OK
+        if not mine:
+            _err(f"ipsecd initiate: {args.name}: the IKE SA failed (see the daemon's log)")
+            return EXIT_SCRIPT
+        if time.monotonic() > deadline:
+            _err(f"ipsecd initiate: {args.name}: not established within {args.timeout:g} s")
+            return EXIT_SCRIPT
+        time.sleep(0.1)
+    print(f"{args.name}: initiating")
+    return EXIT_OK
+
+
+def _terminate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    status, result = _ask(args, "terminate", name=args.name)
+    if status == EXIT_OK:
+        print(f"{args.name}: {result['terminated']} IKE SA(s) closing")
+    return status
+
+
+def _rekey(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    status, result = _ask(args, "rekey", name=args.name, ike=args.ike)
+    if status == EXIT_OK:
+        print(f"{args.name}: {result['rekeying']} {'IKE' if args.ike else 'CHILD'}_SA(s) rekeying")
+    return status
+
+
+def _listing(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    status, result = _ask(args, args.what)
+    if status != EXIT_OK:
+        return status
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif args.what == "list-sas":
+        sys.stdout.write(format_sas(result["ike_sas"]))
+    else:
+        sys.stdout.write(format_conns(result["connections"]))
+    return EXIT_OK
+
+
+def format_sas(sas: list[dict[str, Any]]) -> str:
+    """``ipsecd list-sas`` for people, in the spirit of ``swanctl --list-sas``."""
+    out = []
+    for sa in sas:
+        role = "initiator" if sa["initiator"] else "responder"
+        out.append(f"{sa['name']}: {sa['state'].upper()}, {sa['local']}[{sa['local_id']}]"
+                   f"...{sa['remote']}[{sa['remote_id']}]\n")
+        out.append(f"  {role}, SPIs {sa['spi_i']}_i {sa['spi_r']}_r, {sa['proposal']}"
+                   f"{', NAT ' + ('local' if sa['nat_local'] else 'remote') if sa['nat_local'] or sa['nat_remote'] else ''}\n")
+        for c in sa["children"]:
+            out.append(f"  {c['name']}{{{c['reqid']}}}: {c['state'].upper()}, "
+                       f"{c['mode'].upper()}{', UDP-encap' if c['encap'] else ''}, "
+                       f"SPIs {c['spi_in']}_i {c['spi_out']}_o, {c['proposal']}\n")
+            out.append(f"    in  {c.get('bytes_in', 0)} bytes, {c.get('packets_in', 0)} packets\n")
+            out.append(f"    out {c.get('bytes_out', 0)} bytes, {c.get('packets_out', 0)} packets\n")
+            out.append(f"    local  {', '.join(c['local_ts'])}\n")
+            out.append(f"    remote {', '.join(c['remote_ts'])}\n")
+    return "".join(out) or "no IKE SAs\n"
+
+
+def format_conns(conns: list[dict[str, Any]]) -> str:
+    """``ipsecd list-conns`` for people."""
+    out = []
+    for c in conns:
+        out.append(f"{c['name']}: IKEv{c['version']}, {', '.join(c['local_addrs'])}..."
+                   f"{', '.join(c['remote_addrs'])}, {c['ike_sas']} IKE SA(s) up\n")
+        out.append(f"  local  {c['local_auth']} {c['local_id'] or '(address)'}\n")
+        out.append(f"  remote {c['remote_auth']} {c['remote_id']}\n")
+        out.append(f"  proposals {', '.join(c['proposals'])}\n")
+        for ch in c["children"]:
+            out.append(f"  {ch['name']}: {ch['mode'].upper()}, start {ch['start_action']}, "
+                       f"{', '.join(ch['local_ts'])} === {', '.join(ch['remote_ts'])}\n")
+    return "".join(out) or "no connections\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipsecd",
@@ -178,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setkey_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _ike_parsers(sub)
     return parser
 
 
@@ -313,6 +450,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             except SetkeyError as exc:
                 _err(str(exc))
                 return EXIT_SCRIPT
+        from ipsecd.ike.config import load_psks
+        from ipsecd.ike.psk import PskFileError
+
+        try:
+            table = load_psks(cfg.ike)
+        except PskFileError as exc:
+            _err(str(exc))
+            return EXIT_SCRIPT
+        if table is not None:
+            table.wipe()
         print(f"{args.config}: OK")
         return EXIT_OK
     from ipsecd.daemon import run

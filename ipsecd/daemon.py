@@ -277,6 +277,9 @@ class Daemon:
         self._rp_restore: dict[str, int] = {}
         self.expired = 0
         self._state_file = config.daemon.state_dir / f"{config.daemon.name}.state"
+        self.ike: Any = None  # ipsecd.ike.manager.IkeManager when connections are configured
+        self._ike_children: dict[int, list[Any]] = {}  # reqid -> live ChildSa objects
+        self._ike_policies: dict[int, list[Any]] = {}  # reqid -> policy keys installed for it
         # pyroute2's synchronous API runs an asyncio loop of its own, which it cannot
         # do in a thread where ours runs: netlink work goes to this thread instead.
         self._netlink = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netlink")
@@ -296,6 +299,7 @@ class Daemon:
         cfg = self.config
         self._prepare_state_dir()
         self._check_interfaces()
+        psk_table = self._load_psks()  # refused before anything is created
         script = self._load_script()
         name = f"ipsecd-{cfg.daemon.name}-{os.getpid()}"
         n_workers = cfg.daemon.worker_count
@@ -318,6 +322,7 @@ class Daemon:
         self._loosen_rp_filter()
         self.workers = [_WorkerState(k) for k in range(n_workers)]
         self.local = self._local_addresses()
+        self._setup_ike(psk_table)
         if script is not None:
             try:
                 self.apply_script(script, rfc_mode=cfg.setkey.rfc_mode)
@@ -327,6 +332,188 @@ class Daemon:
                 script.wipe()
         else:
             self._sync()
+
+    def _load_psks(self) -> Any:
+        if not self.config.ike.enabled:
+            return None
+        from ipsecd.ike.config import load_psks
+        from ipsecd.ike.psk import PskFileError
+
+        try:
+            return load_psks(self.config.ike)
+        except PskFileError as exc:
+            raise StartError(str(exc)) from None
+
+    def _setup_ike(self, psk_table: Any) -> None:
+        ike_cfg = self.config.ike
+        if not ike_cfg.enabled:
+            return
+        from ipsecd.ike.manager import IkeManager
+
+        try:
+            self.ike = IkeManager(ike_cfg, self, mark=self.config.datapath.mark,
+                                  allow_legacy=self.config.daemon.allow_legacy,
+                                  psk_table=psk_table)
+            self.ike.open_sockets()
+        except OSError as exc:
+            raise StartError(f"IKE: {exc.strerror or exc}") from None
+        except Exception as exc:
+            raise StartError(f"IKE: {exc}") from None
+
+    # -- IKE: the manager installs and removes Child SAs through these ----------------------
+
+    def ike_spi_in_use(self, spi: int) -> bool:
+        return any(sa.spi == spi for sa in self.sad.dump(IpProto.ESP))
+
+    def ike_reqid_in_use(self, reqid: int) -> bool:
+        if reqid in self._ike_children:
+            return True
+        if any(sa.reqid == reqid for sa in self.sad.dump()):
+            return True
+        return any(r.reqid == reqid for p in self.spd for r in p.requests)
+
+    def _child_policies(self, ike: Any, child: Any) -> list[Any]:
+        from ipsecd.ike.ts import to_prefixes
+        from ipsecd.sa import Mode
+        from ipsecd.spd import IpsecRequest, Level, Policy, Selector
+
+        tunnel = child.mode is Mode.TUNNEL
+        local, remote = ike.local.address, ike.remote.address
+        req_out = IpsecRequest(IpProto.ESP, child.mode, local if tunnel else None,
+                               remote if tunnel else None, Level.UNIQUE, child.reqid)
+        req_in = IpsecRequest(IpProto.ESP, child.mode, remote if tunnel else None,
+                              local if tunnel else None, Level.UNIQUE, child.reqid)
+        out: list[Any] = []
+        for lts in child.local_ts:
+            for rts in child.remote_ts:
+                if lts.start_address.version != rts.start_address.version:
+                    continue
+                proto = lts.ip_protocol or rts.ip_protocol or None
+                lport = lts.start_port if lts.start_port == lts.end_port else 0
+                rport = rts.start_port if rts.start_port == rts.end_port else 0
+                for lp in to_prefixes(lts):
+                    for rp in to_prefixes(rts):
+                        out.append(Policy(Selector(lp, rp, proto, lport, rport),
+                                          PolicyDirection.OUT, Action.IPSEC, (req_out,)))
+                        inbound = Selector(rp, lp, proto, rport, lport)
+                        out.append(Policy(inbound, PolicyDirection.IN, Action.IPSEC, (req_in,)))
+                        if tunnel:
+                            out.append(Policy(inbound, PolicyDirection.FWD, Action.IPSEC,
+                                              (req_in,)))
+        return out
+
+    def ike_install_child(self, ike: Any, child: Any) -> None:
+        """Install a negotiated Child SA pair and its policies (RequestError if refused)."""
+        self._refresh_seq()
+        self.local = self._nl(self._local_addresses)
+        for sa in (child.inbound, child.outbound):
+            sa.extra["ike"] = ike.name
+            sa.extra["child"] = child.name
+        spd2, sad2 = self.spd.copy(), self.sad.copy()
+        policies = self._child_policies(ike, child)
+        try:
+            sad2.add(child.inbound)
+            sad2.add(child.outbound)
+            for policy in policies:
+                spd2.update(policy)
+            self._check_plan(spd2, sad2)
+        except Exception as exc:
+            raise RequestError(str(exc)) from None
+        self.sad.replace_with(sad2)
+        self.spd.replace_with(spd2)
+        self._ike_children.setdefault(child.reqid, []).append(child)
+        self._ike_policies[child.reqid] = [p.key for p in policies]
+        self._sync()
+
+    def ike_remove_child(self, child: Any, linger: float) -> None:
+        """Remove a Child SA pair: the outbound SA now, the inbound one after ``linger`` s."""
+        self._refresh_seq()
+        with contextlib.suppress(Exception):
+            self.sad.delete(child.outbound.spi, IpProto.ESP, child.outbound.dst)
+        live = [c for c in self._ike_children.get(child.reqid, []) if c is not child]
+        if live:
+            self._ike_children[child.reqid] = live
+        else:
+            self._ike_children.pop(child.reqid, None)
+            for key in self._ike_policies.pop(child.reqid, []):
+                with contextlib.suppress(Exception):
+                    self.spd.delete(*key)
+        if linger > 0 and not self._stopping:
+            try:
+                asyncio.get_running_loop().call_later(linger, self._remove_inbound, child)
+            except RuntimeError:
+                self._remove_inbound(child, sync=False)
+        else:
+            self._remove_inbound(child, sync=False)
+        self._sync()
+
+    def _remove_inbound(self, child: Any, sync: bool = True) -> None:
+        if self.table is None:
+            return
+        sa = self.sad.get(child.inbound.spi, IpProto.ESP, child.inbound.dst)
+        if sa is child.inbound:
+            with contextlib.suppress(Exception):
+                self.sad.delete(sa.spi, IpProto.ESP, sa.dst)
+            if sync:
+                self._sync()
+
+    def _ike_lifetime_event(self, sa: SecurityAssociation, hard: bool) -> None:
+        if self.ike is None or "ike" not in sa.extra:
+            return
+        try:
+            if hard:
+                self.ike.child_hard_expired(sa.reqid, sa.spi)
+            else:
+                self.ike.child_soft_expired(sa.reqid, sa.spi)
+        except Exception:
+            log.exception("IKE lifetime event")
+
+    def cmd_initiate(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request.get("name")
+        if self.ike is None:
+            raise RequestError("no IKE connections are configured")
+        if not isinstance(name, str) or name not in self.ike.connections:
+            raise RequestError(f"no connection named {name!r}")
+        try:
+            ike = self.ike.initiate(name)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return {"ike": ike.summary()}
+
+    def cmd_terminate(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request.get("name")
+        if self.ike is None:
+            raise RequestError("no IKE connections are configured")
+        if not isinstance(name, str) or name not in self.ike.connections:
+            raise RequestError(f"no connection named {name!r}")
+        return {"terminated": self.ike.terminate(name)}
+
+    def cmd_rekey(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request.get("name")
+        if self.ike is None:
+            raise RequestError("no IKE connections are configured")
+        if not isinstance(name, str) or name not in self.ike.connections:
+            raise RequestError(f"no connection named {name!r}")
+        return {"rekeying": self.ike.rekey(name, ike_sa=bool(request.get("ike", False)))}
+
+    def cmd_list_sas(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.ike is None:
+            return {"ike_sas": []}
+        sas = self.ike.list_sas()
+        by_spi = {(s.direction, s.sa.spi): s for s in self.slots.values()}
+        assert self.table is not None
+        for ike in sas:
+            for child in ike["children"]:
+                for direction, key in ((Direction.IN, "spi_in"), (Direction.OUT, "spi_out")):
+                    s = by_spi.get((direction, int(child[key], 16)))
+                    row = self.table.sum_sa_counters(s.slot) if s is not None else None
+                    suffix = direction.name.lower()
+                    child[f"packets_{suffix}"] = int(row[SACounter.PACKETS]) if row else 0
+                    child[f"bytes_{suffix}"] = int(row[SACounter.BYTES]) if row else 0
+        return {"ike_sas": sas}
+
+    def cmd_list_conns(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": self.ike.list_conns() if self.ike is not None else []}
 
     def _prepare_state_dir(self) -> None:
         state = self.config.daemon.state_dir
@@ -745,6 +932,7 @@ class Daemon:
             "drops": self._drop_totals(),
             "expired": self.expired,
             "routes": sorted(self.routes),
+            "ike": self.ike.metrics() if self.ike is not None else None,
         }
 
     def _drop_totals(self) -> dict[str, int]:
@@ -907,6 +1095,7 @@ class Daemon:
                 usage.soft_fired = True
                 sa.state = SAState.DYING
                 changed = True
+                self._ike_lifetime_event(sa, hard=False)
                 log.log(25, "SA %s spi %#x %s -> %s reached its soft lifetime: dying",
                         sa.protocol.name.lower(), sa.spi, sa.src, sa.dst)
         for sa in expired:
@@ -919,6 +1108,8 @@ class Daemon:
         if expired:
             self._refresh_seq()
             self._sync()
+            for sa in expired:
+                self._ike_lifetime_event(sa, hard=True)
         elif changed:
             self._publish()
 
@@ -939,7 +1130,10 @@ class Daemon:
                 raise StartError(f"metrics.listen {self.config.metrics.text}: "
                                  f"{exc.strerror or exc}") from None
         server = ControlServer(self.config.control.socket, {
-            "setkey": self.cmd_setkey, "status": self.cmd_status, "ping": self.cmd_ping})
+            "setkey": self.cmd_setkey, "status": self.cmd_status, "ping": self.cmd_ping,
+            "initiate": self.cmd_initiate, "terminate": self.cmd_terminate,
+            "rekey": self.cmd_rekey,
+            "list-sas": self.cmd_list_sas, "list-conns": self.cmd_list_conns})
         try:
             await server.start()
         except (ControlError, OSError) as exc:
@@ -950,6 +1144,8 @@ class Daemon:
             for w in self.workers:
                 self._start_worker(w)
             ticker = asyncio.create_task(self._ticker())
+            if self.ike is not None:
+                await self.ike.start()
             log.info("ipsecd %s running: %d worker(s), TUN %s (MTU %d), control %s%s",
                      __version__, len(self.workers), self.config.datapath.tun, self.tun_mtu,
                      self.config.control.socket,
@@ -959,6 +1155,9 @@ class Daemon:
             await self._stop.wait()
         finally:
             _sd_notify("STOPPING=1")
+            if self.ike is not None:
+                with contextlib.suppress(Exception):
+                    await self.ike.stop()
             self._stopping = True
             if ticker is not None:
                 ticker.cancel()
@@ -985,6 +1184,13 @@ class Daemon:
 
     def close(self) -> None:
         """Undo :meth:`setup` (idempotent, and safe after a partial start)."""
+        if self.ike is not None:
+            with contextlib.suppress(Exception):
+                self.ike.close_sockets()
+            if self.ike.psk_table is not None:
+                with contextlib.suppress(Exception):
+                    self.ike.psk_table.wipe()
+            self.ike = None
         if self.exporter is not None:
             with contextlib.suppress(Exception):
                 self.exporter.close()

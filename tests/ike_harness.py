@@ -1,0 +1,200 @@
+"""IKE test plumbing shared by the interop and ipsecd-pair tests.
+
+``ike_daemon`` starts an ``ipsecd run`` gateway with one IKEv2 connection
+``s2s`` (child ``net``) on either gateway of :func:`netns.site_to_site`;
+``charon`` starts strongSwan on gateway B with the matching swanctl config;
+``Pki`` makes a throw-away CA and gateway certificates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from daemon_harness import Daemon, start, wait_ready
+from netns import SiteToSite, wait_until
+from strongswan import Child, Connection, StrongSwan, swanctl_conf
+
+PSK = "interop-psk-" + "q" * 24
+NAT_T = 4500
+
+
+class Pki:
+    """A CA and one certificate per gateway (FQDN identities in subjectAltName)."""
+
+    def __init__(self, kind: str) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.x509.oid import NameOID
+
+        def key() -> Any:
+            if kind == "rsa":
+                return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            return ec.generate_private_key(ec.SECP256R1())
+
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = key()
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ipsecd test CA {kind}")])
+        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                           False), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        self.ids = {"gwa": "gwa.example", "gwb": "gwb.example"}
+        self.files: dict[str, bytes] = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM)}
+        for gw, fqdn in self.ids.items():
+            k = key()
+            cert = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, fqdn)]))
+                    .issuer_name(ca_name).public_key(k.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now - datetime.timedelta(days=1))
+                    .not_valid_after(now + datetime.timedelta(days=30))
+                    .add_extension(x509.SubjectAlternativeName([x509.DNSName(fqdn)]),
+                                   critical=False)
+                    .sign(ca_key, hashes.SHA256()))
+            self.files[f"{gw}.pem"] = cert.public_bytes(serialization.Encoding.PEM)
+            self.files[f"{gw}.key"] = k.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption())
+
+    def pem(self, name: str) -> bytes:
+        return self.files[name]
+
+    def write(self, d: Path, name: str) -> Path:
+        path = d / name
+        path.write_bytes(self.files[name])
+        os.chmod(path, 0o600)
+        return path
+
+
+def ipsecd_ike(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16-prfsha256-x25519",
+               esp: str = "aes128gcm16", side: str = "a", name: str = "ike-a",
+               start_action: str = "none", families: tuple[int, ...] = (0,),
+               conn_extra: dict[str, Any] | None = None,
+               child_extra: dict[str, Any] | None = None,
+               ike_extra: dict[str, Any] | None = None, pki: Pki | None = None,
+               local_addr: str | None = None, remote_addr: str | None = None) -> Daemon:
+    me, peer = ("gwa", "gwb") if side == "a" else ("gwb", "gwa")
+    my_wan, peer_wan = (topo.gw_a_wan, topo.gw_b_wan) if side == "a" else (topo.gw_b_wan, topo.gw_a_wan)
+    my_site, peer_site = (topo.site_a, topo.site_b) if side == "a" else (topo.site_b, topo.site_a)
+    d = workdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    psk = d / "psk.txt"
+    psk.write_text(f"{peer_wan.v4} {PSK}\n{peer} {PSK}\n")
+    os.chmod(psk, 0o600)
+    conn: dict[str, Any] = {
+        "local_addrs": [local_addr or my_wan.v4],
+        "remote_addrs": [remote_addr or peer_wan.v4],
+        "proposals": [proposals]}
+    conn.update(conn_extra or {})
+    child: dict[str, Any] = {
+        "local_ts": [my_site[i] for i in families], "remote_ts": [peer_site[i] for i in families],
+        "esp_proposals": [esp], "start_action": start_action}
+    child.update(child_extra or {})
+    ike: dict[str, Any] = {"psk_file": str(psk), "retransmit_timeout": 0.5}
+    ike.update(ike_extra or {})
+    local: dict[str, Any] = {"auth": "psk", "id": me}
+    remote: dict[str, Any] = {"auth": "psk", "id": peer}
+    if pki is not None:
+        local = {"auth": "pubkey", "id": pki.ids[me], "certs": [str(pki.write(d, f"{me}.pem"))],
+                 "key": str(pki.write(d, f"{me}.key"))}
+        remote = {"auth": "pubkey", "id": pki.ids[peer], "cacerts": [str(pki.write(d, "ca.pem"))]}
+    return start(my_wan.ns, workdir, name, outside=["wan0"], wait=False,
+                 extra={"ike": ike, "connections.s2s": conn,
+                        "connections.s2s.local": local,
+                        "connections.s2s.remote": remote,
+                        "connections.s2s.children.net": child})
+
+
+def charon(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16-prfsha256-x25519",
+           esp: str = "aes128gcm16",
+           families: tuple[int, ...] = (0,), extra: dict[str, Any] | None = None,
+           child_extra: dict[str, Any] | None = None, pki: Pki | None = None,
+           remote_addr: str | None = None) -> StrongSwan:
+    sw = StrongSwan(topo.gw_b_wan.ns, workdir / "charon").start()
+    ids = pki.ids if pki is not None else {"gwa": "gwa", "gwb": "gwb"}
+    conn = Connection(
+        name="s2s", local_addrs=[topo.gw_b_wan.v4],
+        remote_addrs=[remote_addr or topo.gw_a_wan.v4],
+        local_id=ids["gwb"], remote_id=ids["gwa"], proposals=[proposals],
+        auth="pubkey" if pki is not None else "psk",
+        local_certs=["gwb.pem"] if pki is not None else (),
+        children=[Child("net", [topo.site_b[i] for i in families],
+                        [topo.site_a[i] for i in families], esp_proposals=[esp],
+                        extra=child_extra or {})],
+        extra=extra or {})
+    if pki is None:
+        sw.load(swanctl_conf([conn], {("gwa", "gwb"): PSK}))
+    else:
+        sw.load(swanctl_conf([conn]), {"x509ca/ca.pem": pki.pem("ca.pem"),
+                                       "x509/gwb.pem": pki.pem("gwb.pem"),
+                                       "private/gwb.key": pki.pem("gwb.key")})
+    return sw
+
+
+def esp_in_udp_and_clear(frames: list[bytes], inner: set[str]) -> tuple[int, list[Any]]:
+    esp, clear = 0, []
+    for frame in frames:
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        proto = ip[9]
+        src, dst = (".".join(str(b) for b in ip[a:a + 4]) for a in (12, 16))
+        if proto == 1 or {src, dst} & inner:
+            clear.append((proto, src, dst))
+        if proto == 17:
+            hl = (ip[0] & 0xF) * 4
+            sport, dport = struct.unpack_from("!HH", ip, hl)
+            marker = ip[hl + 8:hl + 12]
+            if NAT_T in (sport, dport) and len(marker) == 4 and marker != bytes(4):
+                esp += 1
+    return esp, clear
+
+
+def ipsecd_children(d: Daemon) -> list[dict[str, Any]]:
+    out = d.query("list-sas")
+    return [c for ike in out["ike_sas"] if ike["state"] == "established" for c in ike["children"]]
+
+
+def established(d: Daemon) -> bool:
+    return bool(ipsecd_children(d))
+
+
+def iperf(src: Any, dst_ns: Any, dst: str, size: str = "3M", timeout: float = 30,
+          seconds: float = 0) -> dict[str, Any]:
+    """A bounded TCP transfer (``size`` bytes, or ``seconds`` long); iperf3's ``end`` summary."""
+    server = dst_ns.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    bound = ["-t", str(seconds)] if seconds else ["-n", size]
+    try:
+        assert wait_until(lambda: b":5201" in dst_ns.run("ss", "-ltnH").stdout, 5)
+        r = src.run("iperf3", "-c", dst, *bound, "-J", timeout=timeout, check=False)
+        assert r.returncode == 0, r.stdout[-600:]
+    finally:
+        server.wait(10)
+    end: dict[str, Any] = json.loads(r.stdout)["end"]
+    return end
+
+
+def bring_up(a: Daemon, sw: StrongSwan, initiator: str) -> None:
+    wait_ready(a)
+    if initiator == "ipsecd":
+        r = a.ipsecd("initiate", "s2s")
+        assert r.returncode == 0, r.stderr + a.log_text() + sw.log_tail()
+        sw.wait_established("net", timeout=15)
+    else:
+        sw.initiate("net", ike="s2s")
+    assert wait_until(lambda: established(a), 10), a.log_text() + sw.log_tail()
+
+

@@ -1,0 +1,196 @@
+"""Two ipsecd gateways negotiating with IKEv2 (the interop proof is test_ike_strongswan.py).
+
+Rekeying under a running TCP transfer, simultaneous rekeys (collisions,
+RFC 7296 §2.8.1), dead-peer detection with restart, and the operator
+commands (initiate, terminate, rekey, list-sas, list-conns).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_harness import Daemon, wait_ready
+from ike_harness import Pki, established, iperf, ipsecd_children, ipsecd_ike
+from netns import Lab, SiteToSite, lab_fixture, needs_root, ping, site_to_site, wait_until
+
+pytestmark = [pytest.mark.netns, needs_root()]
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    yield from lab_fixture()
+
+
+def pair(topo: SiteToSite, tmp: Path, *, a_conn: dict[str, Any] | None = None,
+         b_conn: dict[str, Any] | None = None, a_child: dict[str, Any] | None = None,
+         b_child: dict[str, Any] | None = None, pki: Pki | None = None,
+         proposals: str = "aes128gcm16-prfsha256-x25519",
+         esp: str = "aes128gcm16") -> tuple[Daemon, Daemon]:
+    a = ipsecd_ike(topo, tmp, side="a", name="ike-a", proposals=proposals, esp=esp,
+                   families=(0, 1), conn_extra=a_conn, child_extra=a_child, pki=pki)
+    b = ipsecd_ike(topo, tmp, side="b", name="ike-b", proposals=proposals, esp=esp,
+                   families=(0, 1), conn_extra=b_conn, child_extra=b_child, pki=pki)
+    wait_ready(a, b)
+    return a, b
+
+
+def up(a: Daemon, b: Daemon) -> None:
+    r = a.ipsecd("initiate", "s2s")
+    assert r.returncode == 0, r.stderr + a.log_text() + b.log_text()
+    assert wait_until(lambda: established(a) and established(b), 10), a.log_text() + b.log_text()
+
+
+def stop(*daemons: Daemon) -> None:
+    status = [d.stop() for d in daemons]
+    assert status == [0] * len(daemons), "\n".join(d.log_text() for d in daemons)
+
+
+def spis(d: Daemon) -> set[str]:
+    return {c["spi_in"] for c in ipsecd_children(d)}
+
+
+def lost_packets(d: Daemon) -> dict[str, int]:
+    drops = d.query()["drops"]
+    return {k: v for k, v in drops.items() if k in ("unknown_spi", "replay", "icv")}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("auth", ["psk", "ecdsa"])
+def test_two_ipsecd_gateways_negotiate_and_carry_traffic(lab: Lab, tmp_path: Path,
+                                                         auth: str) -> None:
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, pki=Pki(auth) if auth != "psk" else None,
+                proposals="aes256-sha256-x25519", esp="aes256-sha256")
+    try:
+        up(a, b)
+        (ca,), (cb,) = ipsecd_children(a), ipsecd_children(b)
+        assert ca["spi_in"] == cb["spi_out"] and ca["spi_out"] == cb["spi_in"]
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05) == 3
+        assert ping(topo.net_b.ns, topo.net_a.v6, count=3, interval=0.05) == 3
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4)
+        assert end["sum_received"]["bytes"] >= 256 << 10
+        # list-sas and list-conns, for people and for programs
+        text = a.ipsecd("list-sas")
+        assert text.returncode == 0 and "ESTABLISHED" in text.stdout and "INSTALLED" in text.stdout
+        assert "UDP-encap" not in text.stdout  # no NAT between the two
+        conns = json.loads(a.ipsecd("list-conns", "--json").stdout)["connections"]
+        assert conns[0]["name"] == "s2s" and conns[0]["ike_sas"] == 1
+        sas = json.loads(a.ipsecd("list-sas", "--json").stdout)["ike_sas"]
+        assert sas[0]["children"][0]["packets_out"] >= 3
+        # terminate: both sides drop the SAs, the sites are cut off again
+        r = a.ipsecd("terminate", "s2s")
+        assert r.returncode == 0, r.stderr
+        assert wait_until(lambda: not ipsecd_children(a) and not ipsecd_children(b), 5)
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=1, timeout=0.5) == 0
+        assert not [s for s in a.query()["sas"]] and not [s for s in b.query()["sas"]]
+    finally:
+        stop(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_rekeying_under_a_long_tcp_transfer(lab: Lab, tmp_path: Path) -> None:
+    """Child SAs rekey every ~3 s and the IKE SA every ~5 s while TCP runs for 14 s."""
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, a_conn={"rekey_time": "5s"}, b_conn={"rekey_time": "30s"},
+                a_child={"rekey_time": "3s", "life_time": "20s"},
+                b_child={"rekey_time": "4s", "life_time": "20s"})
+    try:
+        up(a, b)
+        seen_child: set[str] = set()
+        seen_ike: set[str] = set()
+        stop_polling = threading.Event()
+
+        def poll() -> None:
+            while not stop_polling.is_set():
+                listing = a.query("list-sas")
+                if listing:
+                    for ike in listing["ike_sas"]:
+                        seen_ike.add(ike["spi_i"])
+                        for c in ike["children"]:
+                            seen_child.add(c["spi_in"])
+                time.sleep(0.2)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, size="0", timeout=40,
+                        seconds=14)
+        finally:
+            stop_polling.set()
+            poller.join()
+        assert end["sum_received"]["bytes"] > 1 << 20
+        assert len(seen_child) >= 4, seen_child  # the first child and at least 3 rekeys
+        assert len(seen_ike) >= 3, seen_ike  # the IKE SA was rekeyed at least twice
+        # after all that, exactly one child on each side, and they agree
+        assert wait_until(lambda: len(ipsecd_children(a)) == 1 and len(ipsecd_children(b)) == 1, 8)
+        (ca,), (cb,) = ipsecd_children(a), ipsecd_children(b)
+        assert ca["spi_in"] == cb["spi_out"]
+        assert lost_packets(a) == {} and lost_packets(b) == {}, (lost_packets(a), lost_packets(b))
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=2, interval=0.05) == 2
+    finally:
+        stop(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_simultaneous_rekeys_collide_and_resolve(lab: Lab, tmp_path: Path) -> None:
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path)
+    try:
+        up(a, b)
+        collisions = 0
+        def rekey(d: Daemon, go: threading.Barrier) -> None:
+            go.wait()
+            d.query("rekey", name="s2s")
+
+        for _ in range(8):
+            go = threading.Barrier(2)
+            threads = [threading.Thread(target=rekey, args=(d, go)) for d in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert wait_until(lambda: len(ipsecd_children(a)) == 1 and len(ipsecd_children(b)) == 1,
+                              8), (ipsecd_children(a), ipsecd_children(b))
+            collisions = a.log_text().count("rekey collision") + b.log_text().count("rekey collision")
+            if collisions:
+                break
+        assert collisions, "no rekey collision happened in 8 tries"
+        (ca,), (cb,) = ipsecd_children(a), ipsecd_children(b)
+        assert ca["spi_in"] == cb["spi_out"] and ca["spi_out"] == cb["spi_in"]
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05) == 3
+    finally:
+        stop(a, b)
+
+
+@pytest.mark.timeout(150)
+def test_dead_peer_detection_clears_then_restarts(lab: Lab, tmp_path: Path) -> None:
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path,
+                a_conn={"dpd_delay": "2s", "dpd_timeout": "5s", "dpd_action": "restart"})
+    try:
+        up(a, b)
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=2, interval=0.05) == 2
+        gwb = topo.gw_b_wan.ns
+        gwb.run("ip", "link", "set", "wan0", "down")
+        t0 = time.monotonic()
+        # dpd_delay + dpd_timeout (+ one tick of slack): the SAs are cleared
+        assert wait_until(lambda: not ipsecd_children(a), 12), a.log_text()
+        cleared = time.monotonic() - t0
+        assert cleared <= 2 + 5 + 2, cleared
+        assert not a.query()["sas"]
+        gwb.run("ip", "link", "set", "wan0", "up")
+        gwb.ip(f"addr replace {topo.gw_b_wan.v4}/24 dev wan0",
+               f"addr replace {topo.gw_b_wan.v6}/64 dev wan0 nodad")
+        # restarted by itself once the peer is back
+        assert wait_until(lambda: established(a), 45), a.log_text()
+        assert wait_until(lambda: ping(topo.net_a.ns, topo.net_b.v4, count=1, timeout=0.5) == 1,
+                          10)
+        assert len(ipsecd_children(b)) == 1  # the peer replaced its stale IKE SA
+    finally:
+        stop(a, b)
