@@ -188,6 +188,11 @@ def _ike_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
     _add_socket_options(p)
     p.set_defaults(handler=_rekey, subparser=p)
+    p = sub.add_parser("reload", help="re-read the configuration (as SIGHUP does)",
+                       description="Re-read the daemon's configuration file: IKE connections "
+                       "that did not change are not disturbed; the setkey script is re-applied.")
+    _add_socket_options(p)
+    p.set_defaults(handler=_reload, subparser=p)
     for name, what in (("list-sas", "the IKE SAs and Child SAs, with counters"),
                        ("list-conns", "the configured IKE connections")):
         p = sub.add_parser(name, help=f"show {what}", description=f"Show {what}.")
@@ -243,6 +248,20 @@ def _terminate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     status, result = _ask(args, "terminate", name=args.name)
     if status == EXIT_OK:
         print(f"{args.name}: {result['terminated']} IKE SA(s) closing")
+    return status
+
+
+def _reload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    status, result = _ask(args, "reload")
+    if status == EXIT_OK:
+        ike = result.get("ike")
+        if ike:
+            for kind in ("added", "changed", "removed", "unchanged"):
+                if ike[kind]:
+                    print(f"{kind}: {', '.join(ike[kind])}")
+        if result.get("setkey"):
+            print(f"setkey: {result['setkey']['changes']} change(s)")
+        print("reloaded")
     return status
 
 

@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -436,8 +437,11 @@ class Daemon:
         else:
             self._ike_children.pop(child.reqid, None)
             for key in self._ike_policies.pop(child.reqid, []):
-                with contextlib.suppress(Exception):
-                    self.spd.delete(*key)
+                entry = self.spd.get(*key)
+                # another child (a reauthentication's, another connection's) may own it now
+                if entry is not None and any(r.reqid == child.reqid for r in entry.policy.requests):
+                    with contextlib.suppress(Exception):
+                        self.spd.delete(*key)
         if linger > 0 and not self._stopping:
             try:
                 asyncio.get_running_loop().call_later(linger, self._remove_inbound, child)
@@ -1132,7 +1136,7 @@ class Daemon:
         server = ControlServer(self.config.control.socket, {
             "setkey": self.cmd_setkey, "status": self.cmd_status, "ping": self.cmd_ping,
             "initiate": self.cmd_initiate, "terminate": self.cmd_terminate,
-            "rekey": self.cmd_rekey,
+            "rekey": self.cmd_rekey, "reload": self.cmd_reload,
             "list-sas": self.cmd_list_sas, "list-conns": self.cmd_list_conns})
         try:
             await server.start()
@@ -1167,20 +1171,59 @@ class Daemon:
             self._stop_workers()
 
     def _reload(self) -> None:
-        log.info("SIGHUP: re-applying the setkey script")
+        log.info("SIGHUP: reloading %s", self.config.path)
         try:
-            script = self._load_script()
-        except StartError as exc:
-            log.error("reload: %s", exc)
-            return
-        if script is None:
-            return
-        try:
-            self.apply_script(script, rfc_mode=self.config.setkey.rfc_mode)
+            self.reload()
         except RequestError as exc:
-            log.error("reload refused, nothing changed: %s", exc)
-        finally:
-            script.wipe()
+            log.error("reload: %s", exc)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the configuration: IKE connections (unchanged ones are not touched) and
+        the setkey script.  The rest of the file needs a restart; a change there is logged."""
+        from ipsecd import config as config_mod
+
+        try:
+            new = config_mod.load(self.config.path)
+        except config_mod.ConfigError as exc:
+            raise RequestError(f"reload refused, nothing changed: {exc}") from None
+        for section in ("daemon", "datapath", "control", "metrics"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("reload: [%s] changed; that takes a restart of the daemon", section)
+        result: dict[str, Any] = {"ike": None, "setkey": None}
+        psk_table = None
+        if new.ike.enabled:
+            from ipsecd.ike.config import load_psks
+            from ipsecd.ike.psk import PskFileError
+
+            try:
+                psk_table = load_psks(new.ike)
+            except PskFileError as exc:
+                raise RequestError(f"reload refused, nothing changed: {exc}") from None
+        old_script_cfg = self.config.setkey
+        self.config = dataclasses.replace(new, daemon=self.config.daemon,
+                                          datapath=self.config.datapath,
+                                          control=self.config.control,
+                                          metrics=self.config.metrics)
+        if self.ike is not None:
+            result["ike"] = self.ike.reload(new.ike, psk_table)
+        elif new.ike.enabled:
+            log.warning("reload: IKE connections appeared; starting IKE takes a restart")
+            if psk_table is not None:
+                psk_table.wipe()
+        if new.setkey.script is not None or old_script_cfg.script is not None:
+            try:
+                script = self._load_script()
+            except StartError as exc:
+                raise RequestError(str(exc)) from None
+            if script is not None:
+                try:
+                    result["setkey"] = self.apply_script(script, rfc_mode=new.setkey.rfc_mode)
+                finally:
+                    script.wipe()
+        return result
+
+    def cmd_reload(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.reload()
 
     def close(self) -> None:
         """Undo :meth:`setup` (idempotent, and safe after a partial start)."""

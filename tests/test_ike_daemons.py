@@ -8,6 +8,7 @@ commands (initiate, terminate, rekey, list-sas, list-conns).
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -194,3 +195,68 @@ def test_dead_peer_detection_clears_then_restarts(lab: Lab, tmp_path: Path) -> N
         assert len(ipsecd_children(b)) == 1  # the peer replaced its stale IKE SA
     finally:
         stop(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_reauthentication_replaces_the_ike_sa_without_a_gap(lab: Lab, tmp_path: Path) -> None:
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, a_conn={"reauth_time": "4s"})
+    try:
+        up(a, b)
+        first = a.query("list-sas")["ike_sas"][0]["spi_i"]
+        # 7 s of pings at 10/s across the reauthentication (due after 3.6-4 s)
+        received = ping(topo.net_a.ns, topo.net_b.v4, count=70, interval=0.1, timeout=2)
+        sas = a.query("list-sas")["ike_sas"]
+        assert [s["spi_i"] for s in sas] != [first]
+        assert len([s for s in sas if s["state"] == "established"]) == 1, sas
+        assert "reauthenticated" in a.log_text()
+        assert len([s for s in b.query("list-sas")["ike_sas"] if s["state"] == "established"]) == 1
+        assert received == 70, received
+    finally:
+        stop(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_reload_leaves_unchanged_connections_alone(lab: Lab, tmp_path: Path) -> None:
+    topo = site_to_site(lab, routed=False)
+    spare = {"connections.spare": {"local_addrs": [topo.gw_a_wan.v4],
+                                   "remote_addrs": ["192.0.2.99"]},
+             "connections.spare.children.c": {"local_ts": ["10.1.0.0/16"],
+                                              "remote_ts": ["10.2.0.0/16"]}}
+    a, b = pair(topo, tmp_path)
+    try:
+        up(a, b)
+        before = a.query("list-sas")["ike_sas"][0]
+        config = a.config.read_text()
+        # add a connection: the running one must not notice
+        a.config.write_text(config + "\n" + toml_tables(spare))
+        r = a.ipsecd("reload")
+        assert r.returncode == 0, r.stderr
+        assert "added: spare" in r.stdout and "unchanged: s2s" in r.stdout
+        after = a.query("list-sas")["ike_sas"][0]
+        assert (after["spi_i"], after["children"][0]["spi_in"]) == \
+            (before["spi_i"], before["children"][0]["spi_in"])
+        names = [c["name"] for c in a.query("list-conns")["connections"]]
+        assert names == ["s2s", "spare"]
+        # a broken file is refused whole
+        a.config.write_text(config + "\n[connections.bad]\nlocal_addrs = 5\n")
+        r = a.ipsecd("reload")
+        assert r.returncode != 0 and "ipsecd.toml" in r.stderr
+        assert a.query("list-sas")["ike_sas"][0]["spi_i"] == before["spi_i"]
+        # SIGHUP with s2s gone: its IKE SA is deleted, on both sides
+        a.config.write_text(config.split("[connections.s2s]")[0] + toml_tables(spare))
+        a.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: not ipsecd_children(a) and not ipsecd_children(b), 8), \
+            a.log_text()
+        assert [c["name"] for c in a.query("list-conns")["connections"]] == ["spare"]
+    finally:
+        stop(a, b)
+
+
+def toml_tables(tables: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for name, values in tables.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        out.append("")
+    return "\n".join(out)

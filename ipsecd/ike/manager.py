@@ -66,6 +66,7 @@ from ipsecd.ike.sa import (
     IkeSa,
     IkeUp,
     InitialContact,
+    ReauthNeeded,
     Send,
     State,
 )
@@ -223,10 +224,12 @@ class IkeManager:
 
     # -- credentials ---------------------------------------------------------------------------------
 
-    def _load_credentials(self) -> None:
+    def _load_credentials(self, skip: set[str] | None = None) -> None:
         from ipsecd.ike import auth
 
         for conn in self.settings.connections:
+            if skip and conn.name in skip:
+                continue
             if conn.local.method == "pubkey":
                 chain: list[Any] = []
                 for path in conn.local.certs:
@@ -381,7 +384,8 @@ class IkeManager:
 
     # -- operator commands ---------------------------------------------------------------------------
 
-    def initiate(self, name: str, *, now: float | None = None, attempt: int = 0) -> IkeSa:
+    def initiate(self, name: str, *, now: float | None = None, attempt: int = 0,
+                 replaces: IkeSa | None = None) -> IkeSa:
         conn = self.connections.get(name)
         if conn is None:
             raise KeyError(name)
@@ -395,6 +399,9 @@ class IkeManager:
         remote = Endpoint(ipaddress.ip_address(remote_text.split("/")[0]), conn.remote_port)
         ike = IkeSa(self.ctx, conn, initiator=True, local=local, remote=remote, now=now)
         ike.attempt = attempt  # type: ignore[attr-defined]
+        if replaces is not None:  # reauthentication: make before break, no INITIAL_CONTACT
+            ike.initial_contact = False
+            ike.replaces = replaces
         self.sas[ike.local_spi] = ike
         log.info("%s: initiating IKE_SA to %s", ike.describe(), remote)
         try:
@@ -416,6 +423,54 @@ class IkeManager:
                 self._process(ike)
                 n += 1
         return n
+
+    def reload(self, settings: Any, psk_table: Any) -> dict[str, list[str]]:
+        """Take a new configuration; connections that did not change are not touched.
+
+        Removed and changed connections lose their IKE SAs (DELETE sent);
+        added and changed ones start when a child says ``start_action = start``.
+        """
+        import dataclasses
+
+        def same(a: Any, b: Any) -> bool:
+            return bool(dataclasses.replace(a, line=0) == dataclasses.replace(b, line=0))
+
+        old = self.connections
+        new = {c.name: c for c in settings.connections}
+        report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        merged = []
+        for c in settings.connections:
+            if c.name not in old:
+                report["added"].append(c.name)
+                merged.append(c)
+            elif same(old[c.name], c):
+                report["unchanged"].append(c.name)
+                merged.append(old[c.name])  # the IKE SAs keep pointing at the same object
+            else:
+                report["changed"].append(c.name)
+                merged.append(c)
+        report["removed"] = [n for n in old if n not in new]
+        for name in report["removed"] + report["changed"]:
+            self.terminate(name)
+        settings = dataclasses.replace(settings, connections=tuple(merged))
+        if self.psk_table is not None and self.psk_table is not psk_table:
+            self.psk_table.wipe()
+        self.psk_table = psk_table
+        self.settings = settings
+        self.ctx.settings = settings
+        self.connections = {c.name: c for c in merged}
+        self._creds = {k: v for k, v in self._creds.items() if k in report["unchanged"]}
+        self._trust = {k: v for k, v in self._trust.items() if k in report["unchanged"]}
+        self._load_credentials(skip=set(report["unchanged"]))
+        now = time.monotonic()
+        for name in report["added"] + report["changed"]:
+            conn = self.connections[name]
+            if any(ch.start_action == "start" for ch in conn.children):
+                self.initiate(name, now=now)
+        log.info("IKE configuration reloaded: %s", ", ".join(
+            f"{k} {' '.join(v)}" for k, v in report.items() if v and k != "unchanged") or
+            "no connection changed")
+        return report
 
     def rekey(self, name: str, *, ike_sa: bool = False) -> int:
         """Rekey the Child SAs (or, with ``ike_sa``, the IKE SAs) of a connection now."""
@@ -441,7 +496,6 @@ class IkeManager:
     def list_conns(self) -> list[dict[str, Any]]:
         from ipsecd.ike.auth import describe_identity
         from ipsecd.ike.proposals import describe
-        from ipsecd.ike.ts import describe as ts_describe
 
         out = []
         for c in self.settings.connections:
@@ -461,7 +515,6 @@ class IkeManager:
                 "ike_sas": sum(1 for s in self.sas.values() if s.conn is c
                                and s.state is State.ESTABLISHED),
             })
-            del ts_describe
         return out
 
     def metrics(self) -> dict[str, Any]:
@@ -694,6 +747,15 @@ class IkeManager:
             self.stats.observe(event.duration)
             self._restart.pop(event.ike.name, None)
             self._replace_duplicates(event.ike)
+            old = event.ike.replaces
+            if old is not None and old.state is State.ESTABLISHED:
+                log.info("%s: reauthenticated as %s", old.describe(), event.ike.describe())
+                old.delete(time.monotonic(), reason="reauthenticated")
+                self._process(old)
+        elif isinstance(event, ReauthNeeded):
+            if not self._closing and event.ike.conn is not None:
+                log.info("%s: reauthenticating", event.ike.describe())
+                self.initiate(event.ike.conn.name, replaces=event.ike)
         elif isinstance(event, IkeRekeyed):
             self.stats.rekeys["ike"] += 1
             self.sas[event.new.local_spi] = event.new
@@ -716,7 +778,7 @@ class IkeManager:
         conn = ike.conn
         if conn is None or self._closing or getattr(ike, "terminated", False):
             return
-        if event.reason in ("rekeyed", "IKE rekey collision"):
+        if event.reason in ("rekeyed", "IKE rekey collision", "reauthenticated"):
             return
         restart = (event.peer_lost and conn.dpd_action == "restart") or (
             event.failed and ike.initiator)

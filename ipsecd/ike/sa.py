@@ -182,7 +182,14 @@ class InitialContact:
     ike: IkeSa
 
 
-Event = Send | ChildUp | ChildDown | IkeUp | IkeDown | IkeRekeyed | InitialContact
+@dataclass(slots=True)
+class ReauthNeeded:
+    """``reauth_time`` passed: the manager makes a new IKE SA, then deletes this one."""
+
+    ike: IkeSa
+
+
+Event = Send | ChildUp | ChildDown | IkeUp | IkeDown | IkeRekeyed | InitialContact | ReauthNeeded
 
 
 # --- what the state machine needs from its environment ---------------------------------------
@@ -369,6 +376,9 @@ class IkeSa:
         self._last_heard = now
         self.rekey_at = 0.0
         self.expire_at = 0.0
+        self.reauth_at = 0.0
+        self.initial_contact = True  # False when this SA reauthenticates an existing one
+        self.replaces: IkeSa | None = None
         self.half_open_deadline = now + HALF_OPEN_TIMEOUT if not initiator else 0.0
         self.retransmissions = 0
         self.dpd_failed = False
@@ -448,7 +458,7 @@ class IkeSa:
         if self.half_open_deadline:
             times.append(self.half_open_deadline)
         if self.state is State.ESTABLISHED:
-            for t in (self.rekey_at, self.expire_at):
+            for t in (self.rekey_at, self.expire_at, self.reauth_at):
                 if t:
                     times.append(t)
             for c in self.children:
@@ -487,6 +497,10 @@ class IkeSa:
         if self.expire_at and now >= self.expire_at:
             self.delete(now, reason="IKE SA lifetime expired")
             return
+        if self.reauth_at and now >= self.reauth_at:
+            self.reauth_at = 0.0
+            if self.initiator:
+                self._events.append(ReauthNeeded(self))
         if self.rekey_at and now >= self.rekey_at:
             self.rekey_at = 0.0
             self._queue(_Task("rekey-ike"), now)
@@ -1047,7 +1061,8 @@ class IkeSa:
         if self.conn.remote.id is not None:
             inner.append(IDr(self.conn.remote.id.id_type, self.conn.remote.id.data))
         inner.append(auth_payload)
-        inner.append(Notify.status(NotifyType.INITIAL_CONTACT))
+        if self.initial_contact:
+            inner.append(Notify.status(NotifyType.INITIAL_CONTACT))
         state: dict[str, Any] = {}
         cfg = getattr(self, "_first_child", None)
         if cfg is not None:
@@ -1098,12 +1113,12 @@ class IkeSa:
 
     def _schedule_ike_rekey(self, now: float) -> None:
         rekey = float(getattr(self.conn, "rekey_time", 0.0) or 0.0)
+        reauth = float(getattr(self.conn, "reauth_time", 0.0) or 0.0)
         over = float(getattr(self.conn, "over_time", 0.0) or 0.0)
-        if rekey:
-            self.rekey_at = now + rekey * (1 - JITTER * self.ctx.jitter())
-            self.expire_at = now + rekey + (over or rekey * 0.1)
-        else:
-            self.rekey_at = self.expire_at = 0.0
+        self.rekey_at = now + rekey * (1 - JITTER * self.ctx.jitter()) if rekey else 0.0
+        self.reauth_at = now + reauth * (1 - JITTER * self.ctx.jitter()) if reauth else 0.0
+        limit = max(rekey, reauth)
+        self.expire_at = now + limit + (over or limit * 0.1) if limit else 0.0
 
     # -- Child SA negotiation (shared by IKE_AUTH and CREATE_CHILD_SA) --------------------------------
 
@@ -1703,6 +1718,7 @@ class IkeSa:
         new.established_at = now
         new.half_open_deadline = 0.0
         new._schedule_ike_rekey(now)
+        new.reauth_at = self.reauth_at  # counted from the authentication, not from rekeys
         return new
 
     def _hand_over(self, new: IkeSa, now: float) -> None:
