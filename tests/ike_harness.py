@@ -35,8 +35,9 @@ class Pki:
         from cryptography.x509.oid import NameOID
 
         def key() -> Any:
-            if kind == "rsa":
-                return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if kind.startswith("rsa"):
+                bits = int(kind[3:] or 2048)
+                return rsa.generate_private_key(public_exponent=65537, key_size=bits)
             return ec.generate_private_key(ec.SECP256R1())
 
         now = datetime.datetime.now(datetime.UTC)

@@ -80,3 +80,32 @@ def test_site_to_site_with_strongswan(lab: Lab, tmp_path: Path, initiator: str, 
         status = a.stop()
         sw.stop()
     assert status == 0, a.log_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("initiator", ["ipsecd", "strongswan"])
+def test_certificates_through_a_path_that_drops_ip_fragments(lab: Lab, tmp_path: Path,
+                                                             initiator: str) -> None:
+    """RSA-3072 chains do not fit 1280 bytes; IKE fragmentation (RFC 7383) must carry them."""
+    topo = site_to_site(lab, routed=False)
+    for host in (topo.gw_a_wan, topo.gw_b_wan):
+        host.ns.ip(f"link set {host.ifname} mtu 1280")
+        # like a middlebox that loses IP fragments: only IKE's own fragments get through
+        host.ns.run("nft", "-f", "-", input=(
+            "table netdev dropfrag {\n chain in {\n"
+            f"  type filter hook ingress device \"{host.ifname}\" priority 0;\n"
+            "  ip frag-off & 0x3fff != 0 counter drop\n }\n}\n").encode())
+    pki = Pki("rsa3072")
+    sw = charon(topo, tmp_path, pki=pki, extra={"fragmentation": "yes"})
+    a = ipsecd_ike(topo, tmp_path, pki=pki)
+    try:
+        bring_up(a, sw, initiator)
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05) == 3
+        dropped = [h.ns.run("nft", "list", "table", "netdev", "dropfrag").stdout.decode()
+                   for h in (topo.gw_a_wan, topo.gw_b_wan)]
+        assert all("packets 0 " in d for d in dropped), dropped  # no IP fragment was needed
+        assert "fragment" in sw.log_text().lower()  # charon saw (or sent) IKE fragments
+    finally:
+        status = a.stop()
+        sw.stop()
+    assert status == 0, a.log_text()

@@ -727,10 +727,13 @@ class IkeSa:
     def _protect(self, message: Message, inner: list[Payload]) -> list[bytes]:
         assert self._send_cipher is not None
         single = crypto.protect(message, inner, self._send_cipher)
-        if (len(single) > FRAGMENT_BYTES and self.peer_fragmentation
+        # RFC 7383 §2.5.1: the whole IP datagram should fit 1280 octets; take off the IP and
+        # UDP headers and the non-ESP marker so no IP fragment is ever needed.
+        room = FRAGMENT_BYTES - (20 if self.remote.address.version == 4 else 40) - 8 - 4
+        if (len(single) > room and self.peer_fragmentation
                 and getattr(self.conn, "fragmentation", True)
                 and message.exchange_type is not ExchangeType.IKE_SA_INIT):
-            return crypto.protect_fragments(message, inner, self._send_cipher, FRAGMENT_BYTES)
+            return crypto.protect_fragments(message, inner, self._send_cipher, room)
         return [single]
 
     def _request(self, exchange: ExchangeType, inner: list[Payload], now: float,
