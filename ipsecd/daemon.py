@@ -99,7 +99,7 @@ from ipsecd.spd import SPD, Action
 from ipsecd.spd import Direction as PolicyDirection
 from ipsecd.transforms import TransformError
 from metrics.accounting import Accounting
-from metrics.exporter import Exporter, Snapshot, WorkerSample
+from metrics.exporter import Exporter, IkeSample, Snapshot, WorkerSample
 from workers.policy import (
     InstalledSA,
     PolicyTable,
@@ -965,8 +965,17 @@ class Daemon:
                 w.index, proc is not None and proc.is_alive(), w.restarts,
                 int(wrow[WorkerCounter.PACKETS_IN]), int(wrow[WorkerCounter.PACKETS_OUT]),
                 int(wrow[WorkerCounter.RING_DROPS]), int(wrow[WorkerCounter.BUSY_NS]) / 1e9))
+        ike_sample = None
+        ike = self.ike
+        finished = ike.last_metrics if ike is not None else None
+        if finished is not None:
+            # Only the finished dict the event loop built (and never changes afterwards) and
+            # the frozen configuration are read here: nothing calls into the IKE manager.
+            autostart = {c.name for c in self.config.ike.connections
+                         if any(ch.start_action == "start" for ch in c.children)}
+            ike_sample = IkeSample.from_manager(finished, autostart=autostart)
         return Snapshot(traffic=traffic, worker_drops=worker_drops, workers=workers,
-                        policies=len(self.spd))
+                        policies=len(self.spd), ike=ike_sample)
 
     # -- workers ---------------------------------------------------------------------------
 

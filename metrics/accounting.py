@@ -36,8 +36,17 @@ a connection by what setkey(8) gives:
   ``unique:N`` of the policy that uses it; ``reqid:0`` when the SA serves
   any policy between the two peers).
 
-When IKE arrives, the IKE configuration's connection and child names take
-their place.  Cardinality is bounded by the configuration: a child, once
+With IKE (an SA the daemon installed for a negotiated Child SA carries
+``sa.extra["ike"]``, the connection's name, and ``sa.extra["child"]``, the
+child's) they are the configuration's names: ``connection`` = the
+``[connections.NAME]``, ``child`` = the ``children.NAME`` (``reqid:N`` if an
+SA lacks the child's name).  A rekeyed Child SA keeps its name (and its
+reqid), so its counters carry on as with manual keys; so do those of a child
+negotiated again after its IKE SA was re-established.  Several IKE SAs of one
+connection (peers answered with ``remote_addrs = %any``) add up in one
+series per child name.
+
+Cardinality is bounded by the configuration: a child, once
 seen, is kept (with its totals) for the daemon's life, so its counters and
 its ``up`` gauge stay continuous while it has no SA at all (between the
 ``delete`` and the ``add`` of a manual rekey, or after a hard expiry).
@@ -67,6 +76,10 @@ class CounterSource(Protocol):
 
 def connection_of(sa: SecurityAssociation, direction: str) -> tuple[str, str]:
     """The ``(connection, child)`` labels of an SA used in ``direction`` ("in" or "out")."""
+    ike = sa.extra.get("ike")
+    if ike is not None:
+        child = sa.extra.get("child")
+        return str(ike), str(child) if child else f"reqid:{sa.reqid}"
     local, remote = (sa.dst, sa.src) if direction == "in" else (sa.src, sa.dst)
     return f"{local}-{remote}", f"reqid:{sa.reqid}"
 

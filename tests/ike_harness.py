@@ -85,7 +85,8 @@ def ipsecd_ike(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16
                conn_extra: dict[str, Any] | None = None,
                child_extra: dict[str, Any] | None = None,
                ike_extra: dict[str, Any] | None = None, pki: Pki | None = None,
-               local_addr: str | None = None, remote_addr: str | None = None) -> Daemon:
+               local_addr: str | None = None, remote_addr: str | None = None,
+               metrics: str = "") -> Daemon:
     me, peer = ("gwa", "gwb") if side == "a" else ("gwb", "gwa")
     my_wan, peer_wan = (topo.gw_a_wan, topo.gw_b_wan) if side == "a" else (topo.gw_b_wan, topo.gw_a_wan)
     my_site, peer_site = (topo.site_a, topo.site_b) if side == "a" else (topo.site_b, topo.site_a)
@@ -111,7 +112,7 @@ def ipsecd_ike(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16
         local = {"auth": "pubkey", "id": pki.ids[me], "certs": [str(pki.write(d, f"{me}.pem"))],
                  "key": str(pki.write(d, f"{me}.key"))}
         remote = {"auth": "pubkey", "id": pki.ids[peer], "cacerts": [str(pki.write(d, "ca.pem"))]}
-    return start(my_wan.ns, workdir, name, outside=["wan0"], wait=False,
+    return start(my_wan.ns, workdir, name, outside=["wan0"], wait=False, metrics=metrics,
                  extra={"ike": ike, "connections.s2s": conn,
                         "connections.s2s.local": local,
                         "connections.s2s.remote": remote,

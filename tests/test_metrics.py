@@ -15,7 +15,7 @@ from ipsecd.iana import EncrId, IpProto
 from ipsecd.sa import Lifetime, Mode, SecurityAssociation
 from ipsecd.satable import SA_COUNTER_COLUMNS, SACounter
 from metrics.accounting import Accounting, connection_of
-from metrics.exporter import Exporter, Snapshot, WorkerSample
+from metrics.exporter import Collector, Exporter, IkeSample, Snapshot, WorkerSample
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "ipsecd-dashboard.json"
@@ -59,6 +59,33 @@ def out_bytes(acc: Accounting, table: FakeTable) -> int:
 def test_connection_labels() -> None:
     assert connection_of(sa(1, A, B), "out") == (f"{A}-{B}", "reqid:0")
     assert connection_of(sa(2, B, A, reqid=7), "in") == (f"{A}-{B}", "reqid:7")
+
+
+def test_ike_children_are_labelled_with_their_configured_names() -> None:
+    ike = sa(0x3001, B, A, reqid=5)
+    ike.extra.update({"ike": "site-b", "child": "net"})
+    assert connection_of(ike, "in") == ("site-b", "net")
+    nameless = sa(0x3002, A, B, reqid=5)
+    nameless.extra["ike"] = "site-b"  # an SA without the child's name: its reqid
+    assert connection_of(nameless, "out") == ("site-b", "reqid:5")
+
+
+def test_ike_child_counters_carry_on_across_rekeys() -> None:
+    """A rekeyed child (new SPIs, same name and reqid) and one negotiated again after its
+    IKE SA was re-established (a new reqid) continue the same series."""
+    acc, table = Accounting(), FakeTable()
+    for slot, (spi, reqid) in enumerate(((0x1001, 1), (0x2001, 1), (0x3001, 2))):
+        new = sa(spi, reqid=reqid)
+        new.extra.update({"ike": "site-b", "child": "net"})
+        table.clear(slot)
+        acc.install(slot, slot + 1, new, "out", 0.0)
+        if slot:
+            acc.retire(slot - 1, table)
+        table.count(slot, 1, 100)
+    snap = acc.snapshot(table)
+    assert [(c.connection, c.child, c.direction, c.bytes) for c in snap.children] == [
+        ("site-b", "net", "in", 0), ("site-b", "net", "out", 300)]
+    assert snap.up == {("site-b", "net"): False}  # nothing inbound installed in this test
 
 
 def test_counters_carry_over_a_rekey_in_the_same_slot() -> None:
@@ -177,11 +204,159 @@ def test_dashboard_shape() -> None:
     assert len(ids) == len(set(ids))
     titles = {p["title"] for p in panels}
     for want in ("Tunnels up", "Tunnels down", "Throughput per connection",
-                 "Packets per connection", "Drops by reason", "Worker load (busy fraction)"):
+                 "Packets per connection", "Drops by reason", "Worker load (busy fraction)",
+                 "IKE SAs by state", "IKE handshakes by result", "IKE handshake latency",
+                 "IKE rekeys", "Dead peer detection", "Half-open IKE SAs and cookies",
+                 "IKE retransmissions and invalid messages", "Certificate expiry",
+                 "Child SA lifetime remaining (IKE)", "IKE connections down"):
         assert want in titles
+    # Panels do not overlap on the grid.
+    cells: set[tuple[int, int]] = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
+        assert not mine & cells and g["x"] + g["w"] <= 24, p["title"]
+        cells |= mine
     for p in panels:
         assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
         assert p["targets"], p["title"]
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${DS_PROMETHEUS}"
             assert 'instance=~"$instance"' in t["expr"], t["expr"]
+
+
+# --- IKE series -------------------------------------------------------------------------------
+
+NOW = 1_700_000_000.0
+
+
+def manager_metrics() -> dict[str, object]:
+    """A dict shaped like :meth:`ipsecd.ike.manager.IkeManager.metrics`."""
+    return {
+        "time": NOW - 0.5,
+        "states": {"established": 2, "init-sent": 1},
+        "half_open": 3,
+        "handshakes": {"success": 7, "failed": 2},  # no "refused" yet: exported at 0
+        "handshake_seconds": {"buckets": [(0.01, 1), (0.1, 5), (1.0, 6)], "sum": 2.5, "count": 7},
+        "rekeys": {"ike": 1, "child": 4},
+        "dpd": {"sent": 9, "timeout": 1},
+        "retransmissions": 11, "cookies_sent": 12, "half_open_dropped": 13,
+        "invalid_messages": 14,
+        "connections": {
+            "site-b": {"ike_sas": 2, "children": 3, "child_expiry": {"net": 100.0, "voip": 0.2}},
+            "rw": {"ike_sas": 0, "children": 0, "child_expiry": {}}},
+        "certificates": [
+            {"connection": "site-b", "role": "local", "subject": "CN=gw-a.example",
+             "not_after": NOW + 86400},
+            {"connection": "site-b", "role": "ca", "subject": "CN=Test CA",
+             "not_after": NOW + 10 * 86400},
+            {"connection": "site-b", "role": "ca", "subject": "CN=Test CA",  # listed twice
+             "not_after": NOW + 20 * 86400}],
+    }
+
+
+def scrape(snap: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(lambda: snap))
+    text = generate_latest(registry).decode()
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in samples, key  # Prometheus rejects a scrape with duplicates
+            samples[key] = s.value
+    return samples
+
+
+def test_ike_series_from_the_managers_dict() -> None:
+    ike = IkeSample.from_manager(manager_metrics(), autostart={"site-b"}, now=NOW)
+    got = scrape(Snapshot(ike=ike))
+
+    def one(name: str, **labels: str) -> float:
+        return got[(name, tuple(sorted(labels.items())))]
+
+    # Every state, from 0.
+    assert one("ipsecd_ike_sas", state="established") == 2
+    assert one("ipsecd_ike_sas", state="init-sent") == 1
+    assert one("ipsecd_ike_sas", state="auth-sent") == 0
+    assert {dict(k)["state"] for n, k in got if n == "ipsecd_ike_sas"} >= {
+        "created", "init-sent", "init-done", "auth-sent", "established", "rekeyed", "deleting",
+        "dead"}
+    assert one("ipsecd_ike_half_open_sas") == 3
+    assert one("ipsecd_ike_handshakes_total", result="success") == 7
+    assert one("ipsecd_ike_handshakes_total", result="failed") == 2
+    assert one("ipsecd_ike_handshakes_total", result="refused") == 0
+    # The histogram: the manager's cumulative buckets, +Inf = count, _sum and _count.
+    h = "ipsecd_ike_handshake_duration_seconds"
+    assert [(le, one(f"{h}_bucket", le=le)) for le in ("0.01", "0.1", "1.0", "+Inf")] == [
+        ("0.01", 1), ("0.1", 5), ("1.0", 6), ("+Inf", 7)]
+    assert one(f"{h}_sum") == 2.5 and one(f"{h}_count") == 7
+    assert one("ipsecd_ike_rekeys_total", kind="ike") == 1
+    assert one("ipsecd_ike_rekeys_total", kind="child") == 4
+    assert one("ipsecd_ike_dpd_total", event="sent") == 9
+    assert one("ipsecd_ike_dpd_total", event="timeout") == 1
+    assert one("ipsecd_ike_retransmissions_total") == 11
+    assert one("ipsecd_ike_cookies_sent_total") == 12
+    assert one("ipsecd_ike_half_open_dropped_total") == 13
+    assert one("ipsecd_ike_invalid_messages_total") == 14
+    # Per connection: every configured one, 0 when down.
+    assert one("ipsecd_connection_ike_sas", connection="site-b") == 2
+    assert one("ipsecd_connection_ike_sas", connection="rw") == 0
+    assert one("ipsecd_connection_child_sas", connection="site-b") == 3
+    assert one("ipsecd_connection_autostart", connection="site-b") == 1
+    assert one("ipsecd_connection_autostart", connection="rw") == 0
+    # Lifetimes counted down to the scrape (the dict is 0.5 s old), never below 0.
+    life = "ipsecd_child_sa_lifetime_remaining_seconds"
+    assert one(life, connection="site-b", child="net") == 99.5
+    assert one(life, connection="site-b", child="voip") == 0
+    assert not [k for n, k in got if n == life and dict(k)["connection"] == "rw"]
+    cert = "ipsecd_certificate_expiry_timestamp_seconds"
+    assert one(cert, connection="site-b", role="local", subject="CN=gw-a.example") == NOW + 86400
+    assert one(cert, connection="site-b", role="ca", subject="CN=Test CA") == NOW + 10 * 86400
+
+
+def test_no_ike_series_without_ike() -> None:
+    """A daemon with manual keys only exports no IKE series (not zeros)."""
+    got = scrape(Snapshot())
+    prefixes = ("ipsecd_ike_", "ipsecd_connection_", "ipsecd_child_sa_", "ipsecd_certificate_")
+    assert not [name for name, _ in got if name.startswith(prefixes)]
+    # A fresh manager (nothing happened yet) exports every series, at 0.
+    empty = {"time": NOW, "states": {}, "half_open": 0, "handshakes": {},
+             "handshake_seconds": {"buckets": [(0.1, 0), (1.0, 0)], "sum": 0.0, "count": 0},
+             "rekeys": {"ike": 0, "child": 0}, "dpd": {"sent": 0, "timeout": 0},
+             "retransmissions": 0, "cookies_sent": 0, "half_open_dropped": 0,
+             "invalid_messages": 0, "connections": {"site-b": {"ike_sas": 0, "children": 0,
+                                                                "child_expiry": {}}},
+             "certificates": []}
+    got = scrape(Snapshot(ike=IkeSample.from_manager(empty, now=NOW)))
+    assert got[("ipsecd_ike_handshakes_total", (("result", "refused"),))] == 0
+    assert got[("ipsecd_ike_handshake_duration_seconds_bucket", (("le", "+Inf"),))] == 0
+    assert got[("ipsecd_connection_ike_sas", (("connection", "site-b"),))] == 0
+    assert got[("ipsecd_ike_sas", (("state", "established"),))] == 0
+
+
+def test_ike_dict_of_the_real_manager_is_read() -> None:
+    """The manager's own ``metrics()`` (no sockets, no peers) goes through ``from_manager``."""
+    from ike_pair import child, connection
+
+    from ipsecd.ike.config import IkeConfig
+    from ipsecd.ike.manager import IkeManager
+
+    settings = IkeConfig(connections=(connection("site-b", A, B, [child()]),))
+
+    class NoDatapath:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the manager called the datapath: {name}")
+
+    manager = IkeManager(settings, NoDatapath(), mark=0x1234)  # type: ignore[arg-type]
+    manager.tick(0.0)
+    assert manager.last_metrics is not None
+    got = scrape(Snapshot(ike=IkeSample.from_manager(manager.last_metrics,
+                                                     autostart={"site-b"})))
+    assert got[("ipsecd_connection_ike_sas", (("connection", "site-b"),))] == 0
+    assert got[("ipsecd_connection_autostart", (("connection", "site-b"),))] == 1
+    assert got[("ipsecd_ike_handshake_duration_seconds_count", ())] == 0

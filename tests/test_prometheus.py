@@ -19,6 +19,23 @@ scrapes gwA's exporter on its loopback and gwB's on its WAN address.
   is 0) - and the per-SA series (``[metrics] sa_labels``) show that three
   different SPIs carried the traffic.
 
+A second pair of gateways negotiates with IKEv2 (certificates from a
+throw-away CA; gwA starts the connection, ``start_action = start``) under a
+second Prometheus:
+
+* the IKE series are what the two daemons did: one established IKE SA and
+  one successful handshake each, none failed, a handshake duration in the
+  histogram, the connection's IKE and Child SA gauges, the certificates'
+  expiry and the child's IKE lifetime; the dashboard's IKE panels and the
+  alert rules evaluate on them, and no alert fires;
+* the child's traffic counters carry the configuration's names
+  (``connection="s2s", child="net"``) and keep counting across a Child SA
+  rekey (``ipsecd rekey``), which ``ipsecd_ike_rekeys_total{kind="child"}``
+  counts;
+* once the operator terminates the connection, Prometheus has
+  ``IpsecdIkeTunnelDown`` pending for it and not the manual-key
+  ``IpsecdTunnelDown`` (whose child series went to 0 too).
+
 If Prometheus cannot start the test fails with its log; everything (the
 server, its TSDB, the daemons, the namespaces) goes with the module.
 """
@@ -40,6 +57,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import KEY_AB, KEY_BA, ROOT, Daemon, start, tunnel_script, wait_ready
+from ike_harness import Pki, established, ipsecd_children, ipsecd_ike
 from netns import Lab, Netns, SiteToSite, needs_root, remove_stale, site_to_site, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -408,3 +426,174 @@ def test_connection_counter_survives_two_rekeys(setup: Setup) -> None:
     assert {r["metric"]["spi"] for r in seen} >= {"0x00002001", "0x00003001", "0x00004001"}
     assert setup.value(f'ipsecd_child_up{{instance="127.0.0.1:{EXPORTER_PORT}",'
                        f'connection="{conn}"}}') == 1
+
+
+# --- IKEv2 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ike_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    if not Path(PROMETHEUS).exists():
+        pytest.fail(f"{PROMETHEUS} is missing: install Debian's prometheus package "
+                    "(deploy/scripts/install-deps.sh)", pytrace=False)
+    remove_stale()
+    workdir = tmp_path_factory.mktemp("prometheus-ike")
+    pki = Pki("ecdsa")
+    with Lab("pk") as lab:
+        topo = site_to_site(lab, routed=False)
+        # The responder first, so that gwA's first IKE_SA_INIT is answered (an unanswered
+        # one would be counted as a failed handshake).
+        b = ipsecd_ike(topo, workdir, side="b", name="pk-gwb", families=(0, 1), pki=pki,
+                       metrics=f"{topo.gw_b_wan.v4}:{EXPORTER_PORT}")
+        a: Daemon | None = None
+        try:
+            wait_ready(b)
+            a = ipsecd_ike(topo, workdir, side="a", name="pk-gwa", families=(0, 1), pki=pki,
+                           start_action="start", metrics=f"127.0.0.1:{EXPORTER_PORT}")
+            wait_ready(a)
+            assert wait_until(lambda: established(a) and established(b), 15), \
+                a.log_text() + b.log_text()
+            prom = _start_prometheus(
+                topo.gw_a_wan.ns, workdir,
+                [f"127.0.0.1:{EXPORTER_PORT}", f"{topo.gw_b_wan.v4}:{EXPORTER_PORT}"])
+            yield Setup(topo, a, b, prom, topo.gw_a_wan.ns)
+        finally:
+            status = [d.stop() for d in (a, b) if d is not None]
+        assert status == [0, 0], (a.log_text() if a else "") + b.log_text()
+
+
+def _exporter_samples(setup: Setup, d: Daemon, host: str) -> dict[tuple[str, str], float]:
+    """(name, sorted labels as text) -> value of the samples one exporter serves now."""
+    return {(s.name, json.dumps(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(setup.metrics_page(d, host))
+            for s in f.samples}
+
+
+@pytest.mark.timeout(120)
+def test_ike_metrics_against_real_prometheus(ike_setup: Setup) -> None:
+    setup, topo, a, b = ike_setup, ike_setup.topo, ike_setup.a, ike_setup.b
+    inst_a, inst_b = f"127.0.0.1:{EXPORTER_PORT}", f"{topo.gw_b_wan.v4}:{EXPORTER_PORT}"
+    both = {inst_a, inst_b}
+
+    def by_instance(expr: str) -> dict[str, float]:
+        return {r["metric"]["instance"]: float(r["value"][1]) for r in setup.query(expr)}
+
+    # Both gateways scraped with their established IKE SA.
+    assert wait_until(lambda: by_instance('ipsecd_ike_sas{state="established"}')
+                      == dict.fromkeys(both, 1.0), 15, 0.2), setup.query("ipsecd_ike_sas")
+    assert by_instance('ipsecd_ike_handshakes_total{result="success"}') == dict.fromkeys(both, 1)
+    assert by_instance('ipsecd_ike_handshakes_total{result="failed"}') == dict.fromkeys(both, 0)
+    assert by_instance("ipsecd_ike_handshake_duration_seconds_count") == dict.fromkeys(both, 1)
+    for instance, seconds in by_instance("ipsecd_ike_handshake_duration_seconds_sum").items():
+        assert 0 < seconds < 5, (instance, seconds)
+    assert by_instance('ipsecd_ike_handshake_duration_seconds_bucket{le="+Inf"}') == \
+        dict.fromkeys(both, 1)
+    assert by_instance('ipsecd_connection_ike_sas{connection="s2s"}') == dict.fromkeys(both, 1)
+    assert by_instance('ipsecd_connection_child_sas{connection="s2s"}') == dict.fromkeys(both, 1)
+    assert by_instance('ipsecd_connection_autostart{connection="s2s"}') == {inst_a: 1, inst_b: 0}
+    # The child's IKE lifetime: 110 % of the default rekey_time (1 h), counting down.
+    for instance, left in by_instance('ipsecd_child_sa_lifetime_remaining_seconds'
+                                      '{connection="s2s", child="net"}').items():
+        assert 3600 < left <= 3960, (instance, left)
+    # Certificates: each gateway's own (30 days, Pki) and the CA.
+    certs = setup.query("ipsecd_certificate_expiry_timestamp_seconds - time()")
+    seen = {(r["metric"]["instance"], r["metric"]["role"], r["metric"]["subject"]):
+            float(r["value"][1]) for r in certs}
+    assert set(seen) == {(inst_a, "local", "CN=gwa.example"), (inst_b, "local", "CN=gwb.example"),
+                         (inst_a, "ca", "CN=ipsecd test CA ecdsa"),
+                         (inst_b, "ca", "CN=ipsecd test CA ecdsa")}, seen
+    assert all(29 * 86400 < left < 31 * 86400 for left in seen.values()), seen
+
+    # Traffic on the child, labelled with the configuration's names; a rekey in between.
+    sel_a = f'{{instance="{inst_a}", connection="s2s", child="net", direction="out"}}'
+    sel_b = f'{{instance="{inst_b}", connection="s2s", child="net", direction="in"}}'
+    n1, n2, size = 150, 100, 300
+    receiver = topo.net_b.ns.spawn(_receive_udp, n1 + n2, 30.0)
+    time.sleep(0.2)
+    assert topo.net_a.ns.call(_send_udp, topo.net_b.v4, n1, size, 0.002) == n1
+    spis_before = {c["spi_in"] for c in ipsecd_children(a)}
+    r = a.ipsecd("rekey", "s2s")
+    assert r.returncode == 0, r.stderr
+
+    def rekeyed() -> bool:
+        children = ipsecd_children(a)
+        return len(children) == 1 and not {c["spi_in"] for c in children} & spis_before \
+            and len(ipsecd_children(b)) == 1
+
+    assert wait_until(rekeyed, 15, 0.1), a.log_text() + b.log_text()
+    assert topo.net_a.ns.call(_send_udp, topo.net_b.v4, n2, size, 0.002) == n2
+    assert receiver.result(35) == n1 + n2
+    total = n1 + n2
+
+    def scraped() -> bool:
+        return (by_instance(f"ipsecd_child_packets_total{sel_a}") == {inst_a: total}
+                and by_instance(f"ipsecd_child_packets_total{sel_b}") == {inst_b: total}
+                and by_instance('ipsecd_ike_rekeys_total{kind="child"}')
+                == dict.fromkeys(both, 1)
+                and by_instance('ipsecd_connection_child_sas{connection="s2s"}')
+                == dict.fromkeys(both, 1))
+
+    assert wait_until(scraped, 15, 0.2), (setup.query("ipsecd_child_packets_total"),
+                                          setup.query("ipsecd_ike_rekeys_total"))
+    assert setup.value(f"ipsecd_child_bytes_total{sel_a}") == total * (28 + size)
+    assert setup.value(f"resets(ipsecd_child_packets_total{sel_a}[{WINDOW}])") == 0
+    assert setup.value(f"resets(ipsecd_child_bytes_total{sel_b}[{WINDOW}])") == 0
+    assert by_instance('ipsecd_ike_rekeys_total{kind="ike"}') == dict.fromkeys(both, 0)
+    assert by_instance('ipsecd_ike_dpd_total{event="timeout"}') == dict.fromkeys(both, 0)
+    assert by_instance('ipsecd_child_up{connection="s2s", child="net"}') == dict.fromkeys(both, 1)
+    # No per-connection label other than the configured names (no LOCAL-REMOTE, no reqid).
+    assert {r["metric"]["connection"] for r in setup.query("ipsecd_child_packets_total")} == \
+        {"s2s"}
+    time.sleep(1.5)  # one more scrape and rule evaluation with the final values
+
+    # Every dashboard and rule expression runs; the IKE panels show the two gateways.
+    panels = _panel_exprs()
+    results = {title: setup.query(expr) for title, expr in panels}
+    for _alert, expr in _rule_exprs():
+        setup.query(expr)
+    ike_panels = ("IKE SAs by state", "IKE handshakes by result", "IKE handshake latency",
+                  "IKE rekeys", "Dead peer detection", "Half-open IKE SAs and cookies",
+                  "IKE retransmissions and invalid messages", "Certificate expiry",
+                  "Child SA lifetime remaining (IKE)", "IKE connections")
+    for title in ike_panels:
+        assert {r["metric"]["instance"] for r in results[title]} == both, (title, results[title])
+    assert results["IKE connections up"][0]["value"][1] == "2"
+    assert results["IKE connections down"][0]["value"][1] == "0"
+    assert results["Certificates expiring within 14 days"][0]["value"][1] == "0"
+    assert results["Failed handshakes (range)"][0]["value"][1] == "0"
+    # The latency panel's rate() is 0 here (each gateway's one handshake happened before
+    # Prometheus started); the buckets themselves make a histogram Prometheus can read:
+    # the quantile of the one handshake lies in the bucket that holds its duration.
+    p95 = by_instance("histogram_quantile(0.95, sum by (instance, le) "
+                      "(ipsecd_ike_handshake_duration_seconds_bucket))")
+    durations = by_instance("ipsecd_ike_handshake_duration_seconds_sum")
+    for instance in both:
+        buckets = {float(r["metric"]["le"]): float(r["value"][1]) for r in setup.query(
+            f'ipsecd_ike_handshake_duration_seconds_bucket{{instance="{instance}"}}')}
+        upper = min(le for le, n in buckets.items() if n == 1)
+        lower = max([0.0, *(le for le, n in buckets.items() if n == 0)])
+        assert lower < durations[instance] <= upper, (instance, buckets, durations)
+        assert lower <= p95[instance] <= upper, (instance, buckets, p95)
+    groups = setup.api("/api/v1/rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError"))
+                                                     for r in rules]
+    assert setup.api("/api/v1/alerts")["alerts"] == []
+
+    # The operator closes the connection gwA keeps up: the IKE tunnel-down alert becomes
+    # pending for it (it fires after 2 minutes); the manual-key one stays quiet.
+    r = a.ipsecd("terminate", "s2s")
+    assert r.returncode == 0, r.stderr
+
+    def alerts() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = setup.api("/api/v1/alerts")["alerts"]
+        return found
+
+    assert wait_until(lambda: any(x["labels"]["alertname"] == "IpsecdIkeTunnelDown"
+                                  for x in alerts()), 15, 0.2), alerts()
+    time.sleep(1.5)  # child_up went to 0 as well by now: still nothing else
+    pending = alerts()
+    assert [(x["labels"]["alertname"], x["labels"]["instance"], x["labels"]["connection"],
+             x["state"]) for x in pending] == [("IpsecdIkeTunnelDown", inst_a, "s2s", "pending")], \
+        pending
+    assert setup.value(f'ipsecd_child_up{{instance="{inst_a}", connection="s2s"}}') == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from metrics.accounting import Accounting
-from metrics.exporter import Collector, Snapshot, WorkerSample
+from metrics.exporter import Collector, IkeSample, Snapshot, WorkerSample
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"
@@ -43,7 +43,7 @@ def test_check_config() -> None:
 def test_check_rules() -> None:
     r = promtool("check", "rules", "ipsecd-rules.yml")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout + r.stderr
+    assert "SUCCESS: 13 rules found" in r.stdout + r.stderr
 
 
 def test_rule_unit_tests() -> None:
@@ -93,11 +93,23 @@ def test_check_metrics_on_the_exporter_output() -> None:
                              enc=EncrId.ENCR_AES_GCM_16, enc_key=bytearray(20),
                              hard=Lifetime(add_seconds=3600), soft=Lifetime(add_seconds=3000))
     acc.install(0, 1, sa, "out", 0.0)
+    ike = IkeSample.from_manager({
+        "time": 0.0, "states": {"established": 1}, "half_open": 0, "handshakes": {"success": 1},
+        "handshake_seconds": {"buckets": [(0.01, 0), (0.1, 1)], "sum": 0.05, "count": 1},
+        "rekeys": {"ike": 0, "child": 1}, "dpd": {"sent": 0, "timeout": 0},
+        "retransmissions": 0, "cookies_sent": 0, "half_open_dropped": 0, "invalid_messages": 0,
+        "connections": {"site-b": {"ike_sas": 1, "children": 1, "child_expiry": {"net": 60.0}}},
+        "certificates": [{"connection": "site-b", "role": "ca", "subject": "CN=CA",
+                          "not_after": 2e9}]}, autostart={"site-b"}, now=0.0)
     snap = Snapshot(acc.snapshot(Table(), per_sa=True), [0] * 32,
-                    [WorkerSample(0, True, 0, 5, 6, 0, 0.5)], 4)
+                    [WorkerSample(0, True, 0, 5, 6, 0, 0.5)], 4, ike)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(lambda: snap))
     text = generate_latest(registry)
     assert b"ipsecd_sa_bytes_total" in text and b"ipsecd_child_lifetime_remaining_seconds" in text
+    for name in (b"ipsecd_ike_handshake_duration_seconds_bucket", b"ipsecd_ike_sas",
+                 b"ipsecd_certificate_expiry_timestamp_seconds",
+                 b"ipsecd_child_sa_lifetime_remaining_seconds", b"ipsecd_ike_dpd_total"):
+        assert name in text, name
     r = promtool("check", "metrics", input=text)
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
