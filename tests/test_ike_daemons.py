@@ -260,3 +260,20 @@ def toml_tables(tables: dict[str, dict[str, Any]]) -> str:
         out += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         out.append("")
     return "\n".join(out)
+
+
+@pytest.mark.timeout(120)
+def test_child_rekeyed_by_volume(lab: Lab, tmp_path: Path) -> None:
+    """rekey_bytes: the datapath's byte counter (soft lifetime) triggers CREATE_CHILD_SA."""
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, a_child={"rekey_bytes": 1 << 20, "life_bytes": 64 << 20})
+    try:
+        up(a, b)
+        first = spis(a)
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, size="6M")
+        assert end["sum_received"]["bytes"] >= 1 << 20
+        assert wait_until(lambda: spis(a) and spis(a) != first, 5), a.log_text()
+        assert "rekeying CHILD_SA" in a.log_text()
+        assert lost_packets(a) == {} and lost_packets(b) == {}
+    finally:
+        stop(a, b)

@@ -109,3 +109,37 @@ def test_certificates_through_a_path_that_drops_ip_fragments(lab: Lab, tmp_path:
         status = a.stop()
         sw.stop()
     assert status == 0, a.log_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("rekeyer", ["ipsecd", "strongswan"])
+def test_rekeys_with_strongswan_under_traffic(lab: Lab, tmp_path: Path, rekeyer: str) -> None:
+    """Child SAs and the IKE SA rekeyed by one side every few seconds while TCP runs."""
+    topo = site_to_site(lab, routed=False)
+    fast = rekeyer == "ipsecd"
+    sw = charon(topo, tmp_path, esp="aes128gcm16-x25519",
+                extra={} if fast else {"rekey_time": "5s", "over_time": "30s", "rand_time": "1s"},
+                child_extra={} if fast else {"rekey_time": "3s", "life_time": "20s",
+                                             "rand_time": "1s"})
+    a = ipsecd_ike(topo, tmp_path, esp="aes128gcm16-x25519",
+                   conn_extra={"rekey_time": "5s"} if fast else {},
+                   child_extra={"rekey_time": "3s", "life_time": "20s"} if fast else {})
+    try:
+        bring_up(a, sw, "ipsecd")
+        first_child = {c["spi_in"] for c in ipsecd_children(a)}
+        first_ike = {s["spi_i"] for s in a.query("list-sas")["ike_sas"]}
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, timeout=40, seconds=12)
+        assert end["sum_received"]["bytes"] > 1 << 20
+        children = ipsecd_children(a)
+        assert len(children) == 1 and {c["spi_in"] for c in children} != first_child
+        assert {s["spi_i"] for s in a.query("list-sas")["ike_sas"]} != first_ike
+        (sa,) = sw.list_sas()
+        (installed,) = [c for c in sa.children if c.state == "INSTALLED"]
+        assert int(children[0]["spi_in"], 16) == installed.spi_out
+        drops = a.query()["drops"]
+        assert not {k: v for k, v in drops.items() if k in ("unknown_spi", "replay", "icv")}, drops
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05) == 3
+    finally:
+        status = a.stop()
+        sw.stop()
+    assert status == 0, a.log_text()

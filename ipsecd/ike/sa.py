@@ -1416,12 +1416,12 @@ class IkeSa:
             except IkeProtocolError as exc:
                 log.warning("%s: no CHILD_SA in IKE_AUTH: %s", self.describe(), exc)
                 child_payloads = [Notify.error(exc.code, exc.data)]
-        self._respond(ExchangeType.IKE_AUTH, message.message_id, out + child_payloads, now)
         self._established(now)
         if _notify(inner, NotifyType.INITIAL_CONTACT) is not None:
             self._events.append(InitialContact(self))
-        if child is not None:
+        if child is not None:  # installed before the answer leaves (see CREATE_CHILD_SA)
             self._child_up(child, None, now)
+        self._respond(ExchangeType.IKE_AUTH, message.message_id, out + child_payloads, now)
 
     def _pick_connection(self, peer_id: Identification, wanted: IDr | None) -> Any:
         for conn in [self.conn] + [c for c in self.ctx.connections(self.local.address,
@@ -1596,12 +1596,13 @@ class IkeSa:
         answer = self._child_answer(child, chosen)
         # SA, Nr, [KEr], TSi, TSr
         payloads = [*answer[:-2], Nonce(nr), *extra, *answer[-2:]]
-        self._respond(ExchangeType.CREATE_CHILD_SA, message.message_id, payloads, now)
         if rekey is not None and rekey.replaced_by is None:
             rekey.replaced_by = child
         if rekey is not None and rekey.state is ChildState.INSTALLED:
             rekey.state = ChildState.REKEYED  # the peer will delete it
+        # Installed before the answer leaves: the peer sends on the new SA as soon as it has it.
         self._child_up(child, rekey, now)
+        self._respond(ExchangeType.CREATE_CHILD_SA, message.message_id, payloads, now)
 
     # -- IKE SA rekey (§2.18) ----------------------------------------------------------------
 
