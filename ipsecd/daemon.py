@@ -426,6 +426,12 @@ class Daemon:
         self._ike_policies[child.reqid] = [p.key for p in policies]
         self._sync()
 
+    def ike_activate_outbound(self, child: Any) -> None:
+        """A rekey responder's new outbound SA (installed larval) starts carrying traffic."""
+        if child.outbound.state is SAState.LARVAL:
+            child.outbound.state = SAState.MATURE
+            self._publish()
+
     def ike_remove_child(self, child: Any, linger: float) -> None:
         """Remove a Child SA pair: the outbound SA now, the inbound one after ``linger`` s."""
         self._refresh_seq()

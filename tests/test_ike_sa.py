@@ -14,7 +14,7 @@ from ike_pair import A, B, Pair, Side, child, connection
 from ipsecd.esp import EspContext
 from ipsecd.ike.constants import ExchangeType
 from ipsecd.ike.messages import decode_header
-from ipsecd.ike.sa import ChildState, IkeDown, IkeRekeyed, IkeUp, State
+from ipsecd.ike.sa import ChildActivate, ChildState, IkeDown, IkeRekeyed, IkeUp, State
 from ipsecd.replay import ReplayWindow
 from ipsecd.sa import Mode
 
@@ -182,6 +182,11 @@ def test_child_rekey_and_old_child_deleted() -> None:
     assert old_a.state is ChildState.DELETED
     new_b = p.b.children_up()[1]
     assert p.b.children_up()[0] in p.b.children_down()
+    # the rekey responder sent on the old SA until the initiator deleted it (§2.8)
+    kinds = [type(e).__name__ for e in p.b.events]
+    assert kinds[-3:] == ["ChildUp", "ChildActivate", "ChildDown"]  # activated as the old goes
+    assert [e.child for e in p.b.events if isinstance(e, ChildActivate)] == [new_b]
+    assert not [e for e in p.a.events if isinstance(e, ChildActivate)]  # the initiator needs none
     esp_roundtrip(new_a.outbound, new_b.inbound)
     esp_roundtrip(new_b.outbound, new_a.inbound)
     assert ike.children == [new_a] and p.b.sas[0].children == [new_b]

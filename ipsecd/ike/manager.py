@@ -56,6 +56,7 @@ from ipsecd.ike.messages import (
     encode,
 )
 from ipsecd.ike.sa import (
+    ChildActivate,
     ChildDown,
     ChildSa,
     ChildUp,
@@ -82,6 +83,7 @@ KEEPALIVE_INTERVAL = 20.0
 COOKIE_ROTATE = 300.0
 TICK = 0.1
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+REPLACE_GRACE = 10.0  # unique = replace: seconds an older duplicate IKE SA may still live
 #: upper bounds (seconds) of the handshake duration histogram's buckets (+Inf is implied)
 HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -91,6 +93,7 @@ class Datapath(Protocol):
 
     def ike_install_child(self, ike: IkeSa, child: ChildSa) -> None: ...
     def ike_remove_child(self, child: ChildSa, linger: float) -> None: ...
+    def ike_activate_outbound(self, child: ChildSa) -> None: ...
     def ike_spi_in_use(self, spi: int) -> bool: ...
     def ike_reqid_in_use(self, reqid: int) -> bool: ...
 
@@ -207,6 +210,7 @@ class IkeManager:
         self._creds: dict[str, tuple[list[Any], Any]] = {}
         self._trust: dict[str, list[Any]] = {}
         self._restart: dict[str, tuple[float, int]] = {}  # conn -> (when, attempt)
+        self._replace_at: dict[bytes, tuple[float, IkeSa]] = {}  # old SPI -> (when, new SA)
         self._cookie_secrets = [os.urandom(32)]
         self._cookie_version = 0
         self._cookie_rotated = time.monotonic()
@@ -360,6 +364,7 @@ class IkeManager:
             self.stats.dpd["sent"] += 1
 
     def _tick(self, now: float) -> None:
+        self._replace_due(now)
         for ike in list(self.sas.values()):
             due = ike.next_timer()
             if due is not None and due <= now:
@@ -742,6 +747,8 @@ class IkeManager:
                 self.stats.rekeys["child"] += 1
         elif isinstance(event, ChildDown):
             self.datapath.ike_remove_child(event.child, event.linger)
+        elif isinstance(event, ChildActivate):
+            self.datapath.ike_activate_outbound(event.child)
         elif isinstance(event, IkeUp):
             self.stats.count(self.stats.handshakes, "success")
             self.stats.observe(event.duration)
@@ -811,12 +818,24 @@ class IkeManager:
                 self._process(other)
 
     def _replace_duplicates(self, ike: IkeSa) -> None:
+        """unique = replace: older IKE SAs of the same peer identity go - after a grace
+        period, since a peer that reauthenticates (make-before-break) deletes the old one
+        itself once the new one is up, and deleting it first would cut its traffic."""
         if ike.conn is None or ike.conn.unique != "replace" or ike.initiator:
             return
-        now = time.monotonic()
+        due = time.monotonic() + REPLACE_GRACE
         for other in list(self.sas.values()):
             if self._same_peer(ike, other):
-                log.info("%s: replaces %s (unique = replace)", ike.describe(), other.describe())
+                self._replace_at[other.local_spi] = (due, ike)
+
+    def _replace_due(self, now: float) -> None:
+        for spi, (due, new) in list(self._replace_at.items()):
+            if now < due:
+                continue
+            del self._replace_at[spi]
+            other = self.sas.get(spi)
+            if other is not None and other.state is State.ESTABLISHED and new.alive:
+                log.info("%s: replaces %s (unique = replace)", new.describe(), other.describe())
                 other.delete(now, reason="replaced by a new IKE SA")
                 self._process(other)
 

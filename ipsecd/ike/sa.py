@@ -80,7 +80,7 @@ from ipsecd.ike.messages import (
     encode,
     nat_detection_hash,
 )
-from ipsecd.sa import Lifetime, Mode, SecurityAssociation, UdpEncap
+from ipsecd.sa import Lifetime, Mode, SAState, SecurityAssociation, UdpEncap
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -88,6 +88,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NONCE_BYTES = 32  # §2.10: at least half the PRF key size, 16..256
 FRAGMENT_BYTES = 1280  # RFC 7383 §2.5.1: a size that passes any IPv6 path
+REKEY_ACTIVATE = 5.0  # at most this long a rekey responder keeps sending on the old SA
 CHILD_LINGER = 2.0  # seconds an old inbound SA stays after its rekey: late packets still decrypt
 HALF_OPEN_TIMEOUT = 30.0  # a responder IKE SA not authenticated by then is dropped (§2.4)
 JITTER = 0.1  # rekey times are drawn from [90 %, 100 %] so both sides do not rekey at once
@@ -150,6 +151,14 @@ class ChildDown:
 
 
 @dataclass(slots=True)
+class ChildActivate:
+    """A rekeyed child's outbound SA may now carry traffic (the responder waits, §2.8)."""
+
+    ike: IkeSa
+    child: ChildSa
+
+
+@dataclass(slots=True)
 class IkeUp:
     """The IKE SA is authenticated (``duration``: seconds since the first IKE_SA_INIT)."""
 
@@ -189,7 +198,8 @@ class ReauthNeeded:
     ike: IkeSa
 
 
-Event = Send | ChildUp | ChildDown | IkeUp | IkeDown | IkeRekeyed | InitialContact | ReauthNeeded
+Event = (Send | ChildUp | ChildDown | ChildActivate | IkeUp | IkeDown | IkeRekeyed | InitialContact
+         | ReauthNeeded)
 
 
 # --- what the state machine needs from its environment ---------------------------------------
@@ -251,6 +261,7 @@ class ChildSa:
     initiated_by_us: bool = True  # we sent the exchange that created it
     replaced_by: ChildSa | None = None
     ipcomp_cpi: int = 0
+    activate_at: float = 0.0  # a rekey responder's new outbound SA waits until then at most
 
     @property
     def spi_in(self) -> int:
@@ -464,6 +475,8 @@ class IkeSa:
             for c in self.children:
                 if c.state in (ChildState.INSTALLED,) and c.rekey_at:
                     times.append(c.rekey_at)
+                if c.activate_at:
+                    times.append(c.activate_at)
                 if c.expire_at and c.state is not ChildState.DELETED:
                     times.append(c.expire_at)
             if self.conn.dpd_delay and self._out is None:
@@ -505,6 +518,8 @@ class IkeSa:
             self.rekey_at = 0.0
             self._queue(_Task("rekey-ike"), now)
         for c in list(self.children):
+            if c.activate_at and now >= c.activate_at:
+                self._activate(c)
             if c.expire_at and now >= c.expire_at and c.state is not ChildState.DELETED:
                 self._child_gone(c, "hard lifetime expired", now, linger=0.0)
                 self._queue(_Task("delete-child", child=c), now)
@@ -1231,9 +1246,16 @@ class IkeSa:
                 " rekeying" if replaces is not None else "")
         self._events.append(ChildUp(self, child, replaces))
 
+    def _activate(self, child: ChildSa) -> None:
+        if child.activate_at and child.state is not ChildState.DELETED:
+            child.activate_at = 0.0
+            self._events.append(ChildActivate(self, child))
+
     def _child_gone(self, child: ChildSa, reason: str, now: float, linger: float = 0.0) -> None:
         if child.state is ChildState.DELETED:
             return
+        if child.replaced_by is not None:
+            self._activate(child.replaced_by)  # the old one is gone: send on its successor
         child.state = ChildState.DELETED
         if child in self.children:
             self.children.remove(child)
@@ -1596,10 +1618,16 @@ class IkeSa:
         answer = self._child_answer(child, chosen)
         # SA, Nr, [KEr], TSi, TSr
         payloads = [*answer[:-2], Nonce(nr), *extra, *answer[-2:]]
-        if rekey is not None and rekey.replaced_by is None:
-            rekey.replaced_by = child
-        if rekey is not None and rekey.state is ChildState.INSTALLED:
-            rekey.state = ChildState.REKEYED  # the peer will delete it
+        if rekey is not None:
+            # §2.8: the peer starts sending on the new SA once it has our answer, but it may
+            # take a moment to install it: keep sending on the old SA until the peer deletes it
+            # (or a few seconds passed), so none of our packets reach an SPI it lacks yet.
+            child.outbound.state = SAState.LARVAL
+            child.activate_at = now + REKEY_ACTIVATE
+            if rekey.replaced_by is None:
+                rekey.replaced_by = child
+            if rekey.state is ChildState.INSTALLED:
+                rekey.state = ChildState.REKEYED  # the peer will delete it
         # Installed before the answer leaves: the peer sends on the new SA as soon as it has it.
         self._child_up(child, rekey, now)
         self._respond(ExchangeType.CREATE_CHILD_SA, message.message_id, payloads, now)
