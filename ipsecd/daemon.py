@@ -71,6 +71,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ T = TypeVar("T")
 
 TICK = 0.5  # lifetimes, heartbeats
 HEARTBEAT_TIMEOUT = 5.0
+FILTER_DELAY = 0.2  # IKE changes: the cleartext filter follows at most this much later
+ROUTE_CACHE_SECONDS = 10.0  # how long the path (interface, MTU) towards a peer is reused
 RESTART_WINDOW = 10.0  # more than RESTART_BURST restarts in this window: slow down
 RESTART_BURST = 5
 RESTART_DELAY = 1.0
@@ -202,8 +205,14 @@ class CleartextFilter:
                 f"table inet {self.table} {{\n{''.join(chains)}}}\n")
 
     def apply(self, spd: SPD) -> None:
-        self._nft(self.script(spd))
+        text = self.script(spd)
+        if self.installed and text == self._applied:
+            return  # nft is a process and a table rewrite: not for nothing
+        self._nft(text)
+        self._applied = text
         self.installed = True
+
+    _applied = ""
 
     def remove(self) -> None:
         if self.installed:
@@ -279,6 +288,15 @@ class Daemon:
         self.expired = 0
         self._state_file = config.daemon.state_dir / f"{config.daemon.name}.state"
         self.ike: Any = None  # ipsecd.ike.manager.IkeManager when connections are configured
+        self._trap_policies: dict[int, list[Any]] = {}  # reqid -> trap policy keys
+        self._filters_pending: asyncio.TimerHandle | None = None
+        self._route_cache: dict[IPAddress, tuple[float, SlotInfo]] = {}
+        self._ipr = threading.local()  # .handle: a pyroute2 IPRoute per thread
+        self._ipr_handles: list[Any] = []
+        self._manual_reqids: set[int] = set()  # reqids of setkey's SAs and policies
+        self._good_kinds: set[tuple[Any, ...]] = set()  # SA shapes whose context builds
+        self._local_at = 0.0  # when self.local was last read from the kernel
+        self._acquire_seen: dict[int, int] = {}  # worker -> ACQUIRES last read
         self._ike_children: dict[int, list[Any]] = {}  # reqid -> live ChildSa objects
         self._ike_policies: dict[int, list[Any]] = {}  # reqid -> policy keys installed for it
         # pyroute2's synchronous API runs an asyncio loop of its own, which it cannot
@@ -364,29 +382,32 @@ class Daemon:
     # -- IKE: the manager installs and removes Child SAs through these ----------------------
 
     def ike_spi_in_use(self, spi: int) -> bool:
-        return any(sa.spi == spi for sa in self.sad.dump(IpProto.ESP))
+        # SPIs are chosen by the receiver: unique among the SAs to our own addresses
+        return any(self.sad.get(spi, IpProto.ESP, addr) is not None for addr in self.local)
 
     def ike_reqid_in_use(self, reqid: int) -> bool:
-        if reqid in self._ike_children:
-            return True
-        if any(sa.reqid == reqid for sa in self.sad.dump()):
-            return True
-        return any(r.reqid == reqid for p in self.spd for r in p.requests)
+        return (reqid in self._ike_children or reqid in self._trap_policies
+                or reqid in self._manual_reqids)
 
     def _child_policies(self, ike: Any, child: Any) -> list[Any]:
+        return self._ts_policies(ike.local.address, ike.remote.address, child.mode, child.reqid,
+                                 child.local_ts, child.remote_ts)
+
+    def _ts_policies(self, local: IPAddress, remote: IPAddress, mode: Any, reqid: int,
+                     local_ts: Any, remote_ts: Any) -> list[Any]:
+        """out, in (and for tunnels fwd) policies for traffic selectors, bound to ``reqid``."""
         from ipsecd.ike.ts import to_prefixes
         from ipsecd.sa import Mode
         from ipsecd.spd import IpsecRequest, Level, Policy, Selector
 
-        tunnel = child.mode is Mode.TUNNEL
-        local, remote = ike.local.address, ike.remote.address
-        req_out = IpsecRequest(IpProto.ESP, child.mode, local if tunnel else None,
-                               remote if tunnel else None, Level.UNIQUE, child.reqid)
-        req_in = IpsecRequest(IpProto.ESP, child.mode, remote if tunnel else None,
-                              local if tunnel else None, Level.UNIQUE, child.reqid)
+        tunnel = mode is Mode.TUNNEL
+        req_out = IpsecRequest(IpProto.ESP, mode, local if tunnel else None,
+                               remote if tunnel else None, Level.UNIQUE, reqid)
+        req_in = IpsecRequest(IpProto.ESP, mode, remote if tunnel else None,
+                              local if tunnel else None, Level.UNIQUE, reqid)
         out: list[Any] = []
-        for lts in child.local_ts:
-            for rts in child.remote_ts:
+        for lts in local_ts:
+            for rts in remote_ts:
                 if lts.start_address.version != rts.start_address.version:
                     continue
                 proto = lts.ip_protocol or rts.ip_protocol or None
@@ -403,28 +424,91 @@ class Daemon:
                                               (req_in,)))
         return out
 
-    def ike_install_child(self, ike: Any, child: Any) -> None:
-        """Install a negotiated Child SA pair and its policies (RequestError if refused)."""
-        self._refresh_seq()
-        self.local = self._nl(self._local_addresses)
-        for sa in (child.inbound, child.outbound):
-            sa.extra["ike"] = ike.name
-            sa.extra["child"] = child.name
-        spd2, sad2 = self.spd.copy(), self.sad.copy()
-        policies = self._child_policies(ike, child)
+    def ike_install_trap(self, local: IPAddress, remote: IPAddress, cfg: Any, reqid: int) -> None:
+        """start_action = trap: the child's policies without SAs; the first packet that
+        needs them makes the workers report an acquire (WorkerCounter.ACQUIRES)."""
+        from ipsecd.ike.ts import to_selectors
+
+        policies = self._ts_policies(local, remote, cfg.mode, reqid,
+                                     to_selectors(cfg.local_ts, local),
+                                     to_selectors(cfg.remote_ts, remote))
+        spd2 = self.spd.copy()
         try:
-            sad2.add(child.inbound)
-            sad2.add(child.outbound)
             for policy in policies:
                 spd2.update(policy)
-            self._check_plan(spd2, sad2)
+            self._check_plan(spd2, self.sad)
         except Exception as exc:
             raise RequestError(str(exc)) from None
+        self.spd.replace_with(spd2)
+        self._trap_policies[reqid] = [p.key for p in policies]
+        self._sync()
+
+    def ike_remove_trap(self, reqid: int) -> None:
+        for key in self._trap_policies.pop(reqid, []):
+            entry = self.spd.get(*key)
+            if entry is not None and any(r.reqid == reqid for r in entry.policy.requests) \
+                    and reqid not in self._ike_children:
+                with contextlib.suppress(Exception):
+                    self.spd.delete(*key)
+        self._sync()
+
+    def _acquires(self) -> None:
+        """Hand the workers' acquire reports (trap policies hit) to IKE."""
+        if self.ike is None or self.table is None:
+            return
+        for w in self.workers:
+            row = self.table.worker_counters(w.index)
+            count = int(row[WorkerCounter.ACQUIRES])
+            seen = self._acquire_seen.get(w.index, 0)  # the rows start at zero with the table
+            self._acquire_seen[w.index] = count
+            if count != seen:
+                self.ike.acquire(int(row[WorkerCounter.ACQUIRE_REQID]))
+
+    def ike_install_child(self, ike: Any, child: Any) -> None:
+        """Install a negotiated Child SA pair and its policies (RequestError if refused)."""
+        error = self.ike_install_children([(ike, child)]).get(id(child))
+        if error is not None:
+            raise RequestError(error)
+
+    def ike_install_children(self, pairs: list[tuple[Any, Any]]) -> dict[int, str]:
+        """Install Child SA pairs in one transaction; {id(child): why} for those refused.
+
+        When the whole batch does not fit, each child is tried on its own, so one that
+        cannot be installed does not take the others with it.
+        """
+        self._refresh_seq()
+        now = time.monotonic()
+        if now - self._local_at > 1.0:  # a netlink round trip: not once per install under load
+            self.local = self._nl(self._local_addresses)
+            self._local_at = now
+        spd2, sad2 = self.spd.copy(), self.sad.copy()
+        planned: list[tuple[Any, list[Any]]] = []
+        failed: dict[int, str] = {}
+        try:
+            for ike, child in pairs:
+                for sa in (child.inbound, child.outbound):
+                    sa.extra["ike"] = ike.name
+                    sa.extra["child"] = child.name
+                policies = self._child_policies(ike, child)
+                sad2.add(child.inbound)
+                sad2.add(child.outbound)
+                for policy in policies:
+                    spd2.update(policy)
+                planned.append((child, policies))
+            self._check_plan(spd2, sad2)
+        except Exception as exc:
+            if len(pairs) == 1:
+                return {id(pairs[0][1]): str(exc)}
+            for pair in pairs:
+                failed.update(self.ike_install_children([pair]))
+            return failed
         self.sad.replace_with(sad2)
         self.spd.replace_with(spd2)
-        self._ike_children.setdefault(child.reqid, []).append(child)
-        self._ike_policies[child.reqid] = [p.key for p in policies]
-        self._sync()
+        for child, policies in planned:
+            self._ike_children.setdefault(child.reqid, []).append(child)
+            self._ike_policies[child.reqid] = [p.key for p in policies]
+        self._sync(filters_now=False)
+        return failed
 
     def ike_activate_outbound(self, child: Any) -> None:
         """A rekey responder's new outbound SA (installed larval) starts carrying traffic."""
@@ -440,6 +524,9 @@ class Daemon:
         live = [c for c in self._ike_children.get(child.reqid, []) if c is not child]
         if live:
             self._ike_children[child.reqid] = live
+        elif child.reqid in self._trap_policies:
+            self._ike_children.pop(child.reqid, None)  # the trap stays: the next packet re-keys
+            self._ike_policies.pop(child.reqid, None)
         else:
             self._ike_children.pop(child.reqid, None)
             for key in self._ike_policies.pop(child.reqid, []):
@@ -455,7 +542,7 @@ class Daemon:
                 self._remove_inbound(child, sync=False)
         else:
             self._remove_inbound(child, sync=False)
-        self._sync()
+        self._sync(filters_now=False)
 
     def _remove_inbound(self, child: Any, sync: bool = True) -> None:
         if self.table is None:
@@ -465,7 +552,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.sad.delete(sa.spi, IpProto.ESP, sa.dst)
             if sync:
-                self._sync()
+                self._sync(filters_now=False)
 
     def _ike_lifetime_event(self, sa: SecurityAssociation, hard: bool) -> None:
         if self.ike is None or "ike" not in sa.extra:
@@ -675,18 +762,30 @@ class Daemon:
             if sa.replay_window > self.table.replay_bytes * 8:
                 raise RequestError(f"SA {sa.spi:#x}: replay window {sa.replay_window} is larger "
                                    f"than datapath.replay_window_max")
+            # What decides whether a context builds: algorithms, key sizes, mode, ESN, UDP.
+            # IKE installs the same kinds of SA one after another; check each kind once.
+            kind = (sa.enc, len(sa.enc_key), sa.auth, len(sa.auth_key), sa.esn, sa.mode,
+                    sa.encap is not None, sa.src.version, sa.legacy)
+            if kind in self._good_kinds:
+                continue
             try:
                 EspContext(sa, allow_legacy=self.config.daemon.allow_legacy)
             except (TransformError, ValueError) as exc:
                 raise RequestError(f"SA {sa.spi:#x} to {sa.dst}: {exc}") from None
+            if not sa.legacy:  # a legacy SA is checked (and warned about) every time
+                self._good_kinds.add(kind)
         fake = [InstalledSA(sa, 0, 0) for (_, d), sa in want.items() if d is Direction.OUT]
         try:
             self.policy_table.encode(build_document(spd, fake, self.local, {}))
         except PolicyTableFull as exc:
             raise RequestError(str(exc)) from None
 
-    def _sync(self) -> None:
-        """Bring the SA table, the policy table and the routes in line with the SAD and SPD."""
+    def _sync(self, *, filters_now: bool = True) -> None:
+        """Bring the SA table, the policy table and the routes in line with the SAD and SPD.
+
+        ``filters_now=False`` (IKE installs, which come one after another under load)
+        coalesces the nft update of the cleartext filter into one a moment later.
+        """
         assert self.table is not None and self.policy_table is not None
         table = self.table
         want = self._desired(self.sad)
@@ -714,8 +813,23 @@ class Daemon:
         live = {id(s.sa) for s in self.slots.values()}
         self.usage = {k: v for k, v in self.usage.items() if k in live}
         self._publish()
-        self._nl(self._sync_routes)
-        if self.cleartext is not None:
+        self._sync_routes()
+        if not filters_now:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                if self._filters_pending is None:
+                    self._filters_pending = loop.call_later(FILTER_DELAY, self._apply_filters)
+                return
+        self._apply_filters()
+
+    def _apply_filters(self) -> None:
+        if self._filters_pending is not None:
+            self._filters_pending.cancel()
+            self._filters_pending = None
+        if self.cleartext is not None and not self._stopping:
             try:
                 self.cleartext.apply(self.spd)
             except Exception as exc:
@@ -736,47 +850,72 @@ class Daemon:
         outbound = [InstalledSA(s.sa, s.slot, s.order) for s in self.slots.values()
                     if s.direction is Direction.OUT]
         info: dict[int, SlotInfo] = {}
+        now = time.monotonic()
+        stale = list({inst.sa.dst for inst in outbound
+                      if self._route_cache.get(inst.sa.dst, (0.0,))[0] < now})
+        if stale:  # one trip to the netlink thread for all of them
+            found = self._nl(lambda: [self._route_info(d) for d in stale])
+            for dst, got in zip(stale, found, strict=True):
+                self._route_cache[dst] = (now + ROUTE_CACHE_SECONDS, got)
         for inst in outbound:
-            info[inst.slot] = self._nl(self._route_info, inst.sa.dst)
+            info[inst.slot] = self._route_cache[inst.sa.dst][1]
+        if len(self._route_cache) > 4 * len(outbound) + 64:
+            self._route_cache = {k: v for k, v in self._route_cache.items() if v[0] >= now}
         doc = build_document(self.spd, outbound, self.local, info)
         self.policy_table.publish(doc)
 
     def _route_info(self, dst: IPAddress) -> SlotInfo:
-        from pyroute2 import IPRoute
-
         family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        ipr = getattr(self._ipr, "handle", None)
         try:
-            with IPRoute() as ipr:
-                routes = ipr.route("get", dst=str(dst), family=family,
-                                   mark=self.config.datapath.mark)
-                if not routes:
-                    raise OSError("no route")
-                oif = routes[0].get_attr("RTA_OIF")
-                link = ipr.get_links(oif)[0]
-                ifname = link.get_attr("IFLA_IFNAME")
-                mtu = int(link.get_attr("IFLA_MTU"))
-                metrics = routes[0].get_attr("RTA_METRICS")
-                if metrics is not None:
-                    route_mtu = metrics.get_attr("RTAX_MTU")
-                    if route_mtu:
-                        mtu = min(mtu, int(route_mtu))
-                return SlotInfo(mtu, str(ifname))
+            if ipr is None:  # one netlink socket per thread (pyroute2 is not thread-safe)
+                from pyroute2 import IPRoute
+
+                ipr = self._ipr.handle = IPRoute()
+                self._ipr_handles.append(ipr)
+            routes = ipr.route("get", dst=str(dst), family=family, mark=self.config.datapath.mark)
+        except Exception:
+            return SlotInfo(self.tun_mtu, "")
+        try:
+            if not routes:
+                return SlotInfo(self.tun_mtu, "")
+            oif = routes[0].get_attr("RTA_OIF")
+            link = ipr.get_links(oif)[0]
+            ifname = link.get_attr("IFLA_IFNAME")
+            mtu = int(link.get_attr("IFLA_MTU"))
+            metrics = routes[0].get_attr("RTA_METRICS")
+            if metrics is not None:
+                route_mtu = metrics.get_attr("RTAX_MTU")
+                if route_mtu:
+                    mtu = min(mtu, int(route_mtu))
+            return SlotInfo(mtu, str(ifname))
         except Exception:
             return SlotInfo(self.tun_mtu, "")
 
     def _sync_routes(self) -> None:
         if self.routing is None:
             return
+        want = self._wanted_routes()
+        if want == self.routes:
+            return  # the common case under IKE load: no netlink round trip at all
+        self._nl(self._apply_routes, want)
+
+    def _wanted_routes(self) -> dict[str, str | None]:
         want: dict[str, str | None] = {}
+        local = sorted(self.local, key=str)
         for entry in self.spd.entries(PolicyDirection.OUT):
             policy = entry.policy
             if policy.action is not Action.IPSEC:
                 continue
             prefix = str(policy.selector.dst)
-            src = next((str(a) for a in sorted(self.local, key=str)
-                        if a.version == policy.selector.version and a in policy.selector.src),
-                       None)
-            want.setdefault(prefix, src)
+            if prefix in want:
+                continue
+            want[prefix] = next((str(a) for a in local if a.version == policy.selector.version
+                                 and a in policy.selector.src), None)
+        return want
+
+    def _apply_routes(self, want: dict[str, str | None]) -> None:
+        assert self.routing is not None
         for prefix in list(self.routes):
             if prefix not in want:
                 with contextlib.suppress(Exception):
@@ -812,6 +951,8 @@ class Daemon:
             raise RequestError(str(exc)) from None
         self.sad.replace_with(sad2)
         self.spd.replace_with(spd2)
+        self._manual_reqids = ({sa.reqid for sa in self.sad.dump() if "ike" not in sa.extra}
+                               | {r.reqid for p in self.spd for r in p.requests})
         self._sync()
         return {"changes": result.changes, "output": result.output,
                 "warnings": [str(w) for w in script.warnings]}
@@ -1085,6 +1226,7 @@ class Daemon:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.pid, signal.SIGKILL)
         self._lifetimes(now)
+        self._acquires()
 
     def _lifetimes(self, now: float) -> None:
         assert self.table is not None
@@ -1254,6 +1396,10 @@ class Daemon:
                 self.exporter.close()
             self.exporter = None
         self._netlink.shutdown(wait=True)
+        for ipr in self._ipr_handles:
+            with contextlib.suppress(Exception):
+                ipr.close()
+        self._ipr_handles.clear()
         if self.routing is not None:
             try:
                 self.routing.remove()

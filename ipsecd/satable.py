@@ -101,7 +101,9 @@ class WorkerCounter(IntEnum):
     BUSY_NS = 3
     RING_DROPS = 4
     PID = 5
-    DROPS = 6
+    ACQUIRES = 6  # outbound packets that found a trap policy (reqid) without an SA: a count,
+    ACQUIRE_REQID = 7  # and the reqid of the last one, for IKE to negotiate (start_action trap)
+    DROPS = 8
 
 
 #: Room for drop reasons in a counter row (more than ``Drop`` has, for growth).

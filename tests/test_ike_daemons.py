@@ -277,3 +277,29 @@ def test_child_rekeyed_by_volume(lab: Lab, tmp_path: Path) -> None:
         assert lost_packets(a) == {} and lost_packets(b) == {}
     finally:
         stop(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_trap_negotiates_on_the_first_packet(lab: Lab, tmp_path: Path) -> None:
+    """start_action = trap: policies without SAs; the first packet makes IKE negotiate."""
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, a_child={"start_action": "trap"})
+    try:
+        assert not ipsecd_children(a)
+        policies = a.query()["policies"]
+        assert any(p["direction"] == "out" and p["dst"] == topo.site_b[0] for p in policies)
+        # the first pings hit the trap (dropped, no SA yet); the tunnel comes up by itself
+        assert wait_until(lambda: ping(topo.net_a.ns, topo.net_b.v4, count=1,
+                                       timeout=0.5) == 1, 10), a.log_text()
+        assert established(a) and established(b)
+        assert "acquire" in a.log_text()
+        assert a.query()["drops"].get("no_sa", 0) >= 1
+        # the trap survives the SA: terminate, and the next packet brings it back
+        r = a.ipsecd("terminate", "s2s")
+        assert r.returncode == 0
+        assert wait_until(lambda: not ipsecd_children(a), 5)
+        assert wait_until(lambda: ping(topo.net_a.ns, topo.net_b.v4, count=1,
+                                       timeout=0.5) == 1, 10), a.log_text()
+        assert established(a)
+    finally:
+        stop(a, b)

@@ -238,7 +238,24 @@ def build_document(
     }
 
 
+_ROWS: dict[int, tuple[Policy, list[Any]]] = {}
+
+
 def _policy_row(policy: Policy) -> list[Any]:
+    # Policies are immutable and the document is rebuilt on every change: a row is
+    # computed once per policy object, not once per policy per change (IKE installs one
+    # child after another).  Keyed by identity (hashing a Policy costs more than the row).
+    hit = _ROWS.get(id(policy))
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    if len(_ROWS) > 1 << 16:
+        _ROWS.clear()
+    row = _make_row(policy)
+    _ROWS[id(policy)] = (policy, row)
+    return row
+
+
+def _make_row(policy: Policy) -> list[Any]:
     sel = policy.selector
     requests = [
         [int(r.protocol), _MODES[r.mode], _hex(r.src), _hex(r.dst),

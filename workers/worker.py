@@ -407,6 +407,12 @@ class Worker:
                     self._wk_drop(Drop.MALFORMED, "malformed")
                     continue
             e = inbound.get(spi, _UNKNOWN)
+            if e is _UNKNOWN and self.table.generation != self.sa_generation:
+                # An SA installed while this batch was under way (IKE answers a rekey only
+                # after installing it, and the peer starts using it at once): look again.
+                self._flush_counters()  # counts so far belong to the slots as they were
+                self._refresh()
+                e = inbound.get(spi, _UNKNOWN)  # the same dict, brought up to date
             if e is None:
                 e = self._shared_spi(spi, rx)
             if e is None or e is _UNKNOWN:
@@ -658,6 +664,9 @@ class Worker:
                     return (OUT_DROP, Drop.NO_SA, None)
                 continue
             if out is None:
+                if req.reqid:  # a unique policy with no SA: IKE may be waiting for this (trap)
+                    self.wk_ctr[WorkerCounter.ACQUIRE_REQID] = req.reqid
+                    self.wk_ctr[WorkerCounter.ACQUIRES] += 1
                 if req.required:
                     return (OUT_DROP, Drop.NO_SA, None)
                 continue

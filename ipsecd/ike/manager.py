@@ -83,6 +83,7 @@ KEEPALIVE_INTERVAL = 20.0
 COOKIE_ROTATE = 300.0
 TICK = 0.1
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+ACQUIRE_HOLD = 2.0  # an acquire for a reqid within this many seconds of the last is ignored
 REPLACE_GRACE = 10.0  # unique = replace: seconds an older duplicate IKE SA may still live
 #: upper bounds (seconds) of the handshake duration histogram's buckets (+Inf is implied)
 HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -92,8 +93,12 @@ class Datapath(Protocol):
     """What the manager needs from the daemon."""
 
     def ike_install_child(self, ike: IkeSa, child: ChildSa) -> None: ...
+    def ike_install_children(self, pairs: list[tuple[IkeSa, ChildSa]]) -> dict[int, str]: ...
     def ike_remove_child(self, child: ChildSa, linger: float) -> None: ...
     def ike_activate_outbound(self, child: ChildSa) -> None: ...
+    def ike_install_trap(self, local: IPAddress, remote: IPAddress, cfg: Any,
+                         reqid: int) -> None: ...
+    def ike_remove_trap(self, reqid: int) -> None: ...
     def ike_spi_in_use(self, spi: int) -> bool: ...
     def ike_reqid_in_use(self, reqid: int) -> bool: ...
 
@@ -211,6 +216,9 @@ class IkeManager:
         self._trust: dict[str, list[Any]] = {}
         self._restart: dict[str, tuple[float, int]] = {}  # conn -> (when, attempt)
         self._replace_at: dict[bytes, tuple[float, IkeSa]] = {}  # old SPI -> (when, new SA)
+        self.traps: dict[int, tuple[str, Any]] = {}  # reqid -> (connection, child config)
+        self._acquired: dict[int, float] = {}  # reqid -> when last acted on
+        self._pending_acquires: set[int] = set()
         self._cookie_secrets = [os.urandom(32)]
         self._cookie_version = 0
         self._cookie_rotated = time.monotonic()
@@ -221,7 +229,8 @@ class IkeManager:
         self.ctx = IkeContext(
             settings=settings, allocate_spi=self._allocate_spi, allocate_reqid=self._allocate_reqid,
             psk=self._psk, connections=self._connections, credentials=self._credentials,
-            trust=self._trust_for, allow_legacy=allow_legacy, on_count=self._count)
+            trust=self._trust_for, allow_legacy=allow_legacy, on_count=self._count,
+            reqid_for=self._trap_reqid)
         self.ctx.release_spi = self._release_spi  # type: ignore[attr-defined]
         self.connections = {c.name: c for c in settings.connections}
         self._load_credentials()
@@ -279,6 +288,69 @@ class IkeManager:
     def _release_spi(self, spi: int) -> None:
         self._reserved_spis.discard(spi)
 
+    def _trap_reqid(self, conn: Any, cfg: Any) -> int | None:
+        for reqid, (name, child) in self.traps.items():
+            if name == conn.name and child.name == cfg.name:
+                return reqid
+        return None
+
+    def install_traps(self, conn: Any, *, force: bool = False) -> None:
+        """Trap policies for the children with start_action trap (all with ``force``)."""
+        local = next((a for a in conn.local_addrs if not a.startswith("%")), None)
+        remote = next((a for a in conn.remote_addrs if not a.startswith("%")), None)
+        if local is None or remote is None:
+            return
+        for cfg in conn.children:
+            if (cfg.start_action != "trap" and not force) or self._trap_reqid(conn, cfg):
+                continue
+            reqid = self._allocate_reqid()
+            try:
+                self.datapath.ike_install_trap(ipaddress.ip_address(local),
+                                               ipaddress.ip_address(remote), cfg, reqid)
+            except Exception as exc:
+                log.error("connection %s: trap for %s not installed: %s", conn.name, cfg.name, exc)
+                continue
+            self.traps[reqid] = (conn.name, cfg)
+            log.info("connection %s: trap policies for %s installed (reqid %d)", conn.name,
+                     cfg.name, reqid)
+
+    def remove_traps(self, name: str) -> None:
+        for reqid, (conn, _cfg) in list(self.traps.items()):
+            if conn == name:
+                del self.traps[reqid]
+                self.datapath.ike_remove_trap(reqid)
+
+    def acquire(self, reqid: int) -> None:
+        """A packet hit a trap policy without an SA: negotiate its child (at most once per
+        ACQUIRE_HOLD seconds per trap; a later acquire waits for that, it is not lost)."""
+        if reqid in self.traps:
+            self._pending_acquires.add(reqid)
+            self._run_acquires(time.monotonic())
+
+    def _run_acquires(self, now: float) -> None:
+        for reqid in list(self._pending_acquires):
+            if now - self._acquired.get(reqid, -1e9) >= ACQUIRE_HOLD:
+                self._pending_acquires.discard(reqid)
+                self._acquired[reqid] = now
+                self._acquire(reqid, now)
+
+    def _acquire(self, reqid: int, now: float) -> None:
+        trap = self.traps.get(reqid)
+        if trap is None:
+            return
+        name, cfg = trap
+        mine = [s for s in self.sas.values() if s.conn is not None and s.conn.name == name
+                and s.state is not State.DEAD]
+        up = [s for s in mine if s.state is State.ESTABLISHED]
+        if any(c.reqid == reqid for s in up for c in s.children):
+            return
+        log.info("connection %s: traffic for %s (acquire, reqid %d)", name, cfg.name, reqid)
+        if up:
+            up[0].add_child(now, cfg)
+            self._process(up[0])
+        elif not mine and name not in self._restart:
+            self.initiate(name, now=now)
+
     def _allocate_reqid(self) -> int:
         while True:
             self._reqid = self._reqid + 1 if self._reqid < 0x3FFF_FFFF else 0x1000
@@ -313,6 +385,8 @@ class IkeManager:
             loop.add_reader(s.sock.fileno(), self._readable, s)
         self._task = asyncio.create_task(self._ticker())
         now = time.monotonic()
+        for conn in self.settings.connections:
+            self.install_traps(conn)
         for conn in self.settings.connections:
             if any(ch.start_action == "start" for ch in conn.children):
                 self.initiate(conn.name, now=now)
@@ -355,7 +429,13 @@ class IkeManager:
 
     def tick(self, now: float) -> None:
         self._tick(now)
-        self.last_metrics = self.metrics()
+        self._half_open = None
+        if now >= self._metrics_at:  # O(SAs): once a second is plenty for a scrape
+            self._metrics_at = now + 1.0
+            self.last_metrics = self.metrics()
+
+    _metrics_at = 0.0
+    _half_open: tuple[int, dict[IPAddress, int]] | None = None
 
     last_metrics: dict[str, Any] | None = None
 
@@ -365,6 +445,7 @@ class IkeManager:
 
     def _tick(self, now: float) -> None:
         self._replace_due(now)
+        self._run_acquires(now)
         for ike in list(self.sas.values()):
             due = ike.next_timer()
             if due is not None and due <= now:
@@ -457,6 +538,7 @@ class IkeManager:
         report["removed"] = [n for n in old if n not in new]
         for name in report["removed"] + report["changed"]:
             self.terminate(name)
+            self.remove_traps(name)
         settings = dataclasses.replace(settings, connections=tuple(merged))
         if self.psk_table is not None and self.psk_table is not psk_table:
             self.psk_table.wipe()
@@ -470,6 +552,7 @@ class IkeManager:
         now = time.monotonic()
         for name in report["added"] + report["changed"]:
             conn = self.connections[name]
+            self.install_traps(conn)
             if any(ch.start_action == "start" for ch in conn.children):
                 self.initiate(name, now=now)
         log.info("IKE configuration reloaded: %s", ", ".join(
@@ -613,6 +696,44 @@ class IkeManager:
     # -- receiving ------------------------------------------------------------------------------
 
     def _readable(self, s: _Socket) -> None:
+        # Events of the whole batch of datagrams are handled together at its end: the Child
+        # SAs they negotiated are installed in one datapath transaction (the SA table, the
+        # policy document and the workers are updated once, not once per child), and only
+        # then do the answers leave - a peer never hears of an SA we have not installed.
+        self._batch = []
+        try:
+            self._read_batch(s)
+        finally:
+            batch, self._batch = self._batch, None
+            self._flush(batch)
+
+    _batch: list[Any] | None = None
+
+    def _flush(self, events: list[Any]) -> None:
+        ups = [e for e in events if isinstance(e, ChildUp)]
+        if ups:
+            for e in ups:
+                self._release_spi(e.child.spi_in)
+            failed = self.datapath.ike_install_children([(e.ike, e.child) for e in ups])
+            now = time.monotonic()
+            for e in ups:
+                error = failed.get(id(e.child))
+                if error is not None:
+                    log.error("%s: CHILD_SA %s could not be installed: %s", e.ike.describe(),
+                              e.child.name, error)
+                    e.ike.child_failed(now, e.child)  # DELETE it at the peer too
+                    self._process(e.ike)
+                elif e.replaces is not None:
+                    self.stats.rekeys["child"] += 1
+        for event in events:
+            if isinstance(event, ChildUp):
+                continue
+            try:
+                self._handle(event)
+            except Exception:
+                log.exception("handling %s failed", type(event).__name__)
+
+    def _read_batch(self, s: _Socket) -> None:
         for _ in range(64):
             got = s.recv()
             if got is None:
@@ -670,9 +791,14 @@ class IkeManager:
         except IkeProtocolError:
             self.stats.invalid_messages += 1
             return
-        half_open = self.half_open_count()
-        peer_half_open = sum(1 for s in self.sas.values() if not s.initiator and s.half_open
-                             and s.remote.address == remote.address)
+        if self._half_open is None:  # counted once per tick, then kept up to date here
+            per_peer: dict[IPAddress, int] = {}
+            for s in self.sas.values():
+                if not s.initiator and s.half_open:
+                    per_peer[s.remote.address] = per_peer.get(s.remote.address, 0) + 1
+            self._half_open = (sum(per_peer.values()), per_peer)
+        half_open, counts = self._half_open
+        peer_half_open = counts.get(remote.address, 0)
         if half_open >= self.settings.half_open_max or \
                 peer_half_open >= self.settings.half_open_per_peer:
             self.stats.half_open_dropped += 1
@@ -711,6 +837,8 @@ class IkeManager:
             return
         self.sas[ike.local_spi] = ike
         self.half_open_init[(ike.spi_i, remote.address, remote.port)] = ike
+        counts[remote.address] = peer_half_open + 1
+        self._half_open = (half_open + 1, counts)
         self._process(ike)
 
     # -- events ---------------------------------------------------------------------------------
@@ -720,6 +848,9 @@ class IkeManager:
             self._process(ike)
 
     def _process(self, ike: IkeSa) -> None:
+        if self._batch is not None:
+            self._batch.extend(ike.events())
+            return
         for event in ike.events():
             try:
                 self._handle(event)
@@ -740,8 +871,7 @@ class IkeManager:
             except Exception as exc:
                 log.error("%s: CHILD_SA %s could not be installed: %s", event.ike.describe(),
                           child.name, exc)
-                now = time.monotonic()
-                event.ike.handle_timer(now)
+                event.ike.child_failed(time.monotonic(), child)  # DELETE it at the peer too
                 return
             if event.replaces is not None:
                 self.stats.rekeys["child"] += 1
@@ -786,6 +916,9 @@ class IkeManager:
         if conn is None or self._closing or getattr(ike, "terminated", False):
             return
         if event.reason in ("rekeyed", "IKE rekey collision", "reauthenticated"):
+            return
+        if event.peer_lost and conn.dpd_action == "trap":
+            self.install_traps(conn, force=True)
             return
         restart = (event.peer_lost and conn.dpd_action == "restart") or (
             event.failed and ike.initiator)

@@ -227,6 +227,8 @@ class IkeContext:
     random: Callable[[int], bytes] = os.urandom
     jitter: Callable[[], float] = lambda: int.from_bytes(os.urandom(2), "big") / 65535.0
     on_count: Callable[[str], None] = lambda name: None  # "dpd_sent", for the metrics
+    # the reqid of a child's trap policy (start_action = trap), which its SAs must carry
+    reqid_for: Callable[[Any, Any], int | None] = lambda conn, child: None
 
 
 # --- Child SAs -----------------------------------------------------------------------------
@@ -557,6 +559,12 @@ class IkeSa:
         if child.state is ChildState.INSTALLED:
             child.rekey_at = 0.0
             self._queue(_Task("rekey-child", child=child), now)
+
+    def child_failed(self, now: float, child: ChildSa) -> None:
+        """The datapath could not install a negotiated child: tell the peer it is gone."""
+        if child.state is not ChildState.DELETED:
+            self._child_gone(child, "not installed", now)
+            self._queue(_Task("delete-child", child=child), now)
 
     def rekey(self, now: float) -> None:
         """Rekey the IKE SA itself (§2.18)."""
@@ -1178,7 +1186,8 @@ class IkeSa:
             out_e, out_a, in_e, in_a = keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r
         else:
             out_e, out_a, in_e, in_a = keys.encr_r, keys.integ_r, keys.encr_i, keys.integ_i
-        reqid = reqid if reqid is not None else self.ctx.allocate_reqid()
+        if reqid is None:
+            reqid = self.ctx.reqid_for(self.conn, cfg) or self.ctx.allocate_reqid()
         soft = Lifetime(bytes=int(cfg.rekey_bytes), packets=int(cfg.rekey_packets))
         hard = Lifetime(bytes=int(cfg.life_bytes), packets=int(cfg.life_packets))
         common: dict[str, Any] = dict(
