@@ -305,3 +305,26 @@ def test_forced_encap_switches_to_nat_t_port() -> None:
     (cb,) = p.b.children_up()
     assert ca.outbound.encap is not None and cb.outbound.encap is not None
     assert (ca.outbound.encap.sport, ca.outbound.encap.dport) == (4500, 4500)
+
+
+def test_several_children_on_one_ike_sa() -> None:
+    """The first child comes with IKE_AUTH, the next ones with CREATE_CHILD_SA (§1.3.1)."""
+    kids_a = [child("v4", ("198.51.100.0/24",), ("203.0.113.0/24",)),
+              child("v6", ("2001:db8:a::/64",), ("2001:db8:b::/64",))]
+    kids_b = [child("v4", ("203.0.113.0/24",), ("198.51.100.0/24",)),
+              child("v6", ("2001:db8:b::/64",), ("2001:db8:a::/64",))]
+    a = Side(A, [connection("to-b", A, B, kids_a)])
+    b = Side(B, [connection("to-a", B, A, kids_b)])
+    p = Pair(a, b)
+    ike = p.initiate()
+    p.run()
+    assert [c.name for c in p.a.children_up()] == ["v4", "v6"]
+    assert sorted(c.name for c in p.b.children_up()) == ["v4", "v6"]
+    v6 = p.a.children_up()[1]
+    assert v6.local_ts[0].start_address.version == 6
+    assert len({c.reqid for c in ike.children}) == 2
+    kinds = [decode_header(d).exchange_type for d in p.delivered]
+    assert kinds.count(ExchangeType.CREATE_CHILD_SA) == 2  # request and response
+    for ca in p.a.children_up():
+        cb = next(c for c in p.b.children_up() if c.spi_in == ca.spi_out)
+        assert cb.name == ca.name
