@@ -16,6 +16,9 @@ documents them for operators; ``deploy/examples/`` has complete files)::
     log_level = "info"       # racoon's names: error, warning, notify, info, debug
     allow_legacy = false     # admit 3DES, DES, Blowfish, CAST, HMAC-MD5
     max_sas = 1024           # slots of the shared SA table
+    seq_file = "<state_dir>/<name>.seq"  # outbound sequence numbers of manual SAs, kept
+                             # across restarts (AES-GCM must never reuse one); put it on
+                             # persistent storage (e.g. /var/lib/ipsecd) to survive reboots
 
     [datapath]
     outside = ["eth0"]       # required: where ESP arrives and leaves
@@ -154,6 +157,9 @@ class DaemonConfig:
     """Admit the HOWTO's legacy algorithms (each use logs a warning)."""
     max_sas: int = 1024
     """Slots of the shared-memory SA table (an SA used both ways takes two)."""
+    seq_file: Path | None = None
+    """Where the outbound sequence numbers of manually keyed SAs are kept across restarts
+    (default ``<state_dir>/<name>.seq``; put it on persistent storage to survive reboots)."""
 
     @property
     def worker_count(self) -> int:
@@ -449,7 +455,7 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
 
     # [daemon]
     d = c.table("daemon", {k: "" for k in (
-        "name", "workers", "state_dir", "log_level", "allow_legacy", "max_sas")})
+        "name", "workers", "state_dir", "log_level", "allow_legacy", "max_sas", "seq_file")})
     name = c.string(d, "daemon.name", "main")
     if not _NAME.fullmatch(name):
         raise c.fail("daemon.name", f"{name!r}: 1 to 24 letters, digits or _")
@@ -466,6 +472,7 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
         log_level=log_level,
         allow_legacy=c.boolean(d, "daemon.allow_legacy", False),
         max_sas=c.integer(d, "daemon.max_sas", 1024, 2, 1 << 20),
+        seq_file=c.path(d, "daemon.seq_file", state_dir / f"{name}.seq"),
     )
 
     # [datapath]

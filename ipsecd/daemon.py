@@ -115,7 +115,8 @@ T = TypeVar("T")
 TICK = 0.5  # lifetimes, heartbeats
 HEARTBEAT_TIMEOUT = 5.0
 FILTER_DELAY = 0.2  # IKE changes: the cleartext filter follows at most this much later
-ROUTE_CACHE_SECONDS = 10.0  # how long the path (interface, MTU) towards a peer is reused
+ROUTE_CACHE_SECONDS = 10.0
+SEQ_RESTART_MARGIN = 1 << 22  # sequence numbers skipped after a restart (see _load_seq_file)  # how long the path (interface, MTU) towards a peer is reused
 RESTART_WINDOW = 10.0  # more than RESTART_BURST restarts in this window: slow down
 RESTART_BURST = 5
 RESTART_DELAY = 1.0
@@ -280,6 +281,7 @@ class Daemon:
         self.local: set[IPAddress] = set()
         self._salt = secrets.token_bytes(32)
         self._seq_memory: dict[bytes, int] = {}
+        self._seq_saved: dict[bytes, int] = {}
         self._order = 0
         self._stop: asyncio.Event | None = None
         self._stopping = False
@@ -318,6 +320,7 @@ class Daemon:
         cfg = self.config
         self._prepare_state_dir()
         self._check_interfaces()
+        self._load_seq_file()
         psk_table = self._load_psks()  # refused before anything is created
         script = self._load_script()
         name = f"ipsecd-{cfg.daemon.name}-{os.getpid()}"
@@ -642,6 +645,62 @@ class Daemon:
                     else:
                         PolicyTable.unlink_stale(shm)
 
+    # -- outbound sequence numbers of manual SAs across restarts ---------------------------
+    #
+    # An SA keyed by hand (setkey) comes back with the same keys after a restart; starting
+    # its sequence numbers at 1 again would repeat AES-GCM/ChaCha20 nonces.  The control
+    # process writes, every tick, the last sequence number of every such outbound SA under
+    # a keyed hash of SPI, destination and keys (the salt lives in the same 0600 file), and
+    # a restart continues SEQ_RESTART_MARGIN above it: far more than the workers can send
+    # between two ticks, so numbers used after the last write are skipped, never repeated.
+
+    def _load_seq_file(self) -> None:
+        path = self.config.daemon.seq_file
+        if path is None:
+            return
+        try:
+            data = orjson.loads(path.read_bytes())
+            salt = bytes.fromhex(data["salt"])
+            seqs = {bytes.fromhex(k): int(v) for k, v in data["seq"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                orjson.JSONDecodeError) as exc:
+            raise StartError(f"{path}: unreadable sequence-number file ({exc}); remove it only "
+                             "if every manually keyed SA gets new keys") from None
+        if len(salt) != 32:
+            raise StartError(f"{path}: bad salt in the sequence-number file")
+        self._salt = salt
+        self._seq_memory = {fp: seq + SEQ_RESTART_MARGIN for fp, seq in seqs.items()}
+        self._seq_saved = {}
+        log.info("sequence numbers of %d manually keyed SA(s) restored from %s", len(seqs), path)
+
+    def _save_seq_file(self) -> None:
+        path = self.config.daemon.seq_file
+        if path is None or self.table is None:
+            return
+        seqs = dict(self._seq_memory)
+        for s in self.slots.values():
+            if s.direction is Direction.OUT and "ike" not in s.sa.extra:
+                seqs[s.fingerprint] = max(seqs.get(s.fingerprint, 0), self.table.last_seq(s.slot))
+        if seqs == self._seq_saved:
+            return
+        data = orjson.dumps({"salt": self._salt.hex(),
+                             "seq": {fp.hex(): seq for fp, seq in seqs.items()}})
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("cannot save sequence numbers to %s: %s", path, exc.strerror or exc)
+            return
+        self._seq_saved = seqs
+
     def _write_state(self) -> None:
         data = orjson.dumps({"pid": os.getpid(), "shm": self._shm_names})
         tmp = self._state_file.with_suffix(".tmp")
@@ -838,7 +897,7 @@ class Daemon:
     def _retire(self, s: _Slot) -> None:
         assert self.table is not None
         self.accounting.retire(s.slot, self.table)  # final counters into the child's totals
-        if s.direction is Direction.OUT:
+        if s.direction is Direction.OUT and "ike" not in s.sa.extra:  # IKE keys never return
             last = self.table.last_seq(s.slot)
             self._seq_memory[s.fingerprint] = max(self._seq_memory.get(s.fingerprint, 0), last)
         self.table.remove(s.slot)
@@ -1227,6 +1286,7 @@ class Daemon:
                     os.kill(w.pid, signal.SIGKILL)
         self._lifetimes(now)
         self._acquires()
+        self._save_seq_file()
 
     def _lifetimes(self, now: float) -> None:
         assert self.table is not None
@@ -1384,6 +1444,8 @@ class Daemon:
 
     def close(self) -> None:
         """Undo :meth:`setup` (idempotent, and safe after a partial start)."""
+        with contextlib.suppress(Exception):
+            self._save_seq_file()
         if self.ike is not None:
             with contextlib.suppress(Exception):
                 self.ike.close_sockets()

@@ -158,7 +158,7 @@ def test_sighup_reapplies_the_script_and_sequence_numbers_go_on(gws: Gateways) -
     assert after["seq"] >= before["seq"] and after["packets"] == 0
     assert ping(topo.net_a.ns, topo.net_b.v4, count=2) == 2
     assert a.sa(0x2001)["seq"] >= before["seq"] + 2
-    assert "SIGHUP: re-applying the setkey script" in a.log_text()
+    assert "SIGHUP: reloading" in a.log_text()
 
 
 def test_lifetimes_soft_then_hard(gws: Gateways) -> None:
