@@ -123,19 +123,22 @@ from typing import Final, Protocol
 from ipsecd.drops import Drop
 from ipsecd.iana import IntegId, IpProto
 from ipsecd.packet import (
-    IPV4_DF,
-    IPV4_MF,
-    IPV4_OFFSET_MASK,
+    Buffer,
     PacketError,
-    checksum,
-    ipv4_header,
-    ipv6_header,
+    PacketTooBig,
+    TruncatedPacket,
+    check_inner,
+    ip_datagram,
+    ipv4_is_fragment,
+    ipv6_find_header,
     ipv6_ipsec_offset,
+    merge_ecn,
+    remove_header,
+    rewrite_front,
+    tunnel_header,
 )
-from ipsecd.sa import IPAddress, Mode, SecurityAssociation
-from ipsecd.transforms import TransformError, integ_algo
-
-Buffer = bytes | bytearray | memoryview
+from ipsecd.sa import Mode, SecurityAssociation
+from ipsecd.transforms import TransformError, integ_algo, warn_legacy
 
 log = logging.getLogger("ipsecd.ah")
 
@@ -146,7 +149,6 @@ RAISE_UNEXPECTED = False
 #: Next header, payload length (32-bit words minus 2), reserved, SPI, sequence number (RFC 4302 §2).
 AH_HEADER: Final = struct.Struct("!BBHII")
 AH_FIXED_BYTES: Final = 12
-_U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
 #: RFC 4302 Appendix A.1: the IPv4 options that are immutable and covered by the ICV,
@@ -164,19 +166,7 @@ _IPV4_LSRR: Final = 0x83
 _IPV4_SSRR: Final = 0x89
 _IPV6_OPTION_MUTABLE: Final = 0x20  # "option data may change en route" (RFC 8200 §4.2)
 _IPV6_OPTION_HEADERS: Final = frozenset({IpProto.HOPOPT, IpProto.IPV6_OPTS})
-_IPV6_CHAIN_HEADERS: Final = frozenset({IpProto.HOPOPT, IpProto.IPV6_ROUTE, IpProto.IPV6_OPTS})
 _TUNNEL_NEXT_HEADERS: Final = frozenset({IpProto.IPV4, IpProto.IPV6})
-_MAX_IP_LENGTH: Final = 0xFFFF
-_ECN_ECT1: Final = 1
-_ECN_CE: Final = 3
-
-
-class TruncatedPacket(PacketError):
-    """The packet ends before the headers it announces: counted as ``Drop.RUNT``."""
-
-
-class PacketTooBig(PacketError):
-    """Encapsulation would exceed the 16-bit IP length: counted as ``Drop.MTU``."""
 
 
 class AntiReplay(Protocol):
@@ -189,185 +179,6 @@ class AntiReplay(Protocol):
     def update(self, seq: int, /) -> None:
         """After the ICV verified: mark the full sequence number as seen."""
         ...
-
-
-# --- IP plumbing shared with ipsecd.ipcomp (candidates for ipsecd.packet) ---------------
-
-
-def ip_datagram(packet: Buffer) -> bytes:
-    """The IP datagram in ``packet``, cut to the length its header states.
-
-    Link-layer padding after the datagram is dropped.  Raises
-    :class:`TruncatedPacket` when the packet is shorter than it claims and
-    :class:`~ipsecd.packet.PacketError` when it is not IPv4/IPv6 or its lengths
-    are inconsistent.
-    """
-    data = bytes(packet)
-    if not data:
-        raise TruncatedPacket("empty packet")
-    version = data[0] >> 4
-    if version == 4:
-        if len(data) < 20:
-            raise TruncatedPacket("shorter than an IPv4 header")
-        ihl = (data[0] & 0x0F) * 4
-        total = _U16.unpack_from(data, 2)[0]
-        if ihl < 20 or total < ihl:
-            raise PacketError("bad IPv4 header or total length")
-    elif version == 6:
-        if len(data) < 40:
-            raise TruncatedPacket("shorter than an IPv6 header")
-        # A jumbogram (RFC 2675) has payload length 0: it is cut to its bare
-        # header here and its hop-by-hop header then reads as truncated.
-        total = 40 + _U16.unpack_from(data, 4)[0]
-    else:
-        raise PacketError(f"IP version {version}")
-    if total > len(data):
-        raise TruncatedPacket("shorter than its IP length")
-    return data if total == len(data) else data[:total]
-
-
-def ipv4_is_fragment(data: Buffer) -> bool:
-    """True for an IPv4 fragment (more-fragments set or a non-zero offset)."""
-    return bool(_U16.unpack_from(data, 6)[0] & (IPV4_MF | IPV4_OFFSET_MASK))
-
-
-def ipv6_find_header(data: Buffer) -> tuple[int, int, int]:
-    """Walk the IPv6 extension headers that precede an IPsec header.
-
-    Skips hop-by-hop, routing and destination options headers and returns
-    ``(offset, next_header, nh_field)`` for the first other header: its byte
-    offset, its protocol number and the offset of the byte that names it.  A
-    fragment header raises :class:`~ipsecd.packet.PacketError` (IPsec works on
-    reassembled packets, RFC 4302 §3.4.1, RFC 4303 §3.4.1).
-    """
-    nh_field = 6
-    nh = data[6]
-    off = 40
-    while nh in _IPV6_CHAIN_HEADERS:
-        if off + 8 > len(data):
-            raise TruncatedPacket("truncated IPv6 extension header")
-        length = (data[off + 1] + 1) * 8
-        if off + length > len(data):
-            raise TruncatedPacket("truncated IPv6 extension header")
-        nh_field = off
-        nh = data[off]
-        off += length
-    if nh == IpProto.IPV6_FRAG:
-        raise PacketError("IPv6 fragment: IPsec processes reassembled packets only")
-    return off, nh, nh_field
-
-
-def ipv6_check_unfragmented(data: Buffer, end: int) -> None:
-    """Raise :class:`~ipsecd.packet.PacketError` if a fragment header lies before ``end``."""
-    nh = data[6]
-    off = 40
-    while off < end:
-        if nh == IpProto.IPV6_FRAG:
-            raise PacketError("IPv6 fragment: IPsec is applied before fragmentation")
-        length = (data[off + 1] + 1) * 8
-        nh = data[off]
-        off += length
-
-
-def tunnel_header(
-    src: IPAddress, dst: IPAddress, proto: int, inner: bytes, payload_len: int, ident: int,
-) -> bytearray:
-    """The outer header of a tunnel-mode packet carrying ``inner`` (RFC 4301 §5.1.2).
-
-    DSCP and ECN are copied from the inner header (RFC 4301 §5.1.2.1, RFC 6040
-    §4.1 normal mode); DF is copied from an inner IPv4 header (RFC 4301 §8.1)
-    and set over an inner IPv6 packet, which routers may not fragment either
-    (as :mod:`ipsecd.esp` does); TTL/hop limit start afresh at 64.
-    """
-    if inner[0] >> 4 == 4:
-        ds = inner[1]
-        df = bool(_U16.unpack_from(inner, 6)[0] & IPV4_DF)
-    else:
-        ds = ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
-        df = True
-    if src.version == 4:
-        if 20 + payload_len > _MAX_IP_LENGTH:
-            raise PacketTooBig("too big for an IPv4 packet after encapsulation")
-        return ipv4_header(src.packed, dst.packed, proto, payload_len, tos=ds, ident=ident, df=df)
-    if payload_len > _MAX_IP_LENGTH:
-        raise PacketTooBig("too big for an IPv6 packet after encapsulation")
-    return ipv6_header(src.packed, dst.packed, proto, payload_len, traffic_class=ds)
-
-
-def rewrite_front(data: Buffer, off: int, nh_field: int, next_header: int, total: int) -> bytearray:
-    """A copy of the headers ``data[:off]`` for a packet of ``total`` bytes.
-
-    The byte at ``nh_field`` (the protocol / next header field that names
-    what follows ``off``) becomes ``next_header``; the IPv4 total length and
-    checksum or the IPv6 payload length are set for ``total``.
-    """
-    front = bytearray(data[:off])
-    front[nh_field] = next_header
-    _set_length(front, total)
-    return front
-
-
-def remove_header(data: bytes, off: int, end: int, nh_field: int, next_header: int) -> bytes:
-    """``data`` without the bytes ``off:end``; the byte at ``nh_field`` becomes ``next_header``."""
-    front = rewrite_front(data, off, nh_field, next_header, len(data) - (end - off))
-    return b"".join((front, memoryview(data)[end:]))
-
-
-def replace_payload(data: bytes, off: int, nh_field: int, next_header: int, payload: Buffer) -> bytes:
-    """``data[:off]`` followed by ``payload``, with lengths and next header fixed."""
-    front = rewrite_front(data, off, nh_field, next_header, off + len(payload))
-    return b"".join((front, payload))
-
-
-def _set_length(front: bytearray, total: int) -> None:
-    # The IP header at the start of ``front`` describes a packet of ``total`` bytes.
-    if front[0] >> 4 == 4:
-        if total > _MAX_IP_LENGTH:
-            raise PacketTooBig("too big for an IPv4 packet")
-        _U16.pack_into(front, 2, total)
-        front[10:12] = b"\x00\x00"
-        _U16.pack_into(front, 10, checksum(memoryview(front)[: (front[0] & 0x0F) * 4]))
-    else:
-        if total - 40 > _MAX_IP_LENGTH:
-            raise PacketTooBig("too big for an IPv6 packet")
-        _U16.pack_into(front, 4, total - 40)
-
-
-def check_inner(inner: bytes, next_header: int) -> bool:
-    """True when ``inner`` is exactly one IP packet of the family ``next_header`` names."""
-    if not inner or inner[0] >> 4 != (4 if next_header == IpProto.IPV4 else 6):
-        return False
-    try:
-        return len(ip_datagram(inner)) == len(inner)
-    except PacketError:
-        return False
-
-
-def merge_ecn(outer: Buffer, inner: bytes) -> bytes | None:
-    """The inner packet with the outer header's ECN merged in (RFC 6040 §4.2).
-
-    None when the packet must be dropped (CE outside, Not-ECT inside).  The
-    inner IPv4 checksum is updated when the field changes.
-    """
-    outer_ecn = outer[1] & 3 if outer[0] >> 4 == 4 else (outer[1] >> 4) & 3
-    v4 = inner[0] >> 4 == 4
-    inner_ecn = inner[1] & 3 if v4 else (inner[1] >> 4) & 3
-    if outer_ecn == _ECN_CE:
-        if inner_ecn == 0:
-            return None
-    elif not (outer_ecn == _ECN_ECT1 and inner_ecn == 2):  # only ECT(1) over ECT(0) also propagates
-        return inner
-    if inner_ecn == outer_ecn:
-        return inner
-    out = bytearray(inner)
-    if v4:
-        out[1] = (out[1] & 0xFC) | outer_ecn
-        ihl = (out[0] & 0x0F) * 4
-        out[10:12] = b"\x00\x00"
-        _U16.pack_into(out, 10, checksum(memoryview(out)[:ihl]))
-    else:
-        out[1] = (out[1] & 0xCF) | outer_ecn << 4
-    return bytes(out)
 
 
 def encap_guard(encapsulate: Callable[[], bytes], what: str) -> tuple[Drop, bytes]:
@@ -529,7 +340,8 @@ def _align(length: int, to: int) -> int:
 class AhContext:
     """The AH codec for one SA (RFC 4302).  See the module docstring.
 
-    ``allow_legacy`` is the operator's switch for HMAC-MD5-96; ``mode``
+    ``allow_legacy`` is the operator's switch for HMAC-MD5-96 (building a
+    context with it logs a warning); ``mode``
     overrides an SA whose mode is ``any``; ``ipv4_alignment`` is 4 (RFC 4302,
     the default) or 8 (Linux without ``flag align4``) for the AH we send in IPv4.
     """
@@ -583,6 +395,7 @@ class AhContext:
         self._accept_v4 = frozenset({_align(fixed, 4), _align(fixed, 8)})
         self._accept_v6 = frozenset({self._ah_len_v6})
         self._zero_icv = bytes(algo.icv_bytes)
+        warn_legacy(algo)  # once per SA, now that its context is built
 
     def ah_length(self, version: int) -> int:
         """Bytes of AH (with ICV and padding) this context sends in an IP ``version`` header."""

@@ -31,7 +31,8 @@ For :meth:`EspContext.encap_into` the plaintext IP packet is ``buf[start:end]``
 and the caller must leave ``ctx.headroom`` bytes free before ``start`` (outer
 IP header in tunnel mode, UDP header with RFC 3948 encapsulation, ESP header,
 IV) and ``ctx.tailroom`` bytes after ``end`` (padding, pad length, next header,
-ICV, and scratch room the CBC call needs).  The ESP packet is written to
+ICV, and scratch room: what the CBC call needs, an AEAD's nonce and AAD; bytes
+after the ESP packet are left undefined).  The ESP packet is written to
 ``buf[new_start:new_end]`` with ``new_start == start - ctx.headroom`` always.
 The payload is encrypted where it lies; in transport mode only the IP header
 (with IPv6 extension headers) moves, ``headroom`` bytes towards the front.
@@ -113,24 +114,31 @@ configuration - AEAD in tunnel mode over IPv4 - gets straight-line fast paths
 generated per SA from the source templates ``_FAST_ENCAP_TEMPLATE`` /
 ``_FAST_DECAP_TEMPLATE``: the SA's constants (SPI, limits, offsets, masks) are
 compiled in as literals and the branches of other configurations (ESN, UDP)
-disappear.  Encapsulation: one ``struct`` call reads the inner header's first
-8 bytes; per such key a cached layout supplies padding, offsets and the outer
-header (with DF set the IPv4 ID is 0, so outer header + SPI is prebuilt and
-one ``pack_into`` adds sequence number and IV); one packs nonce and AAD.
-Decapsulation: one ``struct`` call reads outer header + SPI as bytes, checked
-(version, options, ECN, fragment, protocol, header checksum, SPI, length,
-alignment) once per distinct value; the in-order case of the replay window is
-handled inline; inner header and trailer are compared against what the last
-packet of that length had.  Both paths also keep, for the buffer and offset
-they were last called with twice in a row (the datapath reads every packet
-into the same place), the memoryview slices the AEAD call needs and the
-result tuple - which keeps that buffer exported until
-:meth:`EspContext.forget_buffers` or a call with another buffer.  Every packet
-the fast paths do not cover (another inner version, options, ECN marks, a
-runt, ...) takes the general path, which produces identical bytes and
-verdicts; the tests check both against each other, also for streams through
-one buffer.  What remains is the interpreter: some 60-80 bytecodes per packet
-outside the AEAD call.
+disappear; the SA's objects are globals of the fast path's own namespace
+(cheaper per call than closure variables).  Encapsulation: one ``struct``
+call reads the inner header's first 8 bytes; per such key a cached layout
+supplies padding, offsets and the outer header (with DF set the IPv4 ID is 0,
+so outer header + SPI is prebuilt and one ``pack_into`` adds sequence number
+and IV); a second ``pack_into`` writes what follows the payload in one go:
+trailer, the ICV's place, and nonce and AAD, which live in the tailroom behind
+the ICV.  Decapsulation: one ``struct`` call reads outer header + SPI as bytes,
+sequence number and IV, the header checked (version, options, ECN, fragment,
+protocol, header checksum, SPI, length, alignment) once per distinct value;
+the AAD is the packet's own SPI and sequence number, the nonce salt + IV; the
+in-order case of the replay window (check, then one store of ``T``, see
+:mod:`ipsecd.replay`) is inline; one more ``struct`` call reads the inner
+header's first word and the trailer, compared with what the last packet of
+that outer header had.  Both paths also keep, for the buffer and offset they
+were last called with twice in a row (the datapath reads every packet into
+the same place), the memoryview slices the AEAD call needs and the result
+tuple - which keeps that buffer exported until
+:meth:`EspContext.forget_buffers` or a call with another buffer - and check
+the last packet's key first.  Every packet the fast paths do not cover
+(another inner version, options, ECN marks, a runt, ...) takes the general
+path, which produces identical bytes and verdicts; the tests check both
+against each other, also for streams through one buffer.  What remains is
+the interpreter: some 50 bytecodes per packet outside the AEAD call, which
+also make the AEAD call itself slower than in a tight loop of its own.
 
 Tunnel and transport mode
 -------------------------
@@ -160,6 +168,7 @@ import hmac
 import logging
 import string
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -171,7 +180,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ipsecd.drops import Drop
 from ipsecd.iana import EncrId, IntegId, IpProto
-from ipsecd.packet import IPV4_DF, PacketError, checksum, ipv6_ipsec_offset
+from ipsecd.packet import (
+    IPV4_DF,
+    PacketError,
+    checksum,
+    decapsulated_ecn,
+    ecn_of,
+    ipv6_ipsec_offset,
+    set_ecn,
+)
 from ipsecd.replay import ReplayWindow
 from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
 from ipsecd.transforms import (
@@ -181,6 +198,7 @@ from ipsecd.transforms import (
     check_enc_key,
     enc_algo,
     integ_algo,
+    warn_legacy,
 )
 
 __all__ = [
@@ -209,9 +227,6 @@ _M32 = 0xFFFFFFFF
 _ESP = IpProto.ESP.value
 _UDP = IpProto.UDP.value
 _NONXT = IpProto.IPV6_NONXT.value
-_ECN_CE = 3
-_ECN_ECT0 = 2
-_ECN_ECT1 = 1
 
 _ESP_HDR = struct.Struct("!II")  # SPI, sequence number (low 32 bits)
 _ESP_HDR_IV64 = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte counter IV
@@ -222,6 +237,7 @@ _U64X2 = struct.Struct("!QQ")
 _NONCE_AAD = struct.Struct("!QII")  # IV into the nonce, then SPI + seq as AAD
 _NONCE_AAD_ESN = struct.Struct("!QIII")  # IV, then SPI + seq high + seq low
 _AAD_ESN = struct.Struct("!III")  # SPI, seq high, seq low (RFC 4106 §5)
+_NONCE_AAD_ESN_IV = struct.Struct("!8sIII")  # the same, with the IV as it is on the wire
 _UDP_HDR = struct.Struct("!HHHH")
 _IPV4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
 _IPV4_HDR = struct.Struct("!BBHHHBBH4s4s")
@@ -234,9 +250,14 @@ _IPV4_START = struct.Struct("!BBH")
 _IN_V4_SPI = struct.Struct("!QQII")
 _IN_V4_UDP = struct.Struct("!QQI2xHH")
 # What the encapsulation fast path knows per inner first word: inner length,
-# padding + trailer, ciphertext length, outer header (+ SPI) prebuilt or in
+# the pack_into and bytes that write what follows the payload (trailer, ICV
+# place, nonce, AAD), ciphertext length, outer header (+ SPI) prebuilt or in
 # two parts, and the checksum (-1: in the header) or its partial sum.
-_EncapShape = tuple[int, bytes, int, "bytes | tuple[bytes, bytes]", int]
+_EncapShape = tuple[int, Callable[..., None], bytes, int, "bytes | tuple[bytes, bytes]", int]
+# The encapsulation fast path assembles nonce (salt + IV) and AAD (SPI, [high
+# 32 bits,] sequence number) in the tailroom, after the ICV.
+_FAST_NONCE_AAD = 12 + 8
+_FAST_NONCE_AAD_ESN = 12 + 12
 
 # RFC 4303 §2.4: pad bytes are 1, 2, 3, ...; index = pad length.
 _PADS = tuple(bytes(range(1, n + 1)) for n in range(256))
@@ -284,8 +305,10 @@ _OK = Drop.OK
 # (LOAD_CONST rather than a closure or global lookup) and the branches of the
 # other configurations (``if False:``) are removed by the compiler.  Only ints,
 # bools and bytes from the SA's configuration are ever substituted: nothing
-# derived from packet bytes is compiled.  ``build(...)`` receives the objects
-# (functions, buffers, Drop results) and returns ``(fast_function, forget)``.
+# derived from packet bytes is compiled.  The code runs in a namespace of its
+# own per SA (:meth:`EspContext._build`), filled with the objects it needs
+# (functions, buffers, Drop results); its state (the caches below) is that
+# namespace's globals.  It defines the fast function and ``forget()``.
 #
 # Both paths keep, for the last buffer and offset they were called with (as
 # the datapath does: every packet read into the same place), the memoryview
@@ -294,246 +317,274 @@ _OK = Drop.OK
 # buffer or offset takes the computing path, and the cache is filled from the
 # second call at the same place.  :meth:`EspContext.forget_buffers` drops it.
 
-_FAST_ENCAP_TEMPLATE = '''\
-def build(general, shapes, shape_of, encrypt_into, nonce, aad, scratch, unpack_key, pack_atomic,
-          pack_ident, pack_nonce_aad, log, memoryview, E_SEQ_OVERFLOW, E_MALFORMED, OK):
-    views = {}  # key -> entry, valid for buffer view_buf at offset view_start
+# The cache of one place (buffer and offset) that both fast paths keep; the
+# fast function itself tests ``key == last_key and buf is view_buf and start
+# == view_start`` first.
+_PLACE_CACHE_TEMPLATE = '''\
+views = {}  # key -> entry, valid for buffer view_buf at offset view_start
+view_buf = None
+view_start = -1
+last_key = None  # the key of the last packet at view_buf/view_start, and views[last_key]
+last_entry = None
+
+def forget():
+    global view_buf, view_start, last_key, last_entry
+    views.clear()
     view_buf = None
     view_start = -1
+    last_key = last_entry = None
 
-    def forget():
-        nonlocal view_buf, view_start
-        views.clear()
-        view_buf = None
-        view_start = -1
-
-    def prepare(buf, start, end, key):
-        """The entry for an inner packet whose first 8 bytes, masked, are ``key`` (None: general path)."""
-        nonlocal view_buf, view_start
-        shape = shapes.get(key) or shape_of(key)
-        if shape is None or end - start != shape[0]:
-            return None
-        _, pad_trailer, ct_len, header, csum = shape
-        view = buf if buf.__class__ is memoryview else memoryview(buf)
-        sealed_end = start + ct_len + 16
-        entry = (end, start + ct_len, pad_trailer, header, csum, view[start : start + ct_len],
-                 view[start:sealed_end], (OK, start - $HEADROOM, sealed_end))
-        if buf is view_buf and start == view_start:
-            if len(views) >= $CACHE_MAX:
-                views.clear()
-            views[key] = entry
-        elif buf.__class__ is memoryview:
-            views.clear()
-            view_buf = buf
-            view_start = start
+def cached(buf, start, key):
+    # The entry kept for ``key`` if buf[start:] is the place, else None.
+    global last_key, last_entry
+    if buf is view_buf and start == view_start:
+        entry = views.get(key)
+        if entry is not None:
+            last_key, last_entry = key, entry
         return entry
+    return None
 
-    def encap_into(buf, start, end, seq):
-        if not 0 < seq <= $LIMIT:
-            return E_SEQ_OVERFLOW
-        try:
-            # Inner version/IHL, TOS, total length [and DF]: all the layout depends on.
-            key = unpack_key(buf, start)[0] & $KEY_MASK
-        except Exception:
-            return general(buf, start, end, seq)
-        try:
-            if buf is view_buf and start == view_start:
-                entry = views.get(key) or prepare(buf, start, end, key)
-            else:
-                entry = prepare(buf, start, end, key)
-            if entry is None:
-                return general(buf, start, end, seq)
-            entry_end, ct_end, pad_trailer, header, csum, plaintext, sealed, result = entry
-            if end != entry_end:
-                return general(buf, start, end, seq)
-            buf[end:ct_end] = pad_trailer  # RFC 4303 §2.4: pad 1, 2, ..., pad length, next header 4
-            if $PLAIN:
-                seq_low = iv = seq
-            else:
-                seq_low = seq & 0xFFFFFFFF
-                iv = seq ^ $IV_MASK
-            if csum < 0:  # outer IPv4 header (DF, ID 0) [+ UDP] + SPI prebuilt
-                pack_atomic(buf, start - $HEADROOM, header, seq_low, iv)
-            else:  # ID = low bits of the sequence number, checksum completed here
-                ident = seq & 0xFFFF
-                csum += ident
-                csum = (csum & 0xFFFF) + (csum >> 16)
-                csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-                pack_ident(buf, start - $HEADROOM, header[0], ident, $MIDDLE, csum, header[1], seq_low, iv)
-            if $ESN:
-                pack_nonce_aad(scratch, 4, iv, $SPI, seq >> 32, seq_low)
-            else:
-                pack_nonce_aad(scratch, 4, iv, $SPI, seq_low)
-            encrypt_into(nonce, plaintext, aad, sealed)
-            return result
-        except Exception:
-            if RAISE_UNEXPECTED:
-                raise
-            log.exception("unexpected error in ESP encapsulation (SPI %#x)", $SPI)
-            return E_MALFORMED
-
-    return encap_into, forget
+def remember(buf, start, key, entry):
+    # Keep ``entry`` for ``key`` if buf[start:] is the place; a memoryview at another
+    # place becomes the place (kept from its second call on).
+    global view_buf, view_start, last_key, last_entry
+    if buf is view_buf and start == view_start:
+        if len(views) >= $CACHE_MAX:
+            views.clear()
+        views[key] = entry
+        last_key, last_entry = key, entry
+    elif buf.__class__ is memoryview:
+        views.clear()
+        view_buf = buf
+        view_start = start
+        last_key = last_entry = None
 '''
 
-_FAST_DECAP_TEMPLATE = '''\
-def build(general, decrypt_into, nonce, aad, scratch, unpack_header, unpack_fields, unpack_word,
-          pack_nonce_aad, trailers, pads, log, memoryview, InvalidTag, OK, D_REPLAY, D_ICV, D_PADDING,
-          D_MALFORMED, D_DUMMY, D_BAD_NEXT_HEADER):
-    headers = {}  # outer header bytes -> outer total length, for headers that passed check_header
-    views = {}  # outer header bytes -> entry, valid for buffer view_buf at offset view_start
-    view_buf = None
-    view_start = -1
+_FAST_ENCAP_TEMPLATE = _PLACE_CACHE_TEMPLATE + '''\
 
-    def forget():
-        nonlocal view_buf, view_start
-        views.clear()
-        view_buf = None
-        view_start = -1
+def prepare(buf, start, end, key):
+    # The entry for an inner packet whose first 8 bytes, masked, are ``key`` (None: general path).
+    shape = shapes.get(key) or shape_of(key)
+    if shape is None or end - start != shape[0]:
+        return None
+    _, pack_tail, tail, ct_len, header, csum = shape
+    view = buf if buf.__class__ is memoryview else memoryview(buf)
+    sealed_end = start + ct_len + 16
+    # Behind the ICV, in the tailroom: the nonce (salt + IV) and the AAD.
+    entry = (end, pack_tail, tail, header, csum, view[start : start + ct_len], view[start:sealed_end],
+             view[sealed_end : sealed_end + 12], view[sealed_end + 12 : sealed_end + $NONCE_AAD],
+             (OK, start - $HEADROOM, sealed_end))
+    remember(buf, start, key, entry)
+    return entry
 
-    def check_header(header):
-        # The outer total length if ``header`` is the common case, else 0: the
-        # general path decides.  Not the common case: IP options or ECN marks,
-        # a fragment, another protocol, a bad header checksum (the sum of the
-        # words, RFC 1071: 2^16 = 1 mod 0xFFFF), another SPI or UDP port, too
-        # short, misaligned (RFC 4303 §2.4).
-        if $UDP:
-            head, tail, dst, port, udp_length = unpack_fields(header)
+def encap_into(buf, start, end, seq):
+    if not 0 < seq <= $LIMIT:
+        return E_SEQ_OVERFLOW
+    try:
+        # Inner version/IHL, TOS, total length [and DF]: all the layout depends on.
+        key = unpack_key(buf, start)[0] & $KEY_MASK
+    except Exception:
+        return general(buf, start, end, seq)
+    try:
+        if key == last_key and buf is view_buf and start == view_start:
+            entry_end, pack_tail, tail, header, csum, plaintext, sealed, nonce, aad, result = last_entry
         else:
-            head, tail, dst, spi = unpack_fields(header)
-        total = head >> 32 & 0xFFFF
-        if (
-            head & $HEAD_MASK != $HEAD_EXPECT or tail & 0xFF000000000000 != $PROTO_EXPECT
-            or (head + tail + dst) % 0xFFFF or total < $MIN_TOTAL
-        ):
-            return 0
-        if $UDP:
-            if port != $LOCAL_PORT or udp_length != total - 20:
-                return 0
-        elif spi != $SPI:
-            return 0
-        if len(headers) >= $CACHE_MAX:
-            headers.clear()
-        headers[header] = total
-        return total
-
-    def prepare(buf, start, header):
-        # The entry for a packet with this outer header at buf[start:] (None: the general path).
-        nonlocal view_buf, view_start
-        total = headers.get(header) or check_header(header)
-        if not total:
-            return None
-        view = buf if buf.__class__ is memoryview else memoryview(buf)
-        end = start + total
-        entry = (end, view[start + $CT : end], view[start + $CT : end - 16], -1, None, None, None)
-        if buf is view_buf and start == view_start:
-            if len(views) >= $CACHE_MAX:
-                views.clear()
-            views[header] = entry
-        elif buf.__class__ is memoryview:
-            views.clear()
-            view_buf = buf
-            view_start = start
-        return entry
-
-    def finish(buf, start, end, word, header):
-        # Trailer and inner header (first word: word) when the cached expectation is not met.
-        ct = start + $CT
-        icv_at = end - 16
-        inner_len = word & 0xFFFF
-        trailer_len = icv_at - ct - inner_len
-        # The usual trailer: pad bytes 1, 2, ..., pad length, next header 4,
-        # right after the inner IPv4 packet.
-        if (
-            word >> 28 == 4 and 2 <= trailer_len <= $MAX_TRAILER and inner_len >= 20
-            and buf[icv_at - trailer_len : icv_at] == trailers[trailer_len]
-        ):
-            result = (OK, ct, ct + inner_len, 4)
-            if buf is view_buf and start == view_start and header in views:
-                views[header] = (end, buf[ct:end], buf[ct:icv_at], 0x40000000 | inner_len,
-                                 buf[icv_at - trailer_len : icv_at], trailers[trailer_len], result)
-            return result
-        # Anything else (IPv6 inside, TFC padding, errors), as the general path.
-        pad = buf[icv_at - 2]
-        next_header = buf[icv_at - 1]
-        payload_end = icv_at - 2 - pad
-        if payload_end < ct or (pad and buf[payload_end : icv_at - 2] != pads[pad]):
-            return D_PADDING
-        if next_header == 4:
-            if word >> 28 != 4 or inner_len < 20 or inner_len > payload_end - ct:
-                return D_MALFORMED
-        elif next_header == 41:
-            inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
-            if buf[ct] >> 4 != 6 or inner_len > payload_end - ct:
-                return D_MALFORMED
-        elif next_header == $NONXT:
-            return D_DUMMY
+            entry = cached(buf, start, key) or prepare(buf, start, end, key)
+            if entry is None:
+                return general(buf, start, end, seq)
+            entry_end, pack_tail, tail, header, csum, plaintext, sealed, nonce, aad, result = entry
+        if end != entry_end:
+            return general(buf, start, end, seq)
+        if $PLAIN:
+            seq_low = iv = seq
         else:
-            return D_BAD_NEXT_HEADER
-        return (OK, ct, ct + inner_len, next_header)
+            seq_low = seq & 0xFFFFFFFF
+            iv = seq ^ $IV_MASK
+        if csum < 0:  # outer IPv4 header (DF, ID 0) [+ UDP] + SPI prebuilt
+            pack_atomic(buf, start - $HEADROOM, header, seq_low, iv)
+        else:  # ID = low bits of the sequence number, checksum completed here
+            ident = seq & 0xFFFF
+            csum += ident
+            csum = (csum & 0xFFFF) + (csum >> 16)
+            csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+            pack_ident(buf, start - $HEADROOM, header[0], ident, $MIDDLE, csum, header[1], seq_low, iv)
+        # One write after the payload: the trailer (RFC 4303 §2.4: pad 1, 2, ..., pad length,
+        # next header 4), the ICV's place (zeros, overwritten), the salt, IV, SPI and
+        # sequence number: nonce and AAD (RFC 4106 §4, §5).
+        if $ESN:
+            pack_tail(buf, end, tail, iv, $SPI, seq >> 32, seq_low)
+        else:
+            pack_tail(buf, end, tail, iv, $SPI, seq_low)
+        encrypt_into(nonce, plaintext, aad, sealed)
+        return result
+    except Exception:
+        if esp_module.RAISE_UNEXPECTED:
+            raise
+        log.exception("unexpected error in ESP encapsulation (SPI %#x)", $SPI)
+        return E_MALFORMED
+'''
 
-    def decap_into(buf, start, end, window):
-        try:
-            if $UDP:  # the UDP checksum is not checked (RFC 3948 §2.1), nor part of the key
-                header, spi, seq_low, iv = unpack_header(buf, start)
-            else:
-                header, seq_low, iv = unpack_header(buf, start)
-        except Exception:
-            return general(buf, start, end, window)
-        try:
-            # Outer IPv4 header [+ UDP header] [+ SPI]: checked once per distinct value.
-            if buf is view_buf and start == view_start:
-                entry = views.get(header) or prepare(buf, start, header)
-            else:
-                entry = prepare(buf, start, header)
+_FAST_DECAP_TEMPLATE = _PLACE_CACHE_TEMPLATE + '''\
+# Here the key is the outer header [+ UDP header] + SPI, as bytes.
+headers = {}  # outer header bytes -> outer total length, for headers that passed check_header
+checks = {}  # (inner length, trailer length) -> unpack_from reading what the entry expects
+
+def check_header(header):
+    # The outer total length if ``header`` is the common case, else 0: the
+    # general path decides.  Not the common case: IP options or ECN marks,
+    # a fragment, another protocol, a bad header checksum (the sum of the
+    # words, RFC 1071: 2^16 = 1 mod 0xFFFF), another SPI or UDP port, too
+    # short, misaligned (RFC 4303 §2.4).
+    if $UDP:
+        head, tail, dst, port, udp_length = unpack_fields(header)
+    else:
+        head, tail, dst, spi = unpack_fields(header)
+    total = head >> 32 & 0xFFFF
+    if (
+        head & $HEAD_MASK != $HEAD_EXPECT or tail & 0xFF000000000000 != $PROTO_EXPECT
+        or (head + tail + dst) % 0xFFFF or total < $MIN_TOTAL
+    ):
+        return 0
+    if $UDP:
+        if port != $LOCAL_PORT or udp_length != total - 20:
+            return 0
+    elif spi != $SPI:
+        return 0
+    if len(headers) >= $CACHE_MAX:
+        headers.clear()
+    headers[header] = total
+    return total
+
+def prepare(buf, start, header):
+    # The entry for a packet with this outer header at buf[start:] (None: the general path):
+    # (end, ciphertext + tag, plaintext, AAD, inner check, its expected value, result).
+    total = headers.get(header) or check_header(header)
+    if not total:
+        return None
+    view = buf if buf.__class__ is memoryview else memoryview(buf)
+    end = start + total
+    # Without ESN the AAD is the SPI and sequence number as they are in the packet (RFC 4106 §5).
+    entry = (end, view[start + $CT : end], view[start + $CT : end - 16],
+             aad if $ESN else view[start + $CT - 16 : start + $CT - 8], unpack_word, None, None)
+    remember(buf, start, header, entry)
+    return entry
+
+def finish(buf, start, end, header):
+    # Trailer and inner header when the cached expectation is not met.
+    ct = start + $CT
+    icv_at = end - 16
+    word = unpack_word(buf, ct)[0]
+    inner_len = word & 0xFFFF
+    trailer_len = icv_at - ct - inner_len
+    # The usual trailer: pad bytes 1, 2, ..., pad length, next header 4,
+    # right after the inner IPv4 packet.
+    if (
+        word >> 28 == 4 and 2 <= trailer_len <= $MAX_TRAILER and inner_len >= 20
+        and buf[icv_at - trailer_len : icv_at] == trailers[trailer_len]
+    ):
+        result = (OK, ct, ct + inner_len, 4)
+        entry = cached(buf, start, header)
+        if entry is not None:
+            # Next time one unpack_from checks all of it: the inner header's
+            # first word (version, IHL, TOS, length) and the trailer must be
+            # what this packet has.
+            key = (inner_len, trailer_len)
+            check = checks.get(key)
+            if check is None:
+                if len(checks) >= $CACHE_MAX:
+                    checks.clear()
+                check = checks[key] = inner_check(inner_len, trailer_len)
+            remember(buf, start, header, (*entry[:4], check, check(buf, ct), result))
+        return result
+    # Anything else (IPv6 inside, TFC padding, errors), as the general path.
+    pad = buf[icv_at - 2]
+    next_header = buf[icv_at - 1]
+    payload_end = icv_at - 2 - pad
+    if payload_end < ct or (pad and buf[payload_end : icv_at - 2] != pads[pad]):
+        return D_PADDING
+    if next_header == 4:
+        if word >> 28 != 4 or inner_len < 20 or inner_len > payload_end - ct:
+            return D_MALFORMED
+    elif next_header == 41:
+        inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
+        if buf[ct] >> 4 != 6 or inner_len > payload_end - ct:
+            return D_MALFORMED
+    elif next_header == $NONXT:
+        return D_DUMMY
+    else:
+        return D_BAD_NEXT_HEADER
+    return (OK, ct, ct + inner_len, next_header)
+
+def decap_into(buf, start, end, window):
+    try:
+        if $UDP:  # the UDP checksum is not checked (RFC 3948 §2.1), nor part of the key
+            header, spi, seq_low, iv = unpack_header(buf, start)
+        else:
+            header, seq_low, iv = unpack_header(buf, start)
+    except Exception:
+        return general(buf, start, end, window)
+    try:
+        # Outer IPv4 header [+ UDP header] [+ SPI]: checked once per distinct value.
+        if header == last_key and buf is view_buf and start == view_start:
+            packet_end, data, out, packet_aad, check, expect, result = last_entry
+        else:
+            entry = cached(buf, start, header) or prepare(buf, start, header)
             if entry is None:
                 return general(buf, start, end, window)
-            packet_end, data, out, expect, tail, trailer, result = entry
-            if end < packet_end:
+            packet_end, data, out, packet_aad, check, expect, result = entry
+        if end < packet_end:
+            return general(buf, start, end, window)
+        if $UDP:
+            if spi != $SPI:
                 return general(buf, start, end, window)
-            if $UDP:
-                if spi != $SPI:
-                    return general(buf, start, end, window)
-            # RFC 4303 §3.4.3, before the ICV.  In order (the usual case) a
-            # number above T is always fine; everything else asks the window.
-            top_word = window.top_word
-            if $ESN:
-                drop, seq = window.check(seq_low)
-                if drop:
-                    return D_REPLAY
-                pack_nonce_aad(scratch, 4, iv, $SPI, seq >> 32, seq_low)
-            else:
-                if seq_low <= top_word[0] and window.check(seq_low)[0]:
-                    return D_REPLAY
-                seq = seq_low
-                pack_nonce_aad(scratch, 4, iv, $SPI, seq_low)
+        # RFC 4303 §3.4.3: the window is checked before the ICV and moves
+        # only after it verified.  In order (the usual case) a number above
+        # T is always fine, and recording it is storing T (ReplayWindow:
+        # the in-order run); everything else asks the window.
+        words = window.words
+        top = words[0]
+        if $ESN:
+            drop, seq = window.check(seq_low)
+            if drop:
+                return D_REPLAY
+            pack_esn(scratch, 4, iv, $SPI, seq >> 32, seq_low)
             try:
-                decrypt_into(nonce, data, aad, out)
+                decrypt_into(nonce, data, packet_aad, out)
             except InvalidTag:
                 return D_ICV
-            # ReplayWindow.update inlined for the next packet in order (judged
-            # by T as it is now): set its bit, or start its block.
-            blocks = window.blocks
-            if seq == top_word[0] + 1 and blocks:
-                top_word[0] = seq
-                bit = seq & 7
-                if bit:
-                    window.bitmap[(seq >> 3) % blocks] |= 1 << bit
-                else:
-                    window.bitmap[(seq >> 3) % blocks] = 1
+            if seq == top + 1:
+                words[0] = seq
             else:
                 window.update(seq)
-            word = unpack_word(buf, start + $CT)[0]
-            if word & 0xF000FFFF == expect and tail == trailer:
-                return result  # inner IPv4 of the length and trailer seen before
-            return finish(buf, start, packet_end, word, header)
-        except Exception:
-            if RAISE_UNEXPECTED:
-                raise
-            log.exception("unexpected error in ESP decapsulation (SPI %#x)", $SPI)
-            return D_MALFORMED
-
-    return decap_into, forget
+        else:
+            if seq_low <= top and window.check(seq_low)[0]:
+                return D_REPLAY
+            try:
+                decrypt_into(salt + iv, data, packet_aad, out)  # nonce: salt + IV (RFC 4106 §4)
+            except InvalidTag:
+                return D_ICV
+            if seq_low == top + 1:
+                words[0] = seq_low  # before the packet is accepted: a restart never takes it again
+            else:
+                window.update(seq_low)
+        if check(buf, start + $CT) == expect:
+            return result  # inner IPv4 of the length and trailer seen before
+        return finish(buf, start, packet_end, header)
+    except Exception:
+        if esp_module.RAISE_UNEXPECTED:
+            raise
+        log.exception("unexpected error in ESP decapsulation (SPI %#x)", $SPI)
+        return D_MALFORMED
 '''
+
+
+def _inner_check(inner_len: int, trailer_len: int) -> Callable[[Buffer, int], tuple[int, int | bytes]]:
+    """Reads, at the start of a decrypted tunnel-mode payload, what identifies an inner IPv4
+    packet of ``inner_len`` bytes followed by a trailer of ``trailer_len`` bytes: the inner
+    header's first word (version, IHL, TOS, total length) and the trailer (pad bytes, pad
+    length, next header), as an int where it fits one (cheaper to compare)."""
+    trailer = {2: "H", 4: "I"}.get(trailer_len, f"{trailer_len}s")
+    return struct.Struct(f"!I{inner_len - 4}x{trailer}").unpack_from
 
 
 def _render(template: str, constants: dict[str, int | bytes | bool]) -> str:
@@ -579,11 +630,13 @@ def _view(buf: Buffer) -> memoryview:
 class EspContext:
     """The per-SA ESP crypto context: build once from an SA, use for every packet.
 
-    ``allow_legacy`` is the operator's switch for DES/3DES/Blowfish/CAST/MD5
-    (each use logs a warning).  ``iv_mask`` is XORed into the counter IV of
-    AEAD/GMAC transforms; every process using one SA must use the same value
-    (the default 0 makes the IV the sequence number).  ``df`` is the outer
-    IPv4 DF policy in tunnel mode; ``ttl`` the outer TTL / hop limit.
+    ``allow_legacy`` is the operator's switch for DES/3DES/Blowfish/CAST/MD5;
+    building a context with one logs a warning, unless ``legacy_warning`` is
+    False (the workers: the control process warned when it checked the SA).
+    ``iv_mask`` is XORed into the counter IV of AEAD/GMAC transforms; every
+    process using one SA must use the same value (the default 0 makes the IV
+    the sequence number).  ``df`` is the outer IPv4 DF policy in tunnel mode;
+    ``ttl`` the outer TTL / hop limit.
 
     The per-packet calls (attributes holding functions built for this SA):
 
@@ -655,6 +708,7 @@ class EspContext:
         iv_mask: int = 0,
         df: DfPolicy = "copy",
         ttl: int = 64,
+        legacy_warning: bool = True,
     ) -> None:
         if sa.protocol != IpProto.ESP:
             raise TransformError(f"not an ESP SA (protocol {sa.protocol.name})")
@@ -744,11 +798,16 @@ class EspContext:
         room_after = max(self.icv_bytes, 4 if integ and sa.esn else 0)
         if self._kind == _CBC:
             room_after = max(room_after, enc.block_bytes - 1)
+        elif self._kind == _AEAD:
+            # The encapsulation fast path writes nonce and AAD behind the ICV.
+            room_after += _FAST_NONCE_AAD_ESN if sa.esn else _FAST_NONCE_AAD
         self.tailroom = self.align - 1 + 2 + room_after
 
         self._forget: tuple[Callable[[], None], ...] = ()
         self.encap_into = self._fast_encap() or self._general_encap
         self.decap_into = self._fast_decap() or self._general_decap
+        if legacy_warning:
+            warn_legacy(enc, integ)  # once per SA, now that its context is built
 
     # -- sizes -----------------------------------------------------------
 
@@ -1100,21 +1159,22 @@ class EspContext:
                     inner_len = buf[ct + 2] << 8 | buf[ct + 3]
                     if inner_len < 20 or inner_len > room:
                         return _D_MALFORMED
-                    inner_ecn = buf[ct + 1] & 3
                 elif next_header == 41:
                     if room < 40 or buf[ct] >> 4 != 6:
                         return _D_MALFORMED
                     inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
                     if inner_len > room:
                         return _D_MALFORMED
-                    inner_ecn = buf[ct + 1] >> 4 & 3
                 else:
                     return _D_BAD_NEXT_HEADER
                 outer_ecn = buf[start + 1] & 3 if version == 4 else buf[start + 1] >> 4 & 3
-                if outer_ecn == _ECN_CE or (outer_ecn == _ECN_ECT1 and inner_ecn == _ECN_ECT0):
-                    if outer_ecn == _ECN_CE and not inner_ecn:
-                        return _D_ECN  # RFC 6040 §4.2: CE over Not-ECT must be dropped
-                    _set_ecn(buf, ct, next_header, outer_ecn)
+                if outer_ecn:  # RFC 6040 §4.2: a Not-ECT outer header leaves the inner one as it is
+                    inner_ecn = ecn_of(buf, ct)
+                    ecn = decapsulated_ecn(outer_ecn, inner_ecn)
+                    if ecn is None:
+                        return _D_ECN  # CE over Not-ECT must be dropped
+                    if ecn != inner_ecn:
+                        set_ecn(buf, ct, ecn)
                 return (_OK, ct, ct + inner_len, next_header)
 
             # Transport mode: move the IP header (and IPv6 extension headers)
@@ -1138,14 +1198,18 @@ class EspContext:
 
     # -- fast paths (generated code) -----------------------------------------
 
-    def _build(self, template: str, names: dict[str, object], **constants: int | bytes | bool) -> tuple[
-            Callable[..., object], Callable[[], None]]:
-        """Compile one of the fast-path templates for this SA; returns (function, forget)."""
+    def _build(self, template: str, function: str, names: dict[str, object],
+               **constants: int | bytes | bool) -> tuple[Callable[..., object], Callable[[], None]]:
+        """Compile one of the fast-path templates for this SA; returns (``function``, forget).
+
+        The code runs in a namespace of its own, which ``names`` fill: the
+        functions find the SA's objects and their own state as globals of
+        that namespace, which is cheaper per call than closure variables.
+        """
         source = _render(template, constants)
-        namespace: dict[str, object] = {}
-        exec(compile(source, f"<ipsecd.esp fast path, SPI {self.spi:#x}>", "exec"), globals(), namespace)
-        built = namespace["build"](**names)  # type: ignore[operator]
-        return built  # type: ignore[no-any-return]
+        namespace: dict[str, object] = {**names, "esp_module": sys.modules[__name__]}
+        exec(compile(source, f"<ipsecd.esp fast path, SPI {self.spi:#x}>", "exec"), namespace)
+        return namespace[function], namespace["forget"]  # type: ignore[return-value]
 
     def forget_buffers(self) -> None:
         """Drop the views the fast paths keep of the last buffer they saw.
@@ -1176,7 +1240,12 @@ class EspContext:
         fixed_df = IPV4_DF if self._df_policy == "set" else 0
         addresses = self._src + self._dst
         spi_bytes = _U32.pack(self.spi)
-        trailers = tuple(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align))
+        # Per pad length: the bytes written after the payload up to the nonce's IV (trailer, the
+        # ICV's place, salt), and the pack_into that adds IV, SPI and sequence number.
+        salt = bytes(self._scratch[:4])
+        aad = "III" if self.esn else "II"
+        tails = tuple(_PADS_AND_LENGTH[n] + b"\x04" + bytes(16) + salt for n in range(align))
+        pack_tails = tuple(struct.Struct(f"!{len(tail)}sQ{aad}").pack_into for tail in tails)
         shapes: dict[int, _EncapShape] = {}
 
         def shape_of(key: int) -> _EncapShape | None:
@@ -1206,20 +1275,18 @@ class EspContext:
                 header = (_IPV4_START.pack(0x45, tos, total), addresses + udp_header + spi_bytes)
             if len(shapes) >= _LAYOUT_CACHE_MAX:
                 shapes.clear()
-            shape = shapes[key] = (length, trailers[pad], ct_len, header, csum)
+            shape = shapes[key] = (length, pack_tails[pad], tails[pad], ct_len, header, csum)
             return shape
 
         fixed = len(addresses) + len(spi_bytes) + (8 if udp else 0)
         encap_into, forget = self._build(
-            _FAST_ENCAP_TEMPLATE,
+            _FAST_ENCAP_TEMPLATE, "encap_into",
             {
                 "general": self._general_encap, "shapes": shapes, "shape_of": shape_of,
                 "encrypt_into": self._aead.encrypt_into,  # type: ignore[union-attr]
-                "nonce": self._nonce, "aad": self._nonce_aad, "scratch": self._scratch,
                 "unpack_key": _U64.unpack_from,
                 "pack_atomic": struct.Struct(f"!{12 + fixed}sIQ").pack_into,
                 "pack_ident": struct.Struct(f"!4sH4sH{fixed}sIQ").pack_into,
-                "pack_nonce_aad": (_NONCE_AAD_ESN if self.esn else _NONCE_AAD).pack_into,
                 "log": log, "memoryview": memoryview,
                 "E_SEQ_OVERFLOW": _E_SEQ_OVERFLOW, "E_MALFORMED": _E_MALFORMED, "OK": _OK,
             },
@@ -1231,6 +1298,7 @@ class EspContext:
             SPI=self.spi,
             HEADROOM=headroom,
             MIDDLE=bytes((0, 0, self.ttl, proto)),  # flags/fragment 0, TTL, protocol
+            NONCE_AAD=_FAST_NONCE_AAD_ESN if self.esn else _FAST_NONCE_AAD,
             CACHE_MAX=_LAYOUT_CACHE_MAX,
         )
         self._forget = (*self._forget, forget)
@@ -1250,15 +1318,17 @@ class EspContext:
         # Index = pad length + 2: pad bytes, pad length, next header 4.
         trailers = (b"", b"", *(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align)))
         decap_into, forget = self._build(
-            _FAST_DECAP_TEMPLATE,
+            _FAST_DECAP_TEMPLATE, "decap_into",
             {
                 "general": self._general_decap,
                 "decrypt_into": self._aead.decrypt_into,  # type: ignore[union-attr]
+                "salt": bytes(self._scratch[:4]),
                 "nonce": self._nonce, "aad": self._nonce_aad, "scratch": self._scratch,
-                "unpack_header": struct.Struct("!26s2xIIQ" if udp else "!24sIQ").unpack_from,
+                "unpack_header": struct.Struct("!26s2xII8s" if udp else "!24sI8s").unpack_from,
                 "unpack_fields": (_IN_V4_UDP if udp else _IN_V4_SPI).unpack,
                 "unpack_word": _U32.unpack_from,
-                "pack_nonce_aad": (_NONCE_AAD_ESN if self.esn else _NONCE_AAD).pack_into,
+                "inner_check": _inner_check,
+                "pack_esn": _NONCE_AAD_ESN_IV.pack_into,
                 "trailers": trailers, "pads": _PADS, "log": log, "memoryview": memoryview,
                 "InvalidTag": InvalidTag, "OK": _OK, "D_REPLAY": _D_REPLAY, "D_ICV": _D_ICV,
                 "D_PADDING": _D_PADDING, "D_MALFORMED": _D_MALFORMED, "D_DUMMY": _D_DUMMY,
@@ -1314,17 +1384,6 @@ class EspContext:
         if drop:
             return drop, None
         return drop, Decapsulated(bytes(buf[start:end]), next_header, seq)
-
-
-def _set_ecn(buf: memoryview, at: int, next_header: int, ecn: int) -> None:
-    """Set the ECN field of the inner packet at ``at`` (RFC 6040 §4.2)."""
-    if next_header == 4:
-        buf[at + 1] = (buf[at + 1] & 0xFC) | ecn
-        header_len = (buf[at] & 15) << 2
-        _U16.pack_into(buf, at + 10, 0)
-        _U16.pack_into(buf, at + 10, checksum(buf[at : at + header_len]))
-    else:
-        buf[at + 1] = (buf[at + 1] & 0xCF) | ecn << 4
 
 
 # -- inbound demultiplexing helper --------------------------------------------

@@ -35,7 +35,7 @@ original, and without even trying when the data is shorter than the threshold
 Uncompressed means: in transport mode the packet unchanged; in tunnel mode
 plain IP-in-IP (outer header, protocol 4 or 41, inner packet), as Linux sends
 it through the IPIP state that accompanies an IPComp tunnel SA.  The outer
-header is built as for AH and ESP (:func:`ipsecd.ah.tunnel_header`).  The
+header is built as for AH and ESP (:func:`ipsecd.packet.tunnel_header`).  The
 result is ``(Drop.OK, packet)``; a packet that is not a whole IP datagram is
 ``RUNT``/``MALFORMED`` (a fragment in transport mode: compression comes
 before fragmentation, RFC 3173 §2), and ``encap`` never raises.
@@ -76,22 +76,22 @@ import struct
 import zlib
 from typing import Final
 
-from ipsecd.ah import (
+from ipsecd.ah import decap_guard, encap_guard
+from ipsecd.drops import Drop
+from ipsecd.iana import IpcompId, IpProto
+from ipsecd.packet import (
     Buffer,
+    PacketError,
     check_inner,
-    decap_guard,
-    encap_guard,
     ip_datagram,
     ipv4_is_fragment,
     ipv6_check_unfragmented,
     ipv6_find_header,
+    ipv6_ipsec_offset,
     merge_ecn,
     replace_payload,
     tunnel_header,
 )
-from ipsecd.drops import Drop
-from ipsecd.iana import IpcompId, IpProto
-from ipsecd.packet import PacketError, ipv6_ipsec_offset
 from ipsecd.sa import Mode, SecurityAssociation
 from ipsecd.transforms import TransformError, comp_algo
 

@@ -33,16 +33,32 @@ Inbound (:class:`ReplayWindow`)
     shifting of the whole bitmap, so the cost of an in-order packet does not
     depend on the window size.
 
+    The in-order run.  Most packets arrive in order: each is ``T + 1``.  For
+    those only ``T`` is stored; the bitmap is brought up to date later.  A
+    second word ``B`` (``bitmap_top``) says how far the bitmap is: it holds
+    every accepted number up to ``B``, and *every* number in ``(B, T]`` has
+    been accepted - the run is contiguous by construction, because any other
+    update first writes the run into the bitmap (:meth:`ReplayWindow.flush`)
+    and leaves ``B = T``.  So the state is exact at every moment, with no
+    flush owed: :meth:`ReplayWindow.check` refuses a number in ``(B, T]``
+    without looking at the bitmap.  That is what makes the shared-memory
+    window safe across a worker restart (a new window object attached to the
+    same state): ``T`` is stored before the codec accepts the packet (after
+    its ICV verified), so a killed worker leaves at worst ``T`` set for a
+    packet it never delivered - a drop of that one number later, never a
+    replay accepted.  The in-order case costs one shared-memory read and one
+    store per packet (the ESP fast path inlines it).
+
     With ESN only the low 32 bits are on the wire.  :meth:`ReplayWindow.check`
     infers the high 32 bits as RFC 4303 Appendix A2.1 describes (the value
     that puts the packet closest to the window) and returns the full 64-bit
     number, which the codec feeds into the ICV.  A packet from far outside the
     window gets the wrong high bits and then fails its ICV check.
 
-Layout of the state buffer: bytes 0-7 = ``T`` as a native-endian unsigned
-64-bit word (for the counter: the last sequence number sent), then, for the
-window, the ``n`` bitmap blocks.  :meth:`ReplayWindow.state_bytes` gives its
-size: 137 bytes for the default window of 1024.
+Layout of the state buffer, native-endian unsigned 64-bit words: bytes 0-7 =
+``T`` (for the counter: the last sequence number sent), then, for the window,
+bytes 8-15 = ``B`` and the ``n`` bitmap blocks.  :meth:`ReplayWindow.state_bytes`
+gives its size: 145 bytes for the default window of 1024.
 """
 
 from __future__ import annotations
@@ -139,12 +155,13 @@ class ReplayWindow:
     a shared-memory slot; ``initialize=False`` attaches to the state already
     in it (a restarted worker carrying on with its predecessor's window).
 
-    ``top_word`` (a one-element ``Q`` view holding ``T``), ``bitmap`` (the
+    ``words`` (a two-element ``Q`` view: ``T``, then ``B``), ``bitmap`` (the
     blocks, one byte = 8 sequence numbers) and ``blocks`` are public so the
-    ESP codec can inline the in-order case of :meth:`update`.
+    ESP codec can inline the in-order case of :meth:`update`: for ``seq ==
+    T + 1`` it is exactly ``words[0] = seq``.
     """
 
-    __slots__ = ("_infer_width", "bitmap", "blocks", "esn", "size", "top_word")
+    __slots__ = ("_infer_width", "bitmap", "blocks", "esn", "size", "state", "words")
 
     def __init__(
         self,
@@ -164,9 +181,10 @@ class ReplayWindow:
         self.esn = esn
         self.blocks = self.blocks_for(size)
         self._infer_width = size or _ESN_INFER_WIDTH_WHEN_DISABLED
-        state = _state_bytes(self.state_bytes(size), buffer, initialize)
-        self.top_word = state[:8].cast("Q")
-        self.bitmap = state[8:]
+        #: The whole state (``T``, ``B``, bitmap), e.g. to compare two windows.
+        self.state = _state_bytes(self.state_bytes(size), buffer, initialize)
+        self.words = self.state[:16].cast("Q")
+        self.bitmap = self.state[16:]
 
     @staticmethod
     def blocks_for(size: int) -> int:
@@ -175,13 +193,19 @@ class ReplayWindow:
 
     @classmethod
     def state_bytes(cls, size: int) -> int:
-        """Bytes of state buffer a window of ``size`` packets needs: T, then the bitmap."""
-        return 8 + cls.blocks_for(size)
+        """Bytes of state buffer a window of ``size`` packets needs: T, B, then the bitmap."""
+        return 16 + cls.blocks_for(size)
 
     @property
     def top(self) -> int:
         """``T``: the highest sequence number whose ICV verified (0 before the first)."""
-        value: int = self.top_word[0]
+        value: int = self.words[0]
+        return value
+
+    @property
+    def bitmap_top(self) -> int:
+        """``B``: the bitmap holds the numbers accepted up to here; all of ``(B, T]`` were accepted."""
+        value: int = self.words[1]
         return value
 
     def check(self, seq_low: int) -> tuple[Drop, int]:
@@ -191,7 +215,8 @@ class ReplayWindow:
         ``full_seq`` carries the inferred high 32 bits (RFC 4303 Appendix A2.1).
         Does not change the window.
         """
-        top: int = self.top_word[0]
+        words = self.words
+        top: int = words[0]
         if self.esn:
             # RFC 4303 Appendix A2.1: pick the high half that puts seq_low
             # closest to the window [T - W + 1, T].
@@ -216,37 +241,88 @@ class ReplayWindow:
             return (_OK, seq)
         if top - seq >= size:
             return (_REPLAY, seq)  # left of the window
+        if seq > words[1]:
+            return (_REPLAY, seq)  # in the in-order run (B, T]: all received
         if self.bitmap[(seq >> 3) % self.blocks] >> (seq & 7) & 1:
             return (_REPLAY, seq)  # already received
         return (_OK, seq)
 
     def update(self, seq: int) -> None:
         """Record ``seq`` (a full sequence number from :meth:`check`) after its ICV verified."""
-        top_word = self.top_word
-        top: int = top_word[0]
+        words = self.words
+        top: int = words[0]
+        if seq == top + 1:
+            words[0] = seq  # the in-order run (B, T] grows by one
+            return
         blocks = self.blocks
         if not blocks:  # anti-replay disabled: only T is kept, for ESN inference
             if seq > top:
-                top_word[0] = seq
+                words[0] = seq
             return
+        self.flush()
         bitmap = self.bitmap
         if seq > top:
             # RFC 6479: clear the blocks T moves over; they hold bits of
             # sequence numbers that have left the window.
-            old_block = top >> 3
-            new_block = seq >> 3
-            if new_block - old_block >= blocks:
-                bitmap[:] = bytes(blocks)
+            self._clear_blocks((top >> 3) + 1, (seq >> 3) + 1)
+            bitmap[(seq >> 3) % blocks] |= 1 << (seq & 7)
+            # T before B: killed in between, the restarted window takes
+            # (top, seq] as received - a few drops, never a replay.
+            words[0] = seq
+            words[1] = seq
+        elif top - seq < self.size:
+            bitmap[(seq >> 3) % blocks] |= 1 << (seq & 7)
+        # else: the window moved past seq meanwhile
+
+    def flush(self) -> None:
+        """Write the in-order run ``(B, T]`` into the bitmap, so that ``B == T``.
+
+        :meth:`update` does it before anything that is not the next number in
+        order; calling it at other times changes no verdict.
+        """
+        words = self.words
+        top: int = words[0]
+        done: int = words[1]
+        if done >= top:
+            return
+        if self.blocks:
+            self._clear_blocks((done >> 3) + 1, (top >> 3) + 1)
+            # Only the numbers still inside the window need their bit.
+            low = max(done + 1, top - self.size + 1)
+            first, last = low >> 3, top >> 3
+            head = 0xFF << (low & 7) & 0xFF
+            tail = 0xFF >> (7 - (top & 7))
+            blocks = self.blocks
+            bitmap = self.bitmap
+            if first == last:
+                bitmap[first % blocks] |= head & tail
             else:
-                for block in range(old_block + 1, new_block + 1):
-                    bitmap[block % blocks] = 0
-            top_word[0] = seq
-        elif top - seq >= self.size:
-            return  # the window moved past seq meanwhile
-        index = (seq >> 3) % blocks
-        bitmap[index] |= 1 << (seq & 7)
+                bitmap[first % blocks] |= head
+                self._fill_blocks(first + 1, last, 0xFF)
+                bitmap[last % blocks] |= tail
+        words[1] = top
+
+    def _clear_blocks(self, first: int, end: int) -> None:
+        # Blocks first..end-1 (absolute numbers, seq >> 3) become empty.
+        if end - first >= self.blocks:
+            self.bitmap[:] = bytes(self.blocks)
+        elif end > first:
+            self._fill_blocks(first, end, 0)
+
+    def _fill_blocks(self, first: int, end: int, value: int) -> None:
+        # Blocks first..end-1 (fewer than self.blocks) are set to ``value``: at most two slices of the ring.
+        count = end - first
+        if count <= 0:
+            return
+        blocks = self.blocks
+        at = first % blocks
+        part = min(count, blocks - at)
+        self.bitmap[at : at + part] = bytes((value,)) * part
+        if part < count:
+            self.bitmap[: count - part] = bytes((value,)) * (count - part)
 
     def reset(self, top: int = 0) -> None:
         """Forget every received number; ``T`` becomes ``top`` (tests, SA re-install)."""
         self.bitmap[:] = bytes(self.blocks)
-        self.top_word[0] = top
+        self.words[0] = top
+        self.words[1] = top

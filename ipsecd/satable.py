@@ -24,7 +24,9 @@ holds five regions::
 * **Replay windows** (one per slot, written only by the worker that owns the
   inbound SA's SPI; the worker's socket filter guarantees there is one).  They
   live here rather than in the worker so a restarted worker carries on with
-  the window its predecessor left.
+  the window its predecessor left; each holds a :class:`ipsecd.replay.ReplayWindow`
+  state (``T``, ``B``, bitmap), exact at every moment, so that a worker killed
+  at any point leaves nothing for its successor to accept twice.
 * **Counters** (one row per worker per slot, plus one row of worker-wide
   counters per worker), each written only by its worker and summed by the
   control process and the exporter.  No locks: u64 stores are single-writer.
@@ -44,10 +46,11 @@ from multiprocess import resource_tracker, shared_memory
 
 from ipsecd.drops import Drop
 from ipsecd.iana import EncrId, IntegId, IpcompId, IpProto
+from ipsecd.replay import ReplayWindow
 from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
 
 MAGIC = 0x49505344  # "IPSD"
-VERSION = 1
+VERSION = 2  # 2: replay windows carry T, B and the bitmap (ReplayWindow.state_bytes)
 
 _HEADER = struct.Struct("<IHHIIIIQ")  # magic, version, pad, n_slots, n_workers, replay_bytes, pad, generation
 HEADER_SIZE = 64
@@ -67,8 +70,6 @@ _NONE16 = 0xFFFF
 _FLAG_ESN = 1
 _FLAG_ENCAP = 2
 _FLAG_LEGACY = 4
-
-REPLAY_HEADER = 16  # u64 highest sequence seen, u64 reserved
 
 
 class Direction(IntEnum):
@@ -136,6 +137,11 @@ def _align(n: int, to: int = 64) -> int:
     return (n + to - 1) // to * to
 
 
+def _replay_stride(replay_bytes: int) -> int:
+    # One slot's replay-window state for windows of up to replay_bytes * 8 packets.
+    return _align(ReplayWindow.state_bytes(replay_bytes * 8), 8)
+
+
 class SATable:
     """A view of the shared SA table; create with :meth:`create` or :meth:`attach`."""
 
@@ -149,7 +155,7 @@ class SATable:
         self.n_slots: int = n_slots
         self.n_workers: int = n_workers
         self.replay_bytes: int = replay_bytes
-        self.replay_stride = _align(REPLAY_HEADER + replay_bytes, 8)
+        self.replay_stride = _replay_stride(replay_bytes)
         self._slots_off = HEADER_SIZE
         self._seq_off = _align(self._slots_off + n_slots * SLOT_SIZE)
         self._replay_off = _align(self._seq_off + n_slots * 8)
@@ -163,7 +169,7 @@ class SATable:
     @staticmethod
     def size_for(n_slots: int, n_workers: int, max_replay_window: int) -> int:
         replay_bytes = _align(max(max_replay_window, 64) // 8, 8)
-        stride = _align(REPLAY_HEADER + replay_bytes, 8)
+        stride = _replay_stride(replay_bytes)
         size = _align(HEADER_SIZE + n_slots * SLOT_SIZE)
         size = _align(size + n_slots * 8)
         size = _align(size + n_slots * stride)

@@ -8,9 +8,12 @@ implementation shared by ESP and AH.  Cipher contexts for the per-packet
 path are built by :mod:`ipsecd.esp`.
 
 Legacy algorithms (DES, 3DES, Blowfish, CAST-128, HMAC-MD5) exist only for
-the HOWTO's racoon and Windows 2000 era peers.  They are refused unless the
-caller passes ``allow_legacy=True`` (the operator's explicit switch), and
-every use logs a warning.
+the HOWTO's racoon and Windows 2000 era peers.  Looking one up is refused
+unless the caller passes ``allow_legacy=True`` (the operator's explicit
+switch).  The warning that one is in use is logged by :func:`warn_legacy`
+once per SA, when the SA's codec context is built, not on every lookup (the
+setkey parser, the control process and each worker look the same algorithm up
+several times per SA).
 """
 
 from __future__ import annotations
@@ -181,14 +184,23 @@ _COMP_BY_NAME = {n: a for a in COMP_ALGOS for n in a.setkey_names}
 
 
 def _check_legacy(name: str, legacy: bool, allow_legacy: bool) -> None:
-    if not legacy:
-        return
-    if not allow_legacy:
+    if legacy and not allow_legacy:
         raise LegacyAlgorithmError(
             f"{name} is a legacy algorithm; enable the legacy switch (--allow-legacy / "
             f"allow_legacy = true) to use it with old peers"
         )
-    log.warning("legacy algorithm %s in use: it is weak, migrate this peer to AES-GCM", name)
+
+
+def warn_legacy(*algos: EncAlgo | IntegAlgo | None) -> None:
+    """Log that the legacy algorithms among ``algos`` are in use, one line each.
+
+    The codecs call this once when they build an SA's context; lookups
+    (:func:`enc_algo`, :func:`integ_algo`) only refuse legacy algorithms
+    without the switch, they do not log.
+    """
+    for algo in algos:
+        if algo is not None and algo.legacy:
+            log.warning("legacy algorithm %s in use: it is weak, migrate this peer to AES-GCM", algo.name)
 
 
 def enc_algo(which: EncrId | int | str, *, allow_legacy: bool = False) -> EncAlgo:

@@ -32,7 +32,7 @@ from ipsecd.iana import EncrId, IntegId, IpProto
 from ipsecd.packet import checksum, ipv4_header, ipv6_header
 from ipsecd.replay import ReplayWindow, SequenceCounter
 from ipsecd.sa import Mode, SecurityAssociation
-from ipsecd.transforms import LegacyAlgorithmError, TransformError
+from ipsecd.transforms import LegacyAlgorithmError, TransformError, enc_algo, integ_algo
 
 GCM = BY_NAME["aes128-gcm16"]
 CBC = BY_NAME["aes128-cbc+sha256"]
@@ -66,6 +66,24 @@ def test_legacy_needs_the_switch_and_warns(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.WARNING):
         EspContext(sa, allow_legacy=True)
     assert "legacy algorithm" in caplog.text
+
+
+def test_legacy_warning_once_per_context_not_per_lookup(caplog: pytest.LogCaptureFixture) -> None:
+    sa = make_sa(BY_NAME["3des-cbc+md5"])
+    with caplog.at_level(logging.WARNING, logger="ipsecd.transforms"):
+        enc_algo(EncrId.ENCR_3DES, allow_legacy=True)
+        integ_algo(IntegId.AUTH_HMAC_MD5_96, allow_legacy=True)
+        assert not caplog.records  # lookups only refuse, they do not log
+        ctx = EspContext(sa, allow_legacy=True)
+        ctx.encap(bytes(ipv4_header(bytes(4), bytes(4), 17, 8)) + bytes(8), 1)
+        # One line per legacy algorithm of the SA, at build time only.
+        assert [r.getMessage() for r in caplog.records] == [
+            "legacy algorithm 3des-cbc in use: it is weak, migrate this peer to AES-GCM",
+            "legacy algorithm hmac-md5 in use: it is weak, migrate this peer to AES-GCM",
+        ]
+        caplog.clear()
+        EspContext(sa, allow_legacy=True, legacy_warning=False)  # a worker's copy
+        assert not caplog.records
 
 
 @pytest.mark.parametrize(

@@ -54,8 +54,8 @@ def test_sizes() -> None:
     for size in (1, 31, MAX_REPLAY_WINDOW + 1, -1):
         with pytest.raises(ValueError):
             ReplayWindow(size)
-    assert ReplayWindow.state_bytes(1024) == 8 + 129  # T, then 1024/8 + 1 blocks (RFC 6479 §2)
-    assert ReplayWindow.state_bytes(0) == 8
+    assert ReplayWindow.state_bytes(1024) == 16 + 129  # T, B, then 1024/8 + 1 blocks (RFC 6479 §2)
+    assert ReplayWindow.state_bytes(0) == 16
 
 
 def test_state_lives_in_the_given_buffer() -> None:
@@ -210,3 +210,66 @@ def test_shared_buffer_windows_agree(seqs: list[int], size: int) -> None:
         if drop is Drop.OK:
             viewer.update(seq)  # either view may write
         assert owner.check(seq)[0] is Drop.REPLAY
+
+
+# -- the in-order run and restarts (a new window over the same shared state) ------------------
+
+
+def test_in_order_run_is_kept_as_t_and_written_into_the_bitmap_on_a_gap() -> None:
+    window = ReplayWindow(64)
+    for seq in range(1, 41):
+        window.update(seq)
+    assert (window.top, window.bitmap_top) == (40, 0)  # (B, T] = 1..40: only T was stored
+    assert not any(window.bitmap)
+    assert all(window.check(seq)[0] is Drop.REPLAY for seq in range(1, 41))
+    window.update(45)  # a gap: the run goes into the bitmap first
+    assert (window.top, window.bitmap_top) == (45, 45)
+    assert [window.check(seq)[0] for seq in range(38, 47)] == [Drop.REPLAY] * 3 + [Drop.OK] * 4 + [
+        Drop.REPLAY, Drop.OK]
+    window.flush()  # nothing owed: no verdict changes
+    assert window.check(44) == (Drop.OK, 44) and window.check(40)[0] is Drop.REPLAY
+
+
+@PROPERTY
+@given(size=window_sizes,
+       events=st.lists(st.tuples(st.integers(0, 3000), st.booleans(), st.booleans()), max_size=300),
+       start=st.integers(0, 5))
+def test_restart_carries_on_exactly(size: int, events: list[tuple[int, bool, bool]], start: int) -> None:
+    """A worker restart is a new ReplayWindow attached to the same (shared-memory) state, at any
+    point of a stream: mostly in order (runs), with gaps and reordering.  The new window refuses
+    every number accepted before the restart and otherwise behaves as if nothing happened."""
+    buf = bytearray(ReplayWindow.state_bytes(size))
+    window, model = ReplayWindow(size, buffer=buf), Model(size)
+    accepted: set[int] = set()
+    seq = start
+    for jump, in_order, restart in events:
+        if restart:
+            window = ReplayWindow(size, buffer=buf, initialize=False)
+            assert all(window.check(s)[0] is Drop.REPLAY for s in accepted)
+        seq = seq + 1 if in_order else jump
+        drop = window.check(seq)[0]
+        assert (drop is Drop.OK) == model.acceptable(seq), (seq, model.top)
+        if drop is Drop.OK:
+            assert seq not in accepted
+            window.update(seq)
+            model.record(seq)
+            accepted.add(seq)
+        assert window.top == model.top
+
+
+@PROPERTY
+@given(size=window_sizes, events=st.lists(st.integers(1, 3000), max_size=200),
+       run=st.integers(0, 200), raised=st.integers(0, 5000))
+def test_a_torn_update_never_reopens_a_number(size: int, events: list[int], run: int, raised: int) -> None:
+    """What a worker killed in the middle of an update can leave: T stored, B and the bitmap
+    not (yet).  Taking T higher alone never makes an accepted number acceptable again."""
+    buf = bytearray(ReplayWindow.state_bytes(size))
+    window = ReplayWindow(size, buffer=buf)
+    accepted = set()
+    for seq in [*events, *range(max(events, default=0) + 1, max(events, default=0) + 1 + run)]:
+        if window.check(seq)[0] is Drop.OK:
+            window.update(seq)
+            accepted.add(seq)
+    window.words[0] = window.top + raised  # killed right after storing T
+    restarted = ReplayWindow(size, buffer=buf, initialize=False)
+    assert all(restarted.check(seq)[0] is Drop.REPLAY for seq in accepted)

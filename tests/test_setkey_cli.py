@@ -71,7 +71,9 @@ def test_legacy_needs_the_switch() -> None:
     assert r.returncode == 1 and "3des-cbc is a legacy algorithm" in r.stderr
     r = ipsecd("setkey", "-n", "--allow-legacy", "-f", path)
     assert r.returncode == 0
-    assert "legacy algorithm 3des-cbc in use" in r.stderr  # transforms logs every use
+    # The "legacy algorithm ... in use" warning is logged once per SA when its
+    # codec context is built (by the daemon); a dry run builds none.
+    assert "in use" not in r.stderr
 
 
 def test_warnings_go_to_stderr_and_do_not_fail() -> None:

@@ -337,15 +337,17 @@ class Worker:
             try:
                 if sa.protocol != IpProto.ESP:
                     continue  # AH and IPComp are not in the datapath yet
+                # No legacy-algorithm warning here: the control process logged
+                # it once for the SA when it checked the plan (daemon._check_plan).
                 if entry.direction is Direction.IN:
                     if sa.spi % n != k:
                         continue  # another worker's SA (socket filter)
-                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
                     window = ReplayWindow(sa.replay_window, esn=sa.esn,
                                           buffer=table.replay_buffer(slot), initialize=False)
                     self._add_inbound(_In(slot, entry.uid, ctx, window, sa))
                 else:
-                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
                     self.outbound[slot] = _Out(slot, entry.uid, ctx, sa)
             except Exception as exc:  # TransformError, ValueError: the control validated it
                 self._note("bad_sa", f"SA {sa.spi:#x} in slot {slot} unusable: {exc}")
