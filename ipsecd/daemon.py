@@ -568,12 +568,17 @@ class Daemon:
         except Exception:
             log.exception("IKE lifetime event")
 
-    def cmd_initiate(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _connection_name(self, request: dict[str, Any]) -> str:
+        """The configured IKE connection a control request names (RequestError if none)."""
         name = request.get("name")
         if self.ike is None:
             raise RequestError("no IKE connections are configured")
         if not isinstance(name, str) or name not in self.ike.connections:
             raise RequestError(f"no connection named {name!r}")
+        return name
+
+    def cmd_initiate(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = self._connection_name(request)
         try:
             ike = self.ike.initiate(name)
         except ValueError as exc:
@@ -581,19 +586,11 @@ class Daemon:
         return {"ike": ike.summary()}
 
     def cmd_terminate(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = request.get("name")
-        if self.ike is None:
-            raise RequestError("no IKE connections are configured")
-        if not isinstance(name, str) or name not in self.ike.connections:
-            raise RequestError(f"no connection named {name!r}")
+        name = self._connection_name(request)
         return {"terminated": self.ike.terminate(name)}
 
     def cmd_rekey(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = request.get("name")
-        if self.ike is None:
-            raise RequestError("no IKE connections are configured")
-        if not isinstance(name, str) or name not in self.ike.connections:
-            raise RequestError(f"no connection named {name!r}")
+        name = self._connection_name(request)
         return {"rekeying": self.ike.rekey(name, ike_sa=bool(request.get("ike", False)))}
 
     def cmd_list_sas(self, request: dict[str, Any]) -> dict[str, Any]:
