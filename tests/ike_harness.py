@@ -86,7 +86,7 @@ def ipsecd_ike(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16
                child_extra: dict[str, Any] | None = None,
                ike_extra: dict[str, Any] | None = None, pki: Pki | None = None,
                local_addr: str | None = None, remote_addr: str | None = None,
-               metrics: str = "") -> Daemon:
+               metrics: str = "", log_level: str = "info") -> Daemon:
     me, peer = ("gwa", "gwb") if side == "a" else ("gwb", "gwa")
     my_wan, peer_wan = (topo.gw_a_wan, topo.gw_b_wan) if side == "a" else (topo.gw_b_wan, topo.gw_a_wan)
     my_site, peer_site = (topo.site_a, topo.site_b) if side == "a" else (topo.site_b, topo.site_a)
@@ -113,6 +113,7 @@ def ipsecd_ike(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16
                  "key": str(pki.write(d, f"{me}.key"))}
         remote = {"auth": "pubkey", "id": pki.ids[peer], "cacerts": [str(pki.write(d, "ca.pem"))]}
     return start(my_wan.ns, workdir, name, outside=["wan0"], wait=False, metrics=metrics,
+                 log_level=log_level,
                  extra={"ike": ike, "connections.s2s": conn,
                         "connections.s2s.local": local,
                         "connections.s2s.remote": remote,
@@ -120,11 +121,11 @@ def ipsecd_ike(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16
 
 
 def charon(topo: SiteToSite, workdir: Path, *, proposals: str = "aes128gcm16-prfsha256-x25519",
-           esp: str = "aes128gcm16",
+           esp: str = "aes128gcm16", debug_levels: dict[str, int] | None = None,
            families: tuple[int, ...] = (0,), extra: dict[str, Any] | None = None,
            child_extra: dict[str, Any] | None = None, pki: Pki | None = None,
            remote_addr: str | None = None) -> StrongSwan:
-    sw = StrongSwan(topo.gw_b_wan.ns, workdir / "charon").start()
+    sw = StrongSwan(topo.gw_b_wan.ns, workdir / "charon", debug_levels=debug_levels).start()
     ids = pki.ids if pki is not None else {"gwa": "gwa", "gwb": "gwb"}
     conn = Connection(
         name="s2s", local_addrs=[topo.gw_b_wan.v4],
@@ -200,3 +201,87 @@ def bring_up(a: Daemon, sw: StrongSwan, initiator: str) -> None:
     assert wait_until(lambda: established(a), 10), a.log_text() + sw.log_tail()
 
 
+
+
+# --- key material as charon logs it at "ike 4" / "chd 4" ------------------------------------
+
+CHARON_SECRETS = ("shared Diffie Hellman secret", "SKEYSEED", "Sk_d secret", "Sk_ai secret",
+                  "Sk_ar secret", "Sk_ei secret", "Sk_er secret", "Sk_pi secret", "Sk_pr secret")
+
+
+def charon_dumps(log: str) -> list[tuple[str, bytes]]:
+    """Every ``NAME => N bytes @ ADDR`` hex dump in a charon log, in order, as (NAME, bytes)."""
+    import re
+
+    out: list[tuple[str, bytes]] = []
+    lines = log.splitlines()
+    head = re.compile(r"\] (?:<[^>]*> )?(.+?) => (\d+) bytes @ 0x[0-9a-f]+$")
+    row = re.compile(r"\] (?:<[^>]*> )?\s*\d+: ((?:[0-9A-F]{2} ?)+)")
+    i = 0
+    while i < len(lines):
+        m = head.search(lines[i])
+        if not m:
+            i += 1
+            continue
+        name, size = m.group(1), int(m.group(2))
+        data = bytearray()
+        i += 1
+        while len(data) < size and i < len(lines):
+            r = row.search(lines[i])
+            if not r:
+                break
+            data += bytes.fromhex(r.group(1)[:48].replace(" ", ""))
+            i += 1
+        out.append((name, bytes(data[:size])))
+    return out
+
+
+def ike_sa_init_pair(frames: list[bytes]) -> tuple[Any, Any]:
+    """The first IKE_SA_INIT request and its response in captured Ethernet frames."""
+    from ipsecd.ike.constants import ExchangeType
+    from ipsecd.ike.messages import decode
+
+    request = response = None
+    for f in frames:
+        if len(f) < 42 or f[12:14] != b"\x08\x00" or f[23] != 17:
+            continue
+        ip = f[14:]
+        hl = (ip[0] & 0xF) * 4
+        sport, dport = struct.unpack_from("!HH", ip, hl)
+        if 500 not in (sport, dport):
+            continue
+        try:
+            msg = decode(ip[hl + 8:])
+        except Exception:
+            continue
+        if msg.exchange_type != ExchangeType.IKE_SA_INIT or len(msg.payloads) < 3:
+            continue
+        if not msg.response:
+            request = msg
+        elif request is not None and msg.spi_i == request.spi_i:
+            response = msg
+    assert request is not None and response is not None, "no IKE_SA_INIT exchange captured"
+    return request, response
+
+
+def recorded_exchange(log: str, frames: list[bytes], source: str) -> dict[str, Any]:
+    """One entry of tests/corpus/ike/recorded_exchanges.json from a charon log and a capture."""
+    from ipsecd.ike.messages import SA, Nonce
+
+    request, response = ike_sa_init_pair(frames)
+    chosen = next(p for p in response.payloads if isinstance(p, SA)).proposals[0]
+    ids = {t.type: (t.id, t.key_length) for t in chosen.transforms}
+    dumps = dict(reversed([d for d in charon_dumps(log) if d[0] in CHARON_SECRETS]))
+    entry: dict[str, Any] = {
+        "source": source, "encr": ids[1][0], "key_bits": ids[1][1], "prf": ids[2][0],
+        "Ni": next(p for p in request.payloads if isinstance(p, Nonce)).data.hex(),
+        "Nr": next(p for p in response.payloads if isinstance(p, Nonce)).data.hex(),
+        "SPIi": response.spi_i.hex(), "SPIr": response.spi_r.hex(),
+        "g_ir": dumps["shared Diffie Hellman secret"].hex(), "SKEYSEED": dumps["SKEYSEED"].hex()}
+    if 3 in ids:
+        entry["integ"] = ids[3][0]
+    for name in ("d", "ai", "ar", "ei", "er", "pi", "pr"):
+        value = dumps.get(f"Sk_{name} secret")
+        if value:
+            entry[f"SK_{name}"] = value.hex()
+    return entry

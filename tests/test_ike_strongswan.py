@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 from ike_harness import (
+    PSK,
     Pki,
     bring_up,
     charon,
+    charon_dumps,
     esp_in_udp_and_clear,
     iperf,
     ipsecd_children,
     ipsecd_ike,
+    recorded_exchange,
 )
-from netns import Lab, lab_fixture, needs_root, ping, site_to_site
+from netns import Lab, lab_fixture, needs_root, ping, site_to_site, wait_until
 
 pytestmark = [pytest.mark.netns, needs_root()]
 
@@ -143,3 +146,57 @@ def test_rekeys_with_strongswan_under_traffic(lab: Lab, tmp_path: Path, rekeyer:
         status = a.stop()
         sw.stop()
     assert status == 0, a.log_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("proposals,esp", [("aes128gcm16-prfsha256-x25519", "aes128gcm16"),
+                                           ("aes256-sha384-modp3072", "aes256-sha256")])
+def test_key_schedule_matches_strongswan_and_no_key_leaks(lab: Lab, tmp_path: Path,
+                                                          proposals: str, esp: str) -> None:
+    """charon at "ike 4"/"chd 4" logs its secrets: ours must be derived the same, and none of
+    them (nor the PSK) may appear in ipsecd's debug log, status or metrics."""
+    import urllib.request
+
+    from ipsecd.ike.constants import EncrId, IntegId, PrfId
+    from ipsecd.ike.crypto import IkeSaSuite, ike_sa_keys_from_exchange
+
+    topo = site_to_site(lab, routed=False)
+    sw = charon(topo, tmp_path, proposals=proposals, esp=esp,
+                debug_levels={"ike": 4, "chd": 4, "cfg": 1, "net": 1, "knl": 1})
+    a = ipsecd_ike(topo, tmp_path, proposals=proposals, esp=esp, log_level="debug",
+                   metrics="127.0.0.1:0")
+    cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "ike.pcap")
+    try:
+        bring_up(a, sw, "ipsecd")
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05) == 3
+        a.query("rekey", name="s2s")  # child keys of a CREATE_CHILD_SA too
+        assert wait_until(lambda: "rekeying" in a.log_text(), 5)
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05) == 3
+        cap.stop()
+        log = sw.log_text()
+        entry = recorded_exchange(log, cap.packets(), "live")
+        suite = IkeSaSuite(EncrId(entry["encr"]), PrfId(entry["prf"]),
+                           IntegId(entry.get("integ", 0)), encr_key_bits=entry["key_bits"])
+        seed, keys = ike_sa_keys_from_exchange(
+            suite, *(bytes.fromhex(entry[k]) for k in ("Ni", "Nr", "g_ir", "SPIi", "SPIr")))
+        assert seed.hex() == entry["SKEYSEED"]
+        for name in ("SK_d", "SK_ei", "SK_er", "SK_pi", "SK_pr", "SK_ai", "SK_ar"):
+            if name in entry:
+                assert getattr(keys, name).hex() == entry[name], name
+        # every secret charon printed (IKE and Child SA keys): not in what ipsecd shows
+        secrets = [v for n, v in charon_dumps(log)
+                   if len(v) >= 16 and ("secret" in n or "key" in n.lower() or n == "SKEYSEED")]
+        assert len(secrets) >= 8, [n for n, _ in charon_dumps(log)]
+        status = a.query()
+        metrics_url = f"http://{status['metrics']}/metrics"
+        with a.ns.enter():
+            page = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+        shown = (a.log_text() + str(status) + str(a.query("list-sas")) + page).lower()
+        assert "debug" in a.log_text()  # it did log at debug level
+        leaked = [v.hex()[:16] for v in secrets if v.hex() in shown or v.hex()[:16] in shown]
+        assert not leaked, leaked
+        assert PSK.lower() not in shown and PSK.encode().hex() not in shown
+    finally:
+        status_code = a.stop()
+        sw.stop()
+    assert status_code == 0, a.log_text()
