@@ -37,6 +37,31 @@ Scenarios, each on its own fresh topology:
   :func:`run`'s ``ipsecd=``).  Without one the rows say "ipsecd: not
   available yet".
 
+(e) ``--scrape`` (issue #5), instead of the above: does a Prometheus scraping
+both gateways every second cost the datapath?  One fresh topology and ipsecd
+pair from the ``--ipsecd`` hook with each gateway's exporter on (gwA on its
+loopback, gwB on its WAN address, port 9765), and a real
+``/usr/bin/prometheus`` in gwA's namespace, as in ``tests/test_prometheus.py``
+(its own config, TSDB and log in a temporary directory, a free loopback port,
+``scrape_interval`` and ``scrape_timeout`` 1 s).  After an unmeasured warm-up,
+``2 * --rounds`` TCP runs like the ``tcp`` test above, scraping off and on in
+ABBA order (off on on off off on ...: a linear drift cancels); scraping is
+switched by rewriting the config and ``POST /-/reload``, so the "off" runs have
+the same server, idle, with no target (checked: no scrape stored in their
+windows).  Reported: every run, the median goodput of each condition and their
+ratio against the goal (>= 0.98), the on/off ratio within each round (the
+noise), and from Prometheus's own TSDB the scrapes it stored during each run
+(``scrape_duration_seconds`` samples: count, interval, duration), the samples
+per scrape, ``up``, and Prometheus's own CPU time.  About ``2 * rounds *
+(seconds + 3) + 15`` s (one minute with the defaults).
+
+    sudo PYTHONPATH=tests .venv/bin/python -m ipsecd.bench_datapath \\
+         --ipsecd daemon_harness:bench_pair --scrape [--workers 1] [--rounds 4]
+
+The hook is called with ``metrics=`` (gateway -> ``HOST:PORT``) if it takes
+it; else its module's ``start``/``tunnel_script``/``wait_ready`` (those of
+:mod:`daemon_harness`) start the pair with the exporters on.
+
 CPU: this VM's two cores are shared by both gateways and the traffic
 generator, so raw totals say little about efficiency.  Each run samples the
 utime + stime (``/proc/PID/stat``) of the gateway processes (charon; the
@@ -58,12 +83,19 @@ import argparse
 import contextlib
 import functools
 import importlib
+import inspect
+import itertools
 import json
 import os
+import re
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -371,6 +403,352 @@ def measure_baseline(seconds: float) -> Row:
     return row
 
 
+# --- (e) the same pair under a Prometheus scraping it every second (issue #5) ------------
+
+PROMETHEUS = "/usr/bin/prometheus"
+EXPORTER_PORT = 9765  # the documented default; each gateway has its own namespace
+GOAL_SCRAPED_VS_UNSCRAPED = 0.98
+
+
+def _exporters(topo: Any) -> dict[str, str]:
+    """Where each gateway's exporter listens: gwA on its loopback (Prometheus runs in
+    gwA's namespace, as in ``tests/test_prometheus.py``), gwB on its WAN address."""
+    return {"gwA": f"127.0.0.1:{EXPORTER_PORT}", "gwB": f"{topo.gw_b_wan.v4}:{EXPORTER_PORT}"}
+
+
+@dataclass
+class _Daemons:
+    daemons: Mapping[str, Any]  # gateway -> daemon_harness.Daemon
+
+    def cpu_pids(self) -> Mapping[str, Sequence[int]]:
+        return {gw: d.pids() for gw, d in self.daemons.items()}
+
+
+@contextlib.contextmanager
+def exporter_pair(starter: IpsecdStarter, topo: Any, workdir: Path, workers: int,
+                  listen: Mapping[str, str]) -> Iterator[Gateways]:
+    """The ``--ipsecd`` pair with each gateway's exporter on ``listen[gateway]``.
+
+    A hook that takes ``metrics=`` (gateway -> ``HOST:PORT``) is called with it.
+    Otherwise the hook's module must offer the :mod:`daemon_harness` functions
+    its ``bench_pair`` is made of (``start``, ``tunnel_script``, ``wait_ready``),
+    and the pair is started the same way with ``metrics=`` given to ``start``.
+    """
+    if "metrics" in inspect.signature(starter).parameters:
+        with starter(topo, workdir, workers, metrics=listen) as gateways:  # type: ignore[call-arg]
+            yield gateways
+        return
+    module = sys.modules.get(getattr(starter, "__module__", ""))
+    start, script, wait_ready = (getattr(module, n, None)
+                                 for n in ("start", "tunnel_script", "wait_ready"))
+    if start is None or script is None or wait_ready is None:
+        raise RuntimeError(f"{starter!r} cannot turn the exporters on: it takes no metrics= "
+                           "and its module has no daemon_harness-like start/tunnel_script")
+    daemons: dict[str, Any] = {}
+    try:
+        for gw, side, ns in (("gwA", "a", topo.gw_a_wan.ns), ("gwB", "b", topo.gw_b_wan.ns)):
+            daemons[gw] = start(ns, workdir, f"bench-{gw.lower()}", outside=["wan0"],
+                                workers=workers, script=script(topo, side), wait=False,
+                                metrics=listen[gw])
+        wait_ready(*daemons.values())
+        time.sleep(0.2)
+        yield _Daemons(daemons)
+    finally:
+        for d in daemons.values():
+            d.stop()
+
+
+class Prometheus:
+    """``/usr/bin/prometheus`` in namespace ``ns`` with a config, TSDB and log under
+    ``workdir``, listening on a free loopback port; scraping switched on and off by
+    rewriting its config and ``POST /-/reload`` (``--web.enable-lifecycle``), so the
+    "off" runs see the same, idle, server."""
+
+    def __init__(self, ns: Any, workdir: Path, targets: Mapping[str, str]) -> None:
+        self.ns, self.dir, self.targets = ns, workdir, dict(targets)
+        self.config = workdir / "prometheus.yml"
+        self.log = workdir / "prometheus.log"
+        self._write(scrape=False)
+        with ns.enter(), socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = ns.popen(PROMETHEUS, f"--config.file={self.config}",
+                             f"--storage.tsdb.path={workdir / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
+                             "--log.level=warn",
+                             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        try:
+            self._wait(lambda: self._get("/-/ready", raw=True) is not None, 20, "become ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _write(self, *, scrape: bool) -> None:
+        text = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        if scrape:
+            text += ("scrape_configs:\n  - job_name: ipsecd\n    static_configs:\n"
+                     + "".join(f"      - targets: [{json.dumps(t)}]\n"
+                               f"        labels: {{gateway: {gw}}}\n"
+                               for gw, t in self.targets.items()))
+        self.config.write_text(text)
+
+    def _open(self, path: str, *, post: bool = False) -> bytes:
+        req = urllib.request.Request(self.url + path, method="POST" if post else "GET")
+        with self.ns.enter():
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(req, timeout=10) as resp:
+                body: bytes = resp.read()
+                return body
+
+    def _get(self, path: str, *, raw: bool = False, **params: str) -> Any:
+        """The ``data`` of an API answer (or the body with ``raw``); None if unreachable."""
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        try:
+            body = self._open(path)
+        except OSError:
+            return None
+        if raw:
+            return body
+        answer = json.loads(body)
+        if answer.get("status") != "success":
+            raise RuntimeError(f"prometheus {path}: {answer}")
+        return answer["data"]
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited ({self.proc.returncode}): "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not {what} in {timeout:g} s: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+
+    def scrape(self, on: bool) -> None:
+        """Switch scraping on (returns once every target was scraped and is up) or off
+        (returns once no target is left)."""
+        self._write(scrape=on)
+        self._open("/-/reload", post=True)
+
+        def settled() -> bool:
+            data = self._get("/api/v1/targets", state="active")
+            active = data.get("activeTargets", []) if data else None
+            if active is None:
+                return False
+            if not on:
+                return not active
+            return len(active) == len(self.targets) and all(t["health"] == "up" for t in active)
+
+        self._wait(settled, 10, "scrape every exporter" if on else "stop scraping")
+
+    def samples(self, metric: str, start: float, end: float) -> dict[str, list[tuple[float, float]]]:
+        """Per gateway, the raw samples (time, value) of ``metric`` in ``(start, end]``."""
+        span = max(1, round((end - start) * 1000))
+        data = self._get("/api/v1/query", query=f'{metric}{{job="ipsecd"}}[{span}ms]',
+                         time=f"{end:.3f}")
+        out: dict[str, list[tuple[float, float]]] = {gw: [] for gw in self.targets}
+        for series in (data or {}).get("result", []):
+            gw = series["metric"].get("gateway", "?")
+            out[gw] = [(float(t), float(v)) for t, v in series.get("values", [])]
+        return out
+
+    def cpu_seconds(self) -> float:
+        _, sw = _harness()
+        cpu: float = sw.process_cpu_seconds(self.proc.pid)
+        return cpu
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class ScrapeRun:
+    """One TCP run of the scraping comparison."""
+
+    scraping: bool
+    row: Row
+    start: float  # wall clock (Prometheus's timestamps) around the whole iperf3 run
+    end: float
+    prom_cpu_s: float = 0.0
+    retransmits: int | None = None
+    scrapes: dict[str, int] | None = None
+    """Per gateway: scrapes Prometheus stored in [start, end] (``scrape_duration_seconds``
+    samples); for the "off" runs too, where it must be 0."""
+    scrape_s: dict[str, list[float]] | None = None  # the scrapes' durations
+    scrape_at: dict[str, list[float]] | None = None  # their timestamps
+    series: dict[str, float] | None = None  # samples per scrape (scrape_samples_scraped)
+    up: dict[str, float] | None = None  # lowest ``up`` in the window
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["row"] = self.row.as_dict()
+        return out
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _abba(rounds: int) -> list[bool]:
+    """off on on off off on on off ...: a linear drift cancels out of each pair of rounds."""
+    out: list[bool] = []
+    for i in range(rounds):
+        out += [False, True] if i % 2 == 0 else [True, False]
+    return out
+
+
+def run_scrape(starter: IpsecdStarter, *, seconds: float = 4.0, rounds: int = 4,
+               workers: int = 1, log: Callable[[str], None] = print) -> list[ScrapeRun]:
+    """(e): one fresh topology and ipsecd pair with exporters, a Prometheus in gwA's
+    namespace, and ``2 * rounds`` TCP runs of ``seconds`` (+1 s slow start omitted),
+    scraping off and on in ABBA order, after one unmeasured warm-up run."""
+    if not Path(PROMETHEUS).exists():
+        raise RuntimeError(f"{PROMETHEUS} is missing: install Debian's prometheus package")
+    netns, _ = _harness()
+    scenario = f"ipsecd-{workers}w"
+    runs: list[ScrapeRun] = []
+    with tempfile.TemporaryDirectory(prefix="bdp-scrape-") as tmp, netns.Lab("-bdps") as lab:
+        topo = netns.site_to_site(lab, routed=False)
+        server = topo.net_b.ns.popen("iperf3", "-s", "-B", topo.net_b.v4, "-p", str(IPERF_PORT),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        listen = _exporters(topo)
+        t0 = time.monotonic()
+        with exporter_pair(starter, topo, Path(tmp), workers, listen) as gateways:
+            log(f"  {scenario} with exporters on {', '.join(listen.values())}: "
+                f"up in {time.monotonic() - t0:.1f} s")
+            if not netns.wait_until(lambda: _listening(topo), 5):
+                raise RuntimeError("iperf3 server did not start")
+            if netns.ping(topo.net_a.ns, topo.net_b.v4, count=2, timeout=3) == 0:
+                raise RuntimeError(f"{scenario}: netA cannot reach netB")
+            pids = gateways.cpu_pids()
+            (Path(tmp) / "prometheus").mkdir()
+            prom = Prometheus(topo.gw_a_wan.ns, Path(tmp) / "prometheus", listen)
+            try:
+                log(f"  prometheus {prom.url} in gwA's namespace (pid {prom.proc.pid})")
+                iperf3(topo, 2, "-O", "1")  # warm-up, not counted
+                scraping: bool | None = None
+                for on in _abba(rounds):
+                    if on != scraping:
+                        prom.scrape(on)
+                        scraping = on
+                        time.sleep(0.3)
+                    cpu0, wall0 = prom.cpu_seconds(), time.time()
+                    row = measure_tcp(topo, scenario, seconds, pids)
+                    run = ScrapeRun(on, row, wall0, time.time(), prom.cpu_seconds() - cpu0)
+                    row.workers = workers
+                    retr = re.match(r"(\d+) retransmits", row.note)
+                    run.retransmits = int(retr.group(1)) if retr else None
+                    runs.append(run)
+                    log(f"  {len(runs):>2} scraping {'on ' if on else 'off'} {_brief(row)}, "
+                        f"prometheus {run.prom_cpu_s:.2f} CPU-s")
+                time.sleep(1.2)  # the last scrapes stored
+                for run in runs:
+                    _scrape_figures(prom, run)
+            finally:
+                prom.stop()
+        server.terminate()
+    return runs
+
+
+def _scrape_figures(prom: Prometheus, run: ScrapeRun) -> None:
+    durations = prom.samples("scrape_duration_seconds", run.start, run.end)
+    run.scrapes = {gw: len(s) for gw, s in durations.items()}
+    run.scrape_s = {gw: [v for _, v in s] for gw, s in durations.items()}
+    run.scrape_at = {gw: [t for t, _ in s] for gw, s in durations.items()}
+    series = prom.samples("scrape_samples_scraped", run.start, run.end)
+    run.series = {gw: max((v for _, v in s), default=0.0) for gw, s in series.items()}
+    up = prom.samples("up", run.start, run.end)
+    run.up = {gw: min((v for _, v in s), default=0.0) for gw, s in up.items() if s}
+
+
+def scrape_report(runs: Sequence[ScrapeRun]) -> str:
+    """The runs, the medians, the ratio and the goal; what Prometheus really did."""
+    lines = [f"{'run':>3} {'scraping':<8} {'Gbit/s':>7} {'retr':>5} {'CPU-s gwA/gwB':>13} "
+             f"{'prom CPU-s':>10} {'scrapes gwA/gwB':>15} {'window s':>8}"]
+    for i, r in enumerate(runs, 1):
+        scrapes = ("/".join(str(r.scrapes.get(gw, 0)) for gw in GATEWAYS)
+                   if r.scrapes is not None else "-")
+        retr = _fmt(r.retransmits, "d")
+        lines.append(f"{i:>3} {'on' if r.scraping else 'off':<8} {_fmt(r.row.gbit_s, '.3f'):>7} "
+                     f"{retr:>5} {_cpu_pair(r.row):>13} {r.prom_cpu_s:>10.2f} {scrapes:>15} "
+                     f"{r.end - r.start:>8.1f}")
+    on = [r for r in runs if r.scraping]
+    off = [r for r in runs if not r.scraping]
+    m_on = _median([r.row.gbit_s for r in on if r.row.gbit_s is not None])
+    m_off = _median([r.row.gbit_s for r in off if r.row.gbit_s is not None])
+    lines.append("")
+    if m_on is None or m_off is None or not m_off:
+        lines.append("goal (issue #5): no result (runs missing)")
+        return "\n".join(lines)
+    ratio = m_on / m_off
+
+    def spread(rs: Sequence[ScrapeRun]) -> str:
+        vals = [r.row.gbit_s for r in rs if r.row.gbit_s is not None]
+        return f"{min(vals):.3f}-{max(vals):.3f}"
+
+    per_cpu_on = _median([p for r in on if (p := r.row.per_cpu_s()) is not None])
+    per_cpu_off = _median([p for r in off if (p := r.row.per_cpu_s()) is not None])
+    lines += [
+        f"median TCP: scraping off {m_off:.3f} Gbit/s ({len(off)} runs, {spread(off)}), "
+        f"on {m_on:.3f} Gbit/s ({len(on)} runs, {spread(on)})",
+        f"goal (issue #5): scraped / unscraped {ratio:.3f} (goal {GOAL_SCRAPED_VS_UNSCRAPED:g}): "
+        f"{_verdict(ratio >= GOAL_SCRAPED_VS_UNSCRAPED)}"]
+    pairs = [a.row.gbit_s / b.row.gbit_s if a.scraping else b.row.gbit_s / a.row.gbit_s
+             for a, b in zip(runs[::2], runs[1::2], strict=False)
+             if a.scraping != b.scraping and a.row.gbit_s and b.row.gbit_s]
+    if pairs:
+        lines.append("  on / off within each round (the noise): "
+                     + " ".join(f"{p:.3f}" for p in pairs)
+                     + f", median {statistics.median(pairs):.3f}")
+        margin = 1 - GOAL_SCRAPED_VS_UNSCRAPED
+        if len(pairs) > 1 and max(pairs) - min(pairs) > 2 * margin:
+            lines.append(f"  (the rounds disagree by {max(pairs) - min(pairs):.1%}, more than "
+                         f"twice the {margin:.0%} margin: the verdict is within this run's "
+                         "noise; more --rounds or --seconds narrow it)")
+    if per_cpu_on and per_cpu_off:
+        lines.append(f"  bits per gateway CPU-second, on / off: {per_cpu_on / per_cpu_off:.3f}")
+    # what Prometheus did: honest figures, from its own TSDB
+    for gw in GATEWAYS:
+        got = sum((r.scrapes or {}).get(gw, 0) for r in on)
+        window = sum(r.end - r.start for r in on)
+        durations = [d for r in on for d in (r.scrape_s or {}).get(gw, [])]
+        gaps = [b - a for r in on for a, b in itertools.pairwise((r.scrape_at or {}).get(gw, []))]
+        ups = [(r.up or {}).get(gw, 0.0) for r in on]
+        samples = max(((r.series or {}).get(gw, 0.0) for r in on), default=0.0)
+        line = (f"  {gw} exporter {_exporter_label(gw)}: {got} scrapes in {window:.1f} s of "
+                f"scraped traffic ({got / window if window else 0:.2f}/s")
+        gap = _median(gaps)
+        line += f", median interval {gap:.3f} s)" if gap is not None else ")"
+        med = _median(durations)
+        if med is not None:
+            line += (f"; scrape_duration_seconds median {med * 1e3:.1f} ms, "
+                     f"max {max(durations) * 1e3:.1f} ms; {samples:.0f} samples per scrape")
+        lines.append(line)
+        if ups and min(ups) < 1:
+            lines.append(f"  {gw} was DOWN or unscraped during an 'on' run (up = 0)")
+    stray = sum(sum((r.scrapes or {}).values()) for r in off)
+    lines.append(f"  scrapes stored during the 'off' runs: {stray}"
+                 + (" (expected 0)" if stray else ""))
+    prom_on = _median([r.prom_cpu_s / (r.end - r.start) for r in on])
+    prom_off = _median([r.prom_cpu_s / (r.end - r.start) for r in off])
+    lines.append(f"  prometheus itself (same VM, gwA's namespace): {_fmt(prom_on, '.3f')} CPU-s/s "
+                 f"scraping, {_fmt(prom_off, '.3f')} idle")
+    return "\n".join(lines)
+
+
+def _exporter_label(gw: str) -> str:
+    return "loopback" if gw == "gwA" else "WAN address"
+
+
 # --- report ------------------------------------------------------------------------------
 
 
@@ -582,12 +960,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="starter of an ipsecd gateway pair (see IpsecdStarter)")
     parser.add_argument("--only", default="plain,strongswan,baseline,ipsecd",
                         help="scenarios to run, comma-separated")
+    parser.add_argument("--scrape", action="store_true",
+                        help="instead of the scenarios: TCP through the --ipsecd pair with and "
+                             "without a Prometheus scraping both exporters every second "
+                             "(first of --workers; --seconds per run)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="with --scrape: off/on pairs, in ABBA order (2-10, default 4)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     seconds = min(max(args.seconds, 1.0), 15.0)
+    if args.scrape:
+        if not args.ipsecd:
+            parser.error("--scrape needs --ipsecd MODULE:CALLABLE")
+        return _main_scrape(load_starter(args.ipsecd), seconds=seconds,
+                            rounds=min(max(args.rounds, 2), 10),
+                            workers=int(args.workers.split(",")[0]), as_json=args.json)
     payloads = [int(p) for p in args.payloads.split(",") if p]
     if any(not 16 <= p <= 1472 for p in payloads):
         parser.error("payloads must be 16..1472 bytes")
@@ -606,6 +996,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"rows": [r.as_dict() for r in rows],
                           "missing": dict(missing)}, indent=1))
+    return 0
+
+
+def _main_scrape(starter: IpsecdStarter, *, seconds: float, rounds: int, workers: int,
+                 as_json: bool) -> int:
+    started = time.monotonic()
+    print(f"datapath under scraping: {2 * rounds} TCP runs of {seconds:g} s (+1 s omitted), "
+          f"Prometheus scrape_interval 1 s off/on in ABBA order, {workers} worker(s) per "
+          "gateway", flush=True)
+    try:
+        runs = run_scrape(starter, seconds=seconds, rounds=rounds, workers=workers,
+                          log=lambda s: print(s, flush=True))
+    except Exception as exc:
+        print(f"  scrape scenario FAILED: {exc}", flush=True)
+        return 1
+    print()
+    print(scrape_report(runs))
+    print(f"(total {time.monotonic() - started:.0f} s; TCP goodput at netB; both gateways, "
+          "iperf3 and Prometheus share this VM's CPUs)")
+    if as_json:
+        print(json.dumps({"scrape_runs": [r.as_dict() for r in runs]}, indent=1))
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd.bench_datapath import NOT_YET, Row, report, run
+from ipsecd.bench_datapath import NOT_YET, Row, ScrapeRun, _abba, report, run, scrape_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +52,31 @@ def test_report_judges_the_goals() -> None:
 def test_failing_scenario_is_reported_not_fatal() -> None:
     rows, missing = run(scenarios=("ipsecd",), workers=(1,), log=lambda _: None)
     assert rows == [] and missing == [("ipsecd-1w", NOT_YET)]
+
+
+def test_scrape_report_judges_the_ratio_and_shows_what_prometheus_did() -> None:
+    assert _abba(2) == [False, True, True, False]
+    runs = []
+    for i, (on, gbit) in enumerate(zip(_abba(2), (1.00, 0.99, 0.97, 1.02), strict=True)):
+        run = ScrapeRun(on, Row("ipsecd-1w", "tcp", seconds=4, gbit_s=gbit,
+                                gw_cpu_s={"gwA": 2.0, "gwB": 2.0}), 10.0 * i, 10.0 * i + 6,
+                        prom_cpu_s=0.03 if on else 0.0)
+        n = 6 if on else 0
+        run.scrapes = {"gwA": n, "gwB": n}
+        run.scrape_s = {"gwA": [0.004] * n, "gwB": [0.005] * n}
+        run.scrape_at = {gw: [10.0 * i + k for k in range(n)] for gw in ("gwA", "gwB")}
+        run.series = {"gwA": 37.0 if on else 0.0, "gwB": 37.0 if on else 0.0}
+        run.up = {"gwA": 1.0, "gwB": 1.0} if on else {}
+        runs.append(run)
+    text = scrape_report(runs)
+    # medians: off (1.00, 1.02) -> 1.01, on (0.99, 0.97) -> 0.98
+    assert "scraped / unscraped 0.970 (goal 0.98): NOT met" in text
+    assert "on / off within each round (the noise): 0.990 0.951" in text
+    assert "gwA exporter loopback: 12 scrapes in 12.0 s" in text
+    assert "median interval 1.000 s" in text and "median 5.0 ms" in text
+    assert "scrapes stored during the 'off' runs: 0" in text
+    runs[1].row.gbit_s = 1.01
+    assert "(goal 0.98): met" in scrape_report(runs)
 
 
 @pytest.mark.netns
