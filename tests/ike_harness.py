@@ -20,6 +20,18 @@ from netns import SiteToSite, wait_until
 from strongswan import Child, Connection, StrongSwan, swanctl_conf
 
 PSK = "interop-psk-" + "q" * 24
+
+#: (auth, IKE proposal, ESP proposal, strongSwan's (encr-alg, encr-keysize) for the child):
+#: issue 4's interop matrix - PSK, ECDSA and RSA; AES-GCM, AES-CBC + SHA2, ChaCha20-Poly1305;
+#: DH 31, 14, 19.
+MATRIX = [
+    ("psk", "aes128gcm16-prfsha256-x25519", "aes128gcm16", ("AES_GCM_16", 128)),
+    ("psk", "aes256-sha256-modp2048", "aes256-sha256", ("AES_CBC", 256)),
+    ("psk", "chacha20poly1305-prfsha256-ecp256", "chacha20poly1305", ("CHACHA20_POLY1305", 0)),
+    ("ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16", ("AES_GCM_16", 128)),
+    ("rsa", "aes256-sha256-modp2048", "aes256-sha256", ("AES_CBC", 256)),
+]
+
 NAT_T = 4500
 
 

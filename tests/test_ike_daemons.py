@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Daemon, wait_ready
-from ike_harness import Pki, established, iperf, ipsecd_children, ipsecd_ike
+from ike_harness import MATRIX, Pki, established, iperf, ipsecd_children, ipsecd_ike
 from netns import Lab, SiteToSite, lab_fixture, needs_root, ping, site_to_site, wait_until
 
 pytestmark = [pytest.mark.netns, needs_root()]
@@ -62,12 +62,15 @@ def lost_packets(d: Daemon) -> dict[str, int]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("auth", ["psk", "ecdsa"])
-def test_two_ipsecd_gateways_negotiate_and_carry_traffic(lab: Lab, tmp_path: Path,
-                                                         auth: str) -> None:
+@pytest.mark.parametrize("auth,proposals,esp,alg", MATRIX,
+                         ids=[f"{m[0]}-{m[1].split('-')[0]}-{m[1].split('-')[-1]}" for m in MATRIX])
+def test_two_ipsecd_gateways_negotiate_and_carry_traffic(lab: Lab, tmp_path: Path, auth: str,
+                                                         proposals: str, esp: str,
+                                                         alg: tuple[str, int]) -> None:
+    """The interop matrix of test_ike_strongswan.py, between two ipsecd gateways."""
     topo = site_to_site(lab, routed=False)
     a, b = pair(topo, tmp_path, pki=Pki(auth) if auth != "psk" else None,
-                proposals="aes256-sha256-x25519", esp="aes256-sha256")
+                proposals=proposals, esp=esp)
     try:
         up(a, b)
         (ca,), (cb,) = ipsecd_children(a), ipsecd_children(b)

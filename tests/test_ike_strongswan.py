@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from ike_harness import (
+    MATRIX,
     PSK,
     Pki,
     bring_up,
@@ -35,13 +36,6 @@ def lab() -> Iterator[Lab]:
     yield from lab_fixture()
 
 
-MATRIX = [
-    ("psk", "aes128gcm16-prfsha256-x25519", "aes128gcm16", ("AES_GCM_16", 128)),
-    ("psk", "aes256-sha256-modp2048", "aes256-sha256", ("AES_CBC", 256)),
-    ("psk", "chacha20poly1305-prfsha256-ecp256", "chacha20poly1305", ("CHACHA20_POLY1305", 0)),
-    ("ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16", ("AES_GCM_16", 128)),
-    ("rsa", "aes256-sha256-modp2048", "aes256-sha256", ("AES_CBC", 256)),
-]
 
 
 @pytest.mark.timeout(120)
