@@ -499,3 +499,19 @@ def test_the_examples_parse(example: Path, name: str, me: str, peer: str, here: 
     assert mine is not None and mine == theirs and len(mine) == 32
     table.wipe()
     assert main(["run", "--check", "--config", str(example / name)]) == 0
+
+
+def test_run_check_refuses_a_readable_psk_file(tmp_path: Path) -> None:
+    """``ipsecd run --check`` loads psk.txt as the daemon would: mode 0644 is refused."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "ex"
+    shutil.copytree(ROOT / "deploy" / "examples" / "ikev2-psk", d)
+    (d / "psk.txt").chmod(0o644)
+    cmd = [sys.executable, "-m", "ipsecd", "run", "--config", str(d / "gateway-a.toml"), "--check"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1 and "psk.txt: mode 0644" in r.stderr and "chmod 600" in r.stderr
+    (d / "psk.txt").chmod(0o600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip().endswith(": OK"), r.stderr
