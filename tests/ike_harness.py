@@ -297,3 +297,16 @@ def recorded_exchange(log: str, frames: list[bytes], source: str) -> dict[str, A
         if value:
             entry[f"SK_{name}"] = value.hex()
     return entry
+
+
+def one_sa(sw: StrongSwan, timeout: float = 5.0) -> Any:
+    """charon's single IKE_SA.  list-sas with noblock skips an IKE_SA another charon thread
+    holds at that moment (just after it came up, during a rekey): ask again until it shows."""
+    found: list[Any] = []
+
+    def got() -> bool:
+        found[:] = sw.list_sas()
+        return len(found) == 1
+
+    assert wait_until(got, timeout), f"charon lists {len(found)} IKE_SAs\n{sw.log_tail()}"
+    return found[0]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import start, wait_ready
-from ike_harness import PSK, established, iperf, ipsecd_children
+from ike_harness import PSK, established, iperf, ipsecd_children, one_sa
 from netns import Host, Lab, lab_fixture, needs_root, ping, wait_until
 from strongswan import Child, Connection, StrongSwan, swanctl_conf
 
@@ -90,7 +90,7 @@ def test_ipsecd_behind_nat_against_strongswan(lab: Lab, tmp_path: Path) -> None:
         assert ike["nat_local"] and ike["local"].endswith(":4500")
         (child,) = ipsecd_children(a)
         assert child["encap"]
-        (peer,) = sw.list_sas()
+        peer = one_sa(sw)
         assert peer.child("net").encap
 
         cap = t["nat"].ns.capture("out0", tmp_path / "wan.pcap")

@@ -24,6 +24,7 @@ from ike_harness import (
     iperf,
     ipsecd_children,
     ipsecd_ike,
+    one_sa,
     recorded_exchange,
 )
 from netns import Lab, lab_fixture, needs_root, ping, site_to_site, wait_until
@@ -50,7 +51,7 @@ def test_site_to_site_with_strongswan(lab: Lab, tmp_path: Path, initiator: str, 
     a = ipsecd_ike(topo, tmp_path, proposals=proposals, esp=esp, pki=pki, families=(0, 1))
     try:
         bring_up(a, sw, initiator)
-        (sa,) = sw.list_sas()
+        sa = one_sa(sw)
         child = sa.child("net")
         assert child.encap
         assert (child.encr_alg, child.encr_keysize) == alg
@@ -71,7 +72,7 @@ def test_site_to_site_with_strongswan(lab: Lab, tmp_path: Path, initiator: str, 
         esp_count, clear = esp_in_udp_and_clear(cap.packets(), {topo.net_a.v4, topo.net_b.v4})
         assert not clear, f"plaintext on the WAN: {clear[:5]}"
         assert esp_count >= 100
-        counted = sw.list_sas()[0].child("net")
+        counted = one_sa(sw).child("net")
         assert counted.packets_in >= 100 and counted.packets_out >= 9
     finally:
         status = a.stop()
@@ -130,7 +131,7 @@ def test_rekeys_with_strongswan_under_traffic(lab: Lab, tmp_path: Path, rekeyer:
         children = ipsecd_children(a)
         assert len(children) == 1 and {c["spi_in"] for c in children} != first_child
         assert {s["spi_i"] for s in a.query("list-sas")["ike_sas"]} != first_ike
-        (sa,) = sw.list_sas()
+        sa = one_sa(sw)
         (installed,) = [c for c in sa.children if c.state == "INSTALLED"]
         assert int(children[0]["spi_in"], 16) == installed.spi_out
         drops = a.query()["drops"]
