@@ -32,6 +32,12 @@ class Drop(IntEnum):
     EXPIRED = 15  # SA reached its hard lifetime
     DISCARD = 16  # SPD says discard
     ECN = 17  # tunnel decapsulation: outer CE over a Not-ECT inner packet (RFC 6040 §4.2)
+    # Reassembly of fragmented outer packets (workers/reassembly.py); these count fragments.
+    FRAGMENT_TIMEOUT = 18  # the datagram did not complete in time (RFC 791, RFC 8200 §4.5)
+    FRAGMENT_OVERLAP = 19  # the datagram had overlapping fragments: all of it goes (RFC 5722)
+    FRAGMENT_LIMIT = 20  # evicted: too many datagrams or bytes in reassembly
+    FRAGMENT_MALFORMED = 21  # bad lengths, offset, size, checksum; or inconsistent last fragments
+    FRAGMENT_DUPLICATE = 22  # an exact copy of a fragment already held (RFC 8200 §4.5)
 
     @property
     def label(self) -> str:

@@ -8,7 +8,7 @@ The control process forks one worker per core and calls :func:`main` with a
 * one TPACKET_V3 RX ring per outside interface, each with the socket filter
   ``bpf.spi_steering(n, k)``: this worker sees exactly the ESP whose
   ``spi % n == k``, so the anti-replay window of each inbound SA is used by
-  one process (docs/architecture.md);
+  one process (docs/architecture.md), and every IP fragment that may be ESP;
 * one queue of the multi-queue TUN device: the kernel hands it the
   plaintext of some flows (a flow always lands on one queue);
 * a :class:`workers.rings.TxSender` per outside interface (with the policy
@@ -27,6 +27,10 @@ The loop waits in ``poll`` on the ring and TUN descriptors (at most
 2. **Inbound.**  Every ready ring block: :func:`ipsecd.esp.peek` for the SPI,
    the SPI's context, ``decap_into`` in the ring frame itself (no copy), the
    inbound policy check (cached per SA and flow), one ``write`` to the TUN.
+   A fragmented outer packet goes to :mod:`workers.reassembly` first: every
+   worker's filter takes every fragment that may be ESP, the SPI in the
+   first fragment decides which worker keeps the datagram, and a whole one
+   continues as if it had arrived so (see that module for why).
 3. **Outbound.**  Up to :data:`BATCH` packets are read from the TUN, each
    into its own reusable buffer behind :data:`HEADROOM` bytes, and
    classified (per-flow cache of the SPD decision: bypass, discard, or the
@@ -89,6 +93,7 @@ from workers.policy import (
     PolicySet,
     Rule,
 )
+from workers.reassembly import Claim, Reassembler, is_fragment, spi_claim
 from workers.rings import RingConfig, RxRing, TxSender
 from workers.tun import TunQueue
 
@@ -110,8 +115,9 @@ _V4_KEY = struct.Struct("!B5xBBxB2x8s")  # ver/ihl, flags/frag hi, frag lo, prot
 _V6_KEY = struct.Struct("!6xB1x32s")  # next header, src+dst
 # IPv4 without options: flags/fragment offset, protocol, src+dst, first L4 word (ports).
 _V4_FAST = struct.Struct("!6xHxB2x8sI")
+# Flags/fragment offset and the SPI of bare ESP after a 20-byte IPv4 header.
+_V4_ESP = struct.Struct("!6xH12xI")
 _U32 = struct.Struct("!I")
-_SPI_AT_V4 = _U32
 _U16 = struct.Struct("!H")
 _PORT_PROTOS = frozenset((6, 17, 132, 136))
 _ICMP_PROTOS = frozenset((1, 58))
@@ -210,8 +216,10 @@ class Worker:
         self.tun = TunQueue.open(spec.tun)
         ring_config = RingConfig(block_size=spec.ring_block_size,
                                  block_count=spec.ring_block_count)
+        # Every worker takes every fragment that may be ESP: the first fragment's SPI
+        # decides which one keeps the datagram (workers/reassembly.py).
         code = bpf.pack(bpf.spi_steering(spec.count, spec.index, nat_t_port=spec.nat_t_port,
-                                         fragments_to=None))
+                                         fragments_to=spec.index))
         self.rings = [RxRing(ifname, config=ring_config, filter=code) for ifname in spec.outside]
         self.txs = {ifname: TxSender(ifname, method=spec.tx, mark=spec.mark)  # type: ignore[arg-type]
                     for ifname in spec.outside}
@@ -232,7 +240,9 @@ class Worker:
         # The fixed places where every packet is encrypted / decrypted (see _inbound).
         self.work = memoryview(bytearray(size))
         self.rx_capacity = RX_CAPACITY
-        self.rx_view = memoryview(bytearray(RX_CAPACITY + TAILROOM))
+        # 40 more: a reassembled IPv6 packet is its header plus up to 65535 (RFC 8200 §4.5).
+        self.rx_view = memoryview(bytearray(RX_CAPACITY + 40 + TAILROOM))
+        self.reassembler = Reassembler(claim=spi_claim(spec.count, spec.index, spec.nat_t_port))
 
         # SA and policy state, rebuilt on generation changes.
         self.sa_generation = -1
@@ -291,6 +301,9 @@ class Worker:
             if end >= self._next_stats:
                 self._next_stats = end + int(STATS_INTERVAL * 1e9)
                 self._ring_stats()
+                if self.reassembler.pending:  # timeouts counted without waiting for a fragment
+                    self.reassembler.expire(time.monotonic())
+                    self._fragment_drops()
                 if os.getppid() != ppid:  # the control process is gone
                     log.error("worker %d: control process gone, exiting", self.k)
                     break
@@ -386,7 +399,8 @@ class Worker:
         esp_kind = Inbound.ESP
         check = self._inbound_check
         count = 0
-        spi_at = _SPI_AT_V4.unpack_from
+        head = _V4_ESP.unpack_from
+        defragment = self._defragment
         # Each packet is copied out of the ring into one fixed place: the ESP
         # fast paths keep their per-place cache (esp.py, "Speed") only for a
         # buffer and offset used twice in a row, and ring frames never are.
@@ -401,13 +415,20 @@ class Worker:
             rx[:end] = pkt
             if rx[0] == 0x45 and rx[9] == _ESP and end >= 28:
                 # The common case, bare ESP after an IPv4 header without options:
-                # the SPI is at 20 (decap_into checks the rest of the header).
-                spi = spi_at(rx, 20)[0]
+                # the SPI is at 20 (decap_into checks the rest of the header),
+                # read with the flags word, tested once.
+                frag, spi = head(rx)
+                if frag & 0x3FFF:  # MF or a fragment offset (RFC 791): reassemble first
+                    end, spi = defragment(rx, end)
+                    if not end:
+                        continue
             else:
                 kind, spi, _, _, _ = peek(rx, 0, end, udp_port=port)
                 if kind is not esp_kind:
-                    self._wk_drop(Drop.MALFORMED, "malformed")
-                    continue
+                    # peek calls every fragment malformed: it may be ESP once whole.
+                    end, spi = defragment(rx, end)
+                    if not end:
+                        continue
             e = inbound.get(spi, _UNKNOWN)
             if e is _UNKNOWN and self.table.generation != self.sa_generation:
                 # An SA installed while this batch was under way (IKE answers a rekey only
@@ -439,6 +460,50 @@ class Worker:
                 a[0] += 1
                 a[1] += en - s
         self.packets_in += count
+
+    def _defragment(self, rx: memoryview, end: int) -> tuple[int, int]:
+        """A packet the inbound loop could not take as it is: reassemble it if it is a fragment.
+
+        Returns ``(end, spi)`` when ``rx[:end]`` now holds a whole ESP datagram
+        this worker must decrypt, else ``(0, 0)``: not a fragment (counted
+        malformed, as before), a fragment held or dropped (counted by
+        :meth:`_fragment_drops`), or a datagram that is another worker's.
+        """
+        if not is_fragment(rx, end):
+            self._wk_drop(Drop.MALFORMED, "malformed")
+            return 0, 0
+        reassembler = self.reassembler
+        whole = reassembler.push(rx[:end], time.monotonic())
+        if reassembler.discards:
+            self._fragment_drops()
+        if whole is None:
+            return 0, 0
+        packet = whole.packet
+        end = len(packet)
+        rx[:end] = packet
+        kind, spi, _, _, _ = peek(rx, 0, end, udp_port=self.spec.nat_t_port)
+        n = self.spec.count
+        if kind is not Inbound.ESP:
+            # IKE or another port in UDP is the kernel's (it has its own copy); a broken
+            # header is counted, by one worker.
+            if kind is Inbound.MALFORMED and (whole.claim == Claim.MINE
+                                              or whole.ident % n == self.k):
+                self._wk_drop(Drop.MALFORMED, "malformed")
+            return 0, 0
+        if spi % n != self.k:
+            return 0, 0  # another worker's SA: that worker reassembled it too
+        return end, spi
+
+    def _fragment_drops(self) -> None:
+        """Count the reassembler's discards that are this worker's to count (exactly one does)."""
+        n, k = self.spec.count, self.k
+        drops = self.wk_drops
+        for d in self.reassembler.discards:
+            if d.counted_by(n, k):
+                r = int(d.reason)
+                drops[r] = drops.get(r, 0) + d.fragments
+                self._note(d.reason.label, f"id {d.ident:#x} protocol {d.proto}")
+        self.reassembler.discards.clear()
 
     def _inbound_check(self, e: _In, buf: memoryview, s: int, end: int) -> bool:
         """RFC 4301 §5.2: the decapsulated packet must be one the SA's policy admits."""
