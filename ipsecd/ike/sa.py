@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipsecd.iana import IpProto
 from ipsecd.ike import crypto, dh
 from ipsecd.ike import proposals as props
 from ipsecd.ike import ts as tsmod
@@ -44,7 +45,6 @@ from ipsecd.ike.constants import (
     DhGroup,
     ExchangeType,
     NotifyType,
-    PayloadType,
     ProtocolId,
     SignatureHashAlgorithm,
     TransformType,
@@ -61,7 +61,6 @@ from ipsecd.ike.messages import (
     CERT,
     KE,
     SA,
-    SK,
     SKF,
     Delete,
     Identification,
@@ -83,6 +82,7 @@ from ipsecd.ike.messages import (
 from ipsecd.sa import Lifetime, Mode, SAState, SecurityAssociation, UdpEncap
 
 log = logging.getLogger("ipsecd.ike")
+_ESP = IpProto.ESP
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -656,7 +656,7 @@ class IkeSa:
         except _Dropped:
             return
         except IkeProtocolError as exc:
-            if self.keys is not None and not isinstance(exc, _Unauthenticated):
+            if self.keys is not None:  # authenticated, only the inner payloads are wrong
                 self._respond(header.exchange_type, header.message_id,
                               [Notify.error(exc.code, exc.data)], now)
             return
@@ -1165,7 +1165,6 @@ class IkeSa:
         if cfg.mode is Mode.TRANSPORT:
             out.append(Notify.status(NotifyType.USE_TRANSPORT_MODE))
         out += [SA(proposals), TSi(list(local_ts)), TSr(list(remote_ts))]
-        self._current_state = state
         return out
 
     def _child_keys(self, chosen: Proposal, ni: bytes, nr: bytes,
@@ -1833,7 +1832,6 @@ class IkeSa:
         return self._handling.task if self._handling is not None else None
 
     _handling: _Outstanding | None = None
-    _current_state: dict[str, Any] = {}
     _first_child: Any = None
     _rekeyed_to: IkeSa | None = None
     peer_cert: Any = None
@@ -1842,17 +1840,8 @@ class IkeSa:
 class _Dropped(Exception):
     """A message to drop silently (undecryptable, not ours)."""
 
-
-class _Unauthenticated(IkeProtocolError):
-    pass
-
-
-from ipsecd.iana import IpProto as _IpProto  # noqa: E402
-
-_ESP = _IpProto.ESP
-
 __all__ = [
-    "SK",
+    "ChildActivate",
     "ChildDown",
     "ChildSa",
     "ChildState",
@@ -1865,7 +1854,7 @@ __all__ = [
     "IkeSa",
     "IkeUp",
     "InitialContact",
-    "PayloadType",
+    "ReauthNeeded",
     "Send",
     "State",
 ]
