@@ -195,8 +195,8 @@ class RateLimit:
         now = time.monotonic() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 - 1e-9:  # 0.1 s at 10/s is one token, not 0.99999...
+            self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
 
