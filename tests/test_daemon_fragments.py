@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.netns, needs_root()]
 
 SO_MARK, MARK = 36, 1  # the daemons' default [datapath] mark: skip A's routing into its TUN
 SPI_AB, SPI_UDP = 0x1001, 0x1004  # 0x1001 % 2 == 1, 0x1004 % 2 == 0 (two workers)
-PORT = 5353 + 1000
+PORT = 6345  # B listens here for the inner UDP datagrams
 SMALL_MTU = 1280
 
 

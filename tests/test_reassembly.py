@@ -472,6 +472,20 @@ def test_claim_others_is_forgotten_silently() -> None:
     assert feed(mine, frags2) == []
 
 
+def test_another_owners_datagram_takes_no_place() -> None:
+    data = esp_payload(0x1001, 64)  # worker 1's
+    r = Reassembler(max_datagrams=2, claim=spi_claim(2, 0))
+    mine = esp_payload(0x1002, 64)
+    r.push(frag4(0, mine[:32], True, ident=1), 0)
+    r.push(frag4(0, mine[:32], True, ident=2), 0)
+    for ident in range(3, 10):
+        assert r.push(frag4(0, data[:32], True, ident=ident), 0) is None
+        assert r.push(frag4(32, data[32:], False, ident=ident), 0) is None
+    assert r.pending == 2 and r.discards == []
+    got = r.push(frag4(32, mine[32:], False, ident=1), 0)
+    assert got is not None and got.packet == v4_datagram(mine, ident=1)
+
+
 def test_spi_claim() -> None:
     claim = spi_claim(3, 2, 4500)
     udp = struct.pack("!HHHH", 4500, 4500, 100, 0)

@@ -463,23 +463,27 @@ class Reassembler:
                 return None
             del self._tombs[key]
         e = self._table.get(key)
+        if not start and (e is None or e.header is None):
+            # The first fragment: whose is it?  Asked before a new datagram takes a place.
+            if claim is None:
+                claim = self.claim(frag.proto, data) if self.claim is not None else Claim.MINE
+            if claim == Claim.OTHERS:  # another owner's: forget it, ignore what follows
+                deadline = now + self.timeout
+                if e is not None:
+                    del self._table[key]
+                    self._release(e, None, 0)
+                    deadline = e.deadline
+                self._bury(key, (deadline, None, frag.ident, frag.proto, Claim.OTHERS))
+                return None
         if e is None:
             if len(self._table) >= self.max_datagrams:
                 _, oldest = self._table.popitem(last=False)
                 self._release(oldest, Drop.FRAGMENT_LIMIT, 0)
             e = _Datagram(now + self.timeout, frag.ident, frag.proto)
             self._table[key] = e
-
-        if not start and e.header is None:
+        if claim is not None and e.header is None:
             e.header = bytes(view[:frag.header_len])
             e.nh_field = frag.nh_field
-            if claim is None:
-                claim = self.claim(frag.proto, data) if self.claim is not None else Claim.MINE
-            if claim == Claim.OTHERS:  # another owner's: forget it, ignore what follows
-                del self._table[key]
-                self._release(e, None, 0)
-                self._bury(key, e, None)
-                return None
             e.claim = claim
 
         # RFC 791 / 8200: the last fragment fixes the length; everything must fit it.
@@ -552,7 +556,7 @@ class Reassembler:
         """Discard the datagram, this fragment included, and its later fragments."""
         del self._table[key]
         self._release(e, reason, 1)
-        self._bury(key, e, reason)
+        self._bury(key, (e.deadline, reason, e.ident, e.proto, e.claim))
 
     def _release(self, e: _Datagram, reason: Drop | None, extra: int) -> None:
         """Forget a datagram already out of the table; count its fragments (+ ``extra``)."""
@@ -560,14 +564,13 @@ class Reassembler:
         if reason is not None and (e.data or extra):
             self.discards.append(Discard(reason, len(e.data) + extra, e.ident, e.proto, e.claim))
 
-    def _bury(self, key: _Key, e: _Datagram, reason: Drop | None) -> None:
+    def _bury(self, key: _Key, tomb: _Tomb) -> None:
         """Remember a discarded datagram until its timeout (bounded; the oldest go first)."""
         tombs = self._tombs
         tombs.pop(key, None)
         if len(tombs) >= 4 * self.max_datagrams:
             tombs.popitem(last=False)
-        claim = Claim.OTHERS if reason is None else e.claim
-        tombs[key] = (e.deadline, reason, e.ident, e.proto, claim)
+        tombs[key] = tomb
 
 
 __all__ = ["Claim", "ClaimHook", "Discard", "Reassembled", "Reassembler", "is_fragment",
