@@ -6,11 +6,11 @@ tests built on the harness would then silently prove nothing.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ike_harness import esp_in_udp_and_clear
 from netns import Lab, SiteToSite, lab_fixture, ping, site_to_site, wait_until
 from strongswan import (
     Child,
@@ -25,7 +25,6 @@ from strongswan import (
 
 root_only = pytest.mark.netns  # conftest.py fails these without root rather than skipping
 PSK = "harness-test-" + "k" * 24
-NAT_T_PORT = 4500
 
 
 @pytest.fixture
@@ -90,13 +89,6 @@ def _gateways(topo: SiteToSite, tmp: Path) -> tuple[StrongSwan, StrongSwan]:
     return gw_a, gw_b
 
 
-def _ipv4(frame: bytes) -> bytes | None:
-    """The IPv4 packet in an Ethernet frame, if it is one."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-        return None
-    return frame[14:]
-
-
 @root_only
 @pytest.mark.netns
 @pytest.mark.timeout(60)
@@ -124,23 +116,8 @@ def test_two_strongswan_gateways_carry_site_traffic_in_udp_4500(lab: Lab, tmp_pa
     assert ping(topo.net_a.ns, topo.net_b.v6, count=3, interval=0.05) == 3
     capture.stop()
 
-    esp_in_udp, clear = 0, []
-    inner = {topo.net_a.v4, topo.net_b.v4}
-    for frame in capture.packets():
-        ip = _ipv4(frame)
-        if ip is None:
-            continue
-        proto = ip[9]
-        src, dst = (".".join(str(b) for b in ip[a:a + 4]) for a in (12, 16))
-        if proto == 1 or {src, dst} & inner:
-            clear.append((proto, src, dst))
-        if proto == 17:
-            hl = (ip[0] & 0xF) * 4
-            sport, dport = struct.unpack_from("!HH", ip, hl)
-            marker = ip[hl + 8: hl + 12]
-            # RFC 3948 §2.2: a non-zero first word is an ESP SPI (zero: IKE)
-            if NAT_T_PORT in (sport, dport) and len(marker) == 4 and marker != bytes(4):
-                esp_in_udp += 1
+    # RFC 3948 §2.2: in UDP 4500 a non-zero first word is an ESP SPI (zero: IKE)
+    esp_in_udp, clear = esp_in_udp_and_clear(capture.packets(), {topo.net_a.v4, topo.net_b.v4})
     assert not clear, f"plaintext on the WAN: {clear[:5]}"
     assert esp_in_udp >= 16, f"only {esp_in_udp} ESP-in-UDP packets on the WAN"
 
