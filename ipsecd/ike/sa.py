@@ -1213,7 +1213,7 @@ class IkeSa:
 
     def _child_response(self, cfg: Any, state: dict[str, Any], inner: list[Payload], now: float,
                         ni: bytes, nr: bytes, g_ir: bytes | None,
-                        replaces: ChildSa | None) -> ChildSa | None:
+                        replaces: ChildSa | None, reqid: int | None = None) -> ChildSa | None:
         """The initiator's side: install the child the responder accepted, or None."""
         sa = _payload(inner, SA)
         if sa is None:
@@ -1239,7 +1239,7 @@ class IkeSa:
             raise IkeProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "unexpected DH transform")
         child = self._make_child(cfg, chosen, state["spi"], _spi32(chosen.spi), local_ts,
                                  remote_ts, mode, ni, nr, g_ir, we_initiated=True, now=now,
-                                 reqid=replaces.reqid if replaces is not None else None)
+                                 reqid=replaces.reqid if replaces is not None else reqid)
         self._child_up(child, replaces, now)
         return child
 
@@ -1529,27 +1529,33 @@ class IkeSa:
                 raise IkeProtocolError(NotifyType.INVALID_SYNTAX, "KE missing or of another group")
             g_ir = key.exchange(ke.data)
         cfg = out_state["cfg"]
-        if rekey is not None and rekey.state is ChildState.DELETED:
-            rekey = None  # the peer deleted it meanwhile: the new child simply stands alone
         # §2.8.1: if the peer rekeyed the same child meanwhile, the SA made with the lowest of
-        # the four nonces is redundant; its creator deletes it.
-        rival = rekey.replaced_by if rekey is not None else None
+        # the four nonces is redundant; its creator deletes it.  The old child may even be gone
+        # already (the peer's rekey won and deleted it): the new one still keeps its reqid
+        # (its policies) and still obeys the nonce rule.
+        orig = rekey
+        rival = orig.replaced_by if orig is not None else None
+        if rekey is not None and rekey.state is ChildState.DELETED:
+            rekey = None
         child = self._child_response(cfg, out_state, inner, now, out_state["ni"], nonce.data, g_ir,
-                                     replaces=rekey)
-        if child is None or rekey is None:
+                                     replaces=rekey,
+                                     reqid=orig.reqid if orig is not None else None)
+        if child is None or orig is None:
             return
-        if rival is not None and rival.state is not ChildState.DELETED:
+        if rival is not None and rival is not child and rival.state is not ChildState.DELETED:
             ours = min(child.nonces)
             theirs = min(rival.nonces)
             if ours < theirs:
                 log.info("%s: rekey collision on %s{%d}: ours is redundant", self.describe(),
                          child.name, child.reqid)
-                rekey.replaced_by = rival
+                orig.replaced_by = rival
                 self._child_gone(child, "rekey collision (redundant)", now, linger=CHILD_LINGER)
                 self._queue_front(_Task("delete-child", child=child))
                 return
             log.info("%s: rekey collision on %s{%d}: ours survives", self.describe(),
                      child.name, child.reqid)
+        if rekey is None:
+            return  # the old child is gone already
         rekey.state = ChildState.REKEYED
         self._queue_front(_Task("delete-child", child=rekey))
 
