@@ -697,9 +697,6 @@ class _NoDatapath:
     def ike_reqid_in_use(self, reqid: int) -> bool:
         return False
 
-    def ike_install_child(self, ike: Any, child: Any) -> None:
-        pass
-
     def ike_install_children(self, pairs: list[tuple[Any, Any]]) -> dict[int, str]:
         return {}
 

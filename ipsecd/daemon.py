@@ -467,12 +467,6 @@ class Daemon:
             if count != seen:
                 self.ike.acquire(int(row[WorkerCounter.ACQUIRE_REQID]))
 
-    def ike_install_child(self, ike: Any, child: Any) -> None:
-        """Install a negotiated Child SA pair and its policies (RequestError if refused)."""
-        error = self.ike_install_children([(ike, child)]).get(id(child))
-        if error is not None:
-            raise RequestError(error)
-
     def ike_install_children(self, pairs: list[tuple[Any, Any]]) -> dict[int, str]:
         """Install Child SA pairs in one transaction; {id(child): why} for those refused.
 

@@ -92,7 +92,6 @@ HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 class Datapath(Protocol):
     """What the manager needs from the daemon."""
 
-    def ike_install_child(self, ike: IkeSa, child: ChildSa) -> None: ...
     def ike_install_children(self, pairs: list[tuple[IkeSa, ChildSa]]) -> dict[int, str]: ...
     def ike_remove_child(self, child: ChildSa, linger: float) -> None: ...
     def ike_activate_outbound(self, child: ChildSa) -> None: ...
@@ -864,17 +863,7 @@ class IkeManager:
             for d in event.datagrams:
                 self._send_raw(d, event.local, event.remote)
         elif isinstance(event, ChildUp):
-            child = event.child
-            self._release_spi(child.spi_in)
-            try:
-                self.datapath.ike_install_child(event.ike, child)
-            except Exception as exc:
-                log.error("%s: CHILD_SA %s could not be installed: %s", event.ike.describe(),
-                          child.name, exc)
-                event.ike.child_failed(time.monotonic(), child)  # DELETE it at the peer too
-                return
-            if event.replaces is not None:
-                self.stats.rekeys["child"] += 1
+            self._flush([event])  # the batched install path, for one child
         elif isinstance(event, ChildDown):
             self.datapath.ike_remove_child(event.child, event.linger)
         elif isinstance(event, ChildActivate):
