@@ -188,6 +188,8 @@ class DatapathConfig:
     """Priority of the ``not fwmark MARK lookup TABLE`` rules (below main's 32766)."""
     tx: str = "ring"
     """How ESP leaves (:class:`workers.rings.TxSender`): ring, packet or raw."""
+    gro: bool = True
+    """Coalesce decrypted TCP segments into GSO writes to the TUN (workers/offload.py)."""
     nat_t_port: int = 4500
     """UDP port of RFC 3948 ESP-in-UDP."""
     replay_window_max: int = 4096
@@ -478,7 +480,7 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
     # [datapath]
     p = c.table("datapath", {k: "" for k in (
         "outside", "tun", "mtu", "tun_addresses", "mark", "route_table", "rule_priority", "tx",
-        "nat_t_port", "replay_window_max")})
+        "gro", "nat_t_port", "replay_window_max")})
     if "datapath" not in data or "outside" not in p:
         raise c.fail("datapath.outside" if "datapath" in data else "datapath",
                      "required: the list of interfaces ESP arrives on, e.g. outside = [\"eth0\"]")
@@ -521,6 +523,7 @@ def parse(text: str, file: str = "<config>", base: Path | None = None) -> Config
         route_table=c.integer(p, "datapath.route_table", 220, 1, 0xFFFFFFFF - 1),
         rule_priority=c.integer(p, "datapath.rule_priority", 10000, 1, 32765),
         tx=tx,
+        gro=c.boolean(p, "datapath.gro", True),
         nat_t_port=c.integer(p, "datapath.nat_t_port", 4500, 1, 65535),
         replay_window_max=c.integer(p, "datapath.replay_window_max", 4096, 64, 65536),
     )

@@ -764,7 +764,7 @@ class Daemon:
             mtu = min(_link_mtu(name) for name in cfg.outside)
         self.tun_mtu = mtu
         try:
-            self.tun_queue = tun.create(cfg.tun)
+            self.tun_queue = tun.create(cfg.tun, vnet_hdr=cfg.gro)
             tun.configure(cfg.tun, mtu=mtu, addresses=cfg.tun_addresses)
         except OSError as exc:
             raise StartError(f"TUN device {cfg.tun}: {exc.strerror or exc}") from None
@@ -1186,7 +1186,7 @@ class Daemon:
             policy=self.policy_table.name, tun=cfg.datapath.tun, outside=cfg.datapath.outside,
             mark=cfg.datapath.mark, tx=cfg.datapath.tx, nat_t_port=cfg.datapath.nat_t_port,
             allow_legacy=cfg.daemon.allow_legacy, log_level=cfg.daemon.level,
-            tun_mtu=self.tun_mtu)
+            tun_mtu=self.tun_mtu, gro=cfg.datapath.gro)
 
     def _start_worker(self, w: _WorkerState) -> None:
         import multiprocess

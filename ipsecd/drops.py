@@ -38,6 +38,7 @@ class Drop(IntEnum):
     FRAGMENT_LIMIT = 20  # evicted: too many datagrams or bytes in reassembly
     FRAGMENT_MALFORMED = 21  # bad lengths, offset, size, checksum; or inconsistent last fragments
     FRAGMENT_DUPLICATE = 22  # an exact copy of a fragment already held (RFC 8200 §4.5)
+    TUN_WRITE = 23  # inbound: the kernel refused the decrypted packet written to the TUN
 
     @property
     def label(self) -> str:

@@ -19,9 +19,16 @@ reason, the device goes away by itself: no leftover interface to clean up, as
 there would be with TUNSETPERSIST.  :func:`create` does this; workers call
 :meth:`TunQueue.open` with the same name.
 
-No PI header, no offloads yet: one packet per read(2)/write(2).  Reads go
-into a buffer the caller reuses, at an offset the caller chooses, so the ESP
-encoder can build the outer headers in front of the plaintext without a copy.
+No PI header.  One packet per read(2)/write(2); reads go into a buffer the
+caller reuses, at an offset the caller chooses, so the ESP encoder can build
+the outer headers in front of the plaintext without a copy.
+
+Offloads: opened with ``vnet_hdr=True`` (``IFF_VNET_HDR``), every packet read
+or written starts with a 10-byte ``struct virtio_net_hdr``
+(:mod:`workers.offload`), which lets a worker write one coalesced TCP packet
+for many segments (GSO).  The flag belongs to the device, and the last
+TUNSETIFF sets it for every queue: all queues of one device must agree, so
+the daemon passes one setting to its own queue and to every worker's.
 
 Routing
 -------
@@ -65,7 +72,10 @@ IFF_ATTACH_QUEUE = 0x0200
 IFF_DETACH_QUEUE = 0x0400
 IFF_PERSIST = 0x0800
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 TUN_FLAGS = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE
+VNET_HDR_LEN = 10
+_ZERO_HDR = bytes(VNET_HDR_LEN)
 IFNAMSIZ = 16
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, rest of the union
 FIB_RULE_INVERT = 0x00000002
@@ -75,26 +85,32 @@ IFA_F_NODAD = 0x02
 class TunQueue:
     """One queue (file descriptor) of a multi-queue TUN device."""
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, vnet_hdr: bool = False) -> None:
         self.fd = fd
         self.name = name
+        self.vnet_hdr = vnet_hdr
         # FileIO.readinto is the cheapest read into a caller's buffer (no list
         # per call as os.readv needs); it returns None when nothing is pending.
         self._file = io.FileIO(fd, "r+b", closefd=False)
 
     @classmethod
-    def open(cls, name: str, *, nonblocking: bool = True) -> TunQueue:
-        """Attach a new queue to device ``name``, creating the device if it does not exist."""
+    def open(cls, name: str, *, nonblocking: bool = True, vnet_hdr: bool = False) -> TunQueue:
+        """Attach a new queue to device ``name``, creating the device if it does not exist.
+
+        ``vnet_hdr``: packets carry a virtio-net header (module doc); it
+        switches the whole device.
+        """
         if len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name too long: {name!r}")
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
         fd = os.open("/dev/net/tun", flags)
+        tun_flags = TUN_FLAGS | (IFF_VNET_HDR if vnet_hdr else 0)
         try:
-            ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), TUN_FLAGS))
+            ifr = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), tun_flags))
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, _IFREQ.unpack(ifr)[0].rstrip(b"\0").decode())
+        return cls(fd, _IFREQ.unpack(ifr)[0].rstrip(b"\0").decode(), vnet_hdr)
 
     def fileno(self) -> int:
         return self.fd
@@ -103,12 +119,20 @@ class TunQueue:
         """Read one packet into ``buf`` (a writable view, e.g. ``view[headroom:]``).
 
         Returns its length, or None when the queue is empty (non-blocking).
-        A packet longer than ``buf`` is truncated to it by the kernel.
+        A packet longer than ``buf`` is truncated to it by the kernel.  With
+        ``vnet_hdr`` the packet is preceded by its virtio-net header, which
+        the length includes.
         """
         return self._file.readinto(buf)
 
     def write(self, packet: Buffer) -> int:
-        """Hand one IPv4/IPv6 packet to the kernel as if it arrived on the device."""
+        """Hand one IPv4/IPv6 packet to the kernel as if it arrived on the device.
+
+        With ``vnet_hdr`` an all-zero header (no offload) is put in front;
+        the length returned is the packet's.
+        """
+        if self.vnet_hdr:
+            return os.writev(self.fd, (_ZERO_HDR, packet)) - VNET_HDR_LEN
         return os.write(self.fd, packet)
 
     def detach(self) -> None:
@@ -141,13 +165,13 @@ class TunQueue:
         self.close()
 
 
-def create(name: str) -> TunQueue:
+def create(name: str, *, vnet_hdr: bool = False) -> TunQueue:
     """The control process's handle: create ``name`` and keep a detached queue on it.
 
     Fails with EBUSY-like errors if a *non*-multi-queue device of that name
     exists; an existing multi-queue device is reused.
     """
-    queue = TunQueue.open(name)
+    queue = TunQueue.open(name, vnet_hdr=vnet_hdr)
     queue.detach()
     return queue
 

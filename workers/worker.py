@@ -84,6 +84,7 @@ from ipsecd.satable import (
 )
 from workers import bpf
 from workers.icmp import RateLimit, fragment_ipv4, too_big_error
+from workers.offload import VNET_HDR_LEN, TcpCoalescer
 from workers.policy import (
     ACTION_DISCARD,
     ACTION_NONE,
@@ -149,6 +150,7 @@ class WorkerSpec:
     tun_mtu: int = 1500
     ring_block_size: int = 1 << 17
     ring_block_count: int = 32
+    gro: bool = False  # TUN with IFF_VNET_HDR; TCP segments coalesced (workers/offload.py)
 
 
 class _In:
@@ -213,7 +215,9 @@ class Worker:
         self.sa_ctr = self.table.sa_counters(spec.index)
         self.wk_ctr = self.table.worker_counters(spec.index)
         self.wk_ctr[WorkerCounter.PID] = os.getpid()
-        self.tun = TunQueue.open(spec.tun)
+        self.tun = TunQueue.open(spec.tun, vnet_hdr=spec.gro)
+        self.gro = TcpCoalescer(self.tun.fileno(), self._tun_write_failed) if spec.gro else None
+        self.vnet = VNET_HDR_LEN if spec.gro else 0  # header bytes in front of what a read gives
         ring_config = RingConfig(block_size=spec.ring_block_size,
                                  block_count=spec.ring_block_count)
         # Every worker takes every fragment that may be ESP: the first fragment's SPI
@@ -236,7 +240,10 @@ class Worker:
         self._mem = bytearray(BATCH * size)
         whole = memoryview(self._mem)
         self.bufs = [whole[i * size:(i + 1) * size] for i in range(BATCH)]
-        self.reads = [b[HEADROOM:HEADROOM + self.capacity] for b in self.bufs]
+        # With IFF_VNET_HDR the header is read into the headroom's end, so the
+        # packet itself still starts at HEADROOM.  It is not looked at: the
+        # device offers no offload (no TUNSETOFFLOAD), so it is always "none".
+        self.reads = [b[HEADROOM - self.vnet:HEADROOM + self.capacity] for b in self.bufs]
         # The fixed places where every packet is encrypted / decrypted (see _inbound).
         self.work = memoryview(bytearray(size))
         self.rx_capacity = RX_CAPACITY
@@ -395,6 +402,7 @@ class Worker:
         acc = self.acc
         write = os.write
         fd = self.tun.fileno()
+        push = self.gro.push if self.gro is not None else None
         port = self.spec.nat_t_port
         esp_kind = Inbound.ESP
         check = self._inbound_check
@@ -448,18 +456,33 @@ class Worker:
             if not check(e, rx, s, en):
                 self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
                 continue
-            try:
-                write(fd, rx[s:en])
-            except OSError as exc:
-                self._note("tun_write", f"TUN write failed: {exc.strerror}")
-                continue
+            if push is not None:
+                push(rx, s, en)
+            else:
+                try:
+                    write(fd, rx[s:en])
+                except OSError as exc:
+                    self._tun_write_failed(exc)
+                    continue  # not forwarded: not counted on the SA
             a = acc.get(e.slot)
             if a is None:
                 acc[e.slot] = [1, en - s]
             else:
                 a[0] += 1
                 a[1] += en - s
+        if push is not None:
+            self.gro.flush()  # type: ignore[union-attr]
         self.packets_in += count
+
+    def _tun_write_failed(self, exc: OSError, packets: int = 1) -> None:
+        """A write the kernel refused: counted (per packet inside it) and logged.
+
+        The packets stay counted on their SA too: they were decrypted and
+        checked; the TUN_WRITE count says that they went no further.
+        """
+        r = int(Drop.TUN_WRITE)
+        self.wk_drops[r] = self.wk_drops.get(r, 0) + packets
+        self._note("tun_write", f"TUN write failed: {exc.strerror}")
 
     def _defragment(self, rx: memoryview, end: int) -> tuple[int, int]:
         """A packet the inbound loop could not take as it is: reassemble it if it is a fragment.
@@ -590,6 +613,7 @@ class Worker:
         need: dict[int, int] = {}
         n = 0
         h = HEADROOM
+        vnet = self.vnet
         for i in range(BATCH):
             try:
                 length = read(reads[i])
@@ -598,6 +622,7 @@ class Worker:
             if length is None:
                 break
             n += 1
+            length -= vnet
             buf = bufs[i]
             version = buf[h] >> 4
             if version == 4 and length >= 20:
