@@ -189,7 +189,7 @@ class DatapathConfig:
     tx: str = "ring"
     """How ESP leaves (:class:`workers.rings.TxSender`): ring, packet or raw."""
     gro: bool = True
-    """Coalesce decrypted TCP segments into GSO writes to the TUN (workers/offload.py)."""
+    """Coalesce decrypted TCP segments / UDP datagrams into GSO writes to the TUN (workers/offload.py)."""
     nat_t_port: int = 4500
     """UDP port of RFC 3948 ESP-in-UDP."""
     replay_window_max: int = 4096

@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
 from workers import offload, tun
-from workers.offload import VNET_HDR, VNET_HDR_LEN, TcpCoalescer, segment_tcp
+from workers.offload import VNET_HDR, VNET_HDR_LEN, Coalescer, segment_tcp
 
 MSS = 1448
 SRC4, DST4 = "192.0.2.1", "198.51.100.2"
@@ -38,7 +38,7 @@ class _Capture:
     def __init__(self) -> None:
         self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.errors: list[tuple[OSError, int]] = []
-        self.gro = TcpCoalescer(self.a.fileno(), lambda e, n: self.errors.append((e, n)))
+        self.gro = Coalescer(self.a.fileno(), lambda e, n: self.errors.append((e, n)))
         self.buf = memoryview(bytearray(70000))
 
     def push(self, *packets: bytes, at: int = 37) -> None:
@@ -285,7 +285,7 @@ def test_the_kernel_takes_a_coalesced_write_as_the_segments(lab: Lab) -> None:
                 segs.append(bytes(p))
             before = rx_packets()
             errors: list[OSError] = []
-            gro = TcpCoalescer(q.fileno(), lambda e, n: errors.append(e))
+            gro = Coalescer(q.fileno(), lambda e, n: errors.append(e))
             buf = memoryview(bytearray(4096))
             for s in segs:
                 buf[16:16 + len(s)] = s
@@ -349,3 +349,90 @@ def test_residue_is_the_rfc1071_sum() -> None:
         assert offload.residue(data) == total % 0xFFFF
         # 0 and 0xFFFF are the same number in one's complement.
         assert offload.checksum(data) == (~total & 0xFFFF) % 0xFFFF
+
+
+# -- UDP ------------------------------------------------------------------------------------
+
+
+def _datagram(i: int, *, v6: bool = False, size: int = 1400, sport: int = 5000,
+              df: bool = True) -> bytes:
+    data = bytes([i & 0xFF]) * size
+    ip = IPv6(src=SRC6, dst=DST6) if v6 else IP(src=SRC4, dst=DST4, flags="DF" if df else 0,
+                                                 id=i)
+    return bytes(ip / UDP(sport=sport, dport=9) / data)
+
+
+def _udp_pieces(hdr: tuple[int, ...], packet: bytes) -> list[bytes]:
+    """The payloads a UDP_L4 GSO write stands for (cut at gso_size), or the one datagram."""
+    v6 = packet[0] >> 4 == 6
+    payload = bytes((IPv6(packet) if v6 else IP(packet))[UDP].payload)
+    size = hdr[3] if hdr[1] == offload.GSO_UDP_L4 else len(payload)
+    return [payload[i:i + size] for i in range(0, len(payload), size)]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_udp_datagrams_of_one_size_become_one_udp_l4_write(cap: _Capture, v6: bool) -> None:
+    grams = [_datagram(i, v6=v6) for i in range(5)] + [_datagram(5, v6=v6, size=300)]
+    cap.push(*grams, _datagram(6, v6=v6))
+    writes = cap.writes()
+    (hdr, packet), (hdr2, last) = writes
+    ip_hl = 40 if v6 else 20
+    assert hdr == (offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, ip_hl + 8, 1400, ip_hl, 6)
+    assert _udp_pieces(hdr, packet) == [bytes([i]) * 1400 for i in range(5)] + [bytes([5]) * 300]
+    p = IPv6(packet) if v6 else IP(packet)
+    assert p[UDP].len == len(packet) - ip_hl
+    assert (hdr2, last) == ((0, 0, 0, 0, 0, 0), _datagram(6, v6=v6))  # alone: as it came
+
+
+def test_udp_without_checksum_or_df_or_with_a_bad_checksum_goes_alone(cap: _Capture) -> None:
+    no_sum = IP(_datagram(1))
+    no_sum[UDP].chksum = 0
+    bad = bytearray(_datagram(2))
+    bad[-1] ^= 1
+    plain = [_datagram(0), bytes(no_sum), bytes(bad), _datagram(3, df=False)]
+    cap.push(*plain)
+    assert cap.writes() == [((0, 0, 0, 0, 0, 0), p) for p in plain]
+    assert cap.gro.bad_checksum == 1
+
+
+def test_at_most_64_datagrams_in_one_write(cap: _Capture) -> None:
+    grams = [_datagram(i, size=200) for i in range(100)]
+    cap.push(*grams)
+    writes = cap.writes()
+    assert [len(_udp_pieces(h, p)) for h, p in writes] == [64, 36]
+    assert [x for h, p in writes for x in _udp_pieces(h, p)] == [
+        bytes([i]) * 200 for i in range(100)]
+
+
+@pytest.mark.netns
+@needs_root()
+@pytest.mark.parametrize("v6", [False, True])
+def test_the_kernel_cuts_a_udp_write_back_into_the_datagrams(lab: Lab, v6: bool) -> None:
+    ns = lab.netns("udpgro")
+
+    def run() -> tuple[list[bytes], int]:
+        q = tun.TunQueue.open("ug0", vnet_hdr=True)
+        tun.configure("ug0", mtu=1500, addresses=["10.7.0.1/24", "fd00:7::1/64"])
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind(("fd00:7::1" if v6 else "10.7.0.1", 9))
+        s.settimeout(5)
+        errors: list[OSError] = []
+        gro = Coalescer(q.fileno(), lambda e, n: errors.append(e))
+        buf = memoryview(bytearray(4096))
+        for i in range(10):
+            ip = (IPv6(src="fd00:7::2", dst="fd00:7::1") if v6
+                  else IP(src="10.7.0.2", dst="10.7.0.1", flags="DF"))
+            d = bytes(ip / UDP(sport=4000, dport=9) / (bytes([i]) * (1200 if i < 9 else 77)))
+            buf[16:16 + len(d)] = d
+            gro.push(buf, 16, 16 + len(d))
+        gro.flush()
+        got = [s.recv(2000) for _ in range(10)]
+        s.close()
+        q.close()
+        assert not errors, errors
+        return got, gro.writes
+
+    got, writes = ns.call(run, timeout=30)
+    assert got == [bytes([i]) * 1200 for i in range(9)] + [bytes([9]) * 77]
+    assert writes == 1

@@ -1,4 +1,4 @@
-"""TUN offloads: the virtio-net header, TCP receive coalescing (GRO) and checksums.
+"""TUN offloads: the virtio-net header, receive coalescing (GRO) for TCP and UDP, checksums.
 
 Why
 ---
@@ -10,13 +10,15 @@ CPU per packet on the machines we measured, more than decrypting it.  With
 then forwards it once, hands it whole to a local receiver or a GSO-capable
 device (veth, most NICs), and segments it only where it must.  So the
 decapsulating worker coalesces consecutive segments of one TCP flow from a
-batch into one such write, as the kernel's own GRO does for a NIC.
+batch into one such write, as the kernel's own GRO does for a NIC; and
+UDP datagrams of one flow and one size the same way (UDP_L4 GSO, which the
+kernel cuts back into the same datagrams before any socket sees them).
 
-What is coalesced (:class:`TcpCoalescer`)
------------------------------------------
-Only what Linux's ``tcp_gro_receive`` would coalesce, so the result is the
-same stream the peer sent, cut at the same places when the kernel segments
-it again:
+What is coalesced (:class:`Coalescer`)
+--------------------------------------
+TCP: only what Linux's ``tcp_gro_receive`` would coalesce, so the result is
+the same stream the peer sent, cut at the same places when the kernel
+segments it again:
 
 * IPv4 without options, DF set and not a fragment; or IPv6 whose next
   header is TCP;
@@ -35,10 +37,15 @@ it again:
   One that fails is written alone, unchanged, and the receiver drops it as
   it would have anyway.
 
+UDP: datagrams of one flow (addresses and ports) with equal TOS / TTL (IPv6:
+traffic class, flow label, hop limit), IPv4 with DF and a non-zero checksum,
+every checksum valid, every payload as long as the first but the last, which
+ends the packet; at most 64 datagrams (the kernel's ``UDP_MAX_SEGMENTS``).
+
 A packet that cannot be coalesced flushes its own flow first, so the order
 within a flow never changes; different flows may be reordered, which TCP
 and the kernel's GRO allow.  The coalescer holds packets only within one
-batch of the worker loop: :meth:`TcpCoalescer.flush` runs before the worker
+batch of the worker loop: :meth:`Coalescer.flush` runs before the worker
 waits again, so no latency is added.
 
 Checksums
@@ -74,6 +81,8 @@ GSO_ECN = 0x80
 ZERO_HDR = bytes(VNET_HDR_LEN)  # a plain packet: no offload, checksums complete
 
 TCP = 6
+UDP = 17
+UDP_MAX_SEGMENTS = 64  # the kernel's limit on one UDP GSO packet (UDP_MAX_SEGMENTS)
 ACK = 0x10
 PSH = 0x08
 MAX_PACKET = 65535  # the IPv4 total length / IPv6 payload length field
@@ -84,6 +93,8 @@ MAX_FLOWS = 16  # flows held at once; the oldest is written out to make room
 _V4_TCP = struct.Struct("!BBHHHBBH8s4sIIBBHHH")
 # IPv6 header + TCP header: ver/tc/flow plen next hlim addrs | ports seq ack off flags window
 _V6_TCP = struct.Struct("!IHBB32s4sIIBBHHH")
+_V4_UDP = struct.Struct("!BBHHHBBH8s4sHH")  # ... addrs | ports length checksum
+_V6_UDP = struct.Struct("!IHBB32s4sHH")
 _U16 = struct.Struct("!H")
 _LIMIT = {4: VNET_HDR_LEN + MAX_PACKET, 6: VNET_HDR_LEN + 40 + MAX_PACKET}  # arena bytes
 _ARENA = VNET_HDR_LEN + 40 + MAX_PACKET
@@ -119,9 +130,9 @@ def pseudo_sum(addrs: Buffer, length: int, proto: int = TCP) -> int:
 
 
 class _Flow:
-    """A TCP packet being built: the first segment's headers, then payloads."""
+    """A packet being built: the first segment's headers, then payloads."""
 
-    __slots__ = ("arena", "count", "end", "full", "hl", "mss", "next_seq", "psh", "sig",
+    __slots__ = ("arena", "count", "end", "hl", "mss", "next_seq", "proto", "psh", "sig",
                  "version")
 
     def __init__(self, arena: bytearray) -> None:
@@ -133,12 +144,12 @@ class _Flow:
         self.next_seq = 0
         self.sig: tuple[Any, ...] = ()
         self.version = 4
-        self.full = True  # every segment so far was mss long: another may follow
         self.psh = 0
+        self.proto = TCP
 
 
-class TcpCoalescer:
-    """Coalesce consecutive TCP segments into GSO writes to a TUN with IFF_VNET_HDR.
+class Coalescer:
+    """Coalesce TCP segments / UDP datagrams into GSO writes to a TUN with IFF_VNET_HDR.
 
     ``push(buf, s, end)`` takes a plaintext IP packet at ``buf[s:end]`` (the
     bytes are copied or written before it returns, so ``buf`` may be reused);
@@ -181,7 +192,7 @@ class TcpCoalescer:
             sig = (vtf, hlim, ack, off, flags & ~PSH, window, urg)
             version = 6
         else:
-            return self._write1(buf[s:end])
+            return self._push_udp(buf, s, end)
         key = addrs + ports
         thl = (off >> 4) << 2
         data = s + hl + thl
@@ -200,7 +211,7 @@ class TcpCoalescer:
         f = flows.get(key)
         if f is not None:
             # The length field (IPv4 total, IPv6 payload) must hold the result.
-            if (f.full and seq == f.next_seq and sig == f.sig and n <= f.mss
+            if (seq == f.next_seq and sig == f.sig and n <= f.mss
                     and f.end + n <= _LIMIT[version]):
                 arena = f.arena
                 arena[f.end:f.end + n] = buf[data:end]
@@ -224,10 +235,66 @@ class TcpCoalescer:
         f.count = 1
         f.hl = hl + thl
         f.mss = n
-        f.full = not n & 1  # an odd size would put later payloads at odd offsets: alone
         f.next_seq = (seq + n) & 0xFFFFFFFF
         f.sig = sig
         f.version = version
+        f.proto = TCP
+        flows[key] = f
+        return None
+
+    def _push_udp(self, buf: memoryview, s: int, end: int) -> None:
+        """UDP datagrams of one flow, all of one size but the last: one UDP_L4 GSO write."""
+        b0 = buf[s]
+        if b0 == 0x45 and end - s >= 28 and buf[s + 9] == UDP:
+            (_, tos, total, _, frag, ttl, _, _, addrs, ports, ulen,
+             ucsum) = _V4_UDP.unpack_from(buf, s)
+            hl = 20
+            # DF only (RFC 6864: then the ID means nothing); no checksum: alone.
+            ok = frag == 0x4000 and total == end - s and ucsum != 0
+            sig: tuple[Any, ...] = (tos, ttl)
+            version = 4
+        elif b0 >> 4 == 6 and end - s >= 48 and buf[s + 6] == UDP:
+            vtf, plen, _, hlim, addrs, ports, ulen, ucsum = _V6_UDP.unpack_from(buf, s)
+            hl = 40
+            ok = plen == end - s - 40
+            sig = (vtf, hlim)
+            version = 6
+        else:
+            return self._write1(buf[s:end])
+        key = addrs + ports + b"u"
+        n = ulen - 8
+        if not ok or ulen != end - s - hl or n <= 0:
+            return self._single(buf, s, end, key)
+        if (int.from_bytes(buf[s + hl:end], "big") << ((ulen & 1) << 3)) % 0xFFFF + \
+                (int.from_bytes(addrs, "big") + ulen + UDP) % 0xFFFF not in (0, 0xFFFF):
+            self.bad_checksum += 1
+            return self._single(buf, s, end, key)
+        flows = self.flows
+        f = flows.get(key)
+        if f is not None:
+            if (sig == f.sig and n <= f.mss and f.count < UDP_MAX_SEGMENTS
+                    and f.end + n <= _LIMIT[version]):
+                arena = f.arena
+                arena[f.end:f.end + n] = buf[s + hl + 8:end]
+                f.end += n
+                f.count += 1
+                if n < f.mss:
+                    self._emit(key, f)  # a shorter datagram is the last one
+                return None
+            self._emit(key, f)
+        elif len(flows) >= MAX_FLOWS:
+            oldest = next(iter(flows))
+            self._emit(oldest, flows[oldest])
+        f = _Flow(self._free.pop() if self._free else bytearray(_ARENA))
+        length = end - s
+        f.arena[VNET_HDR_LEN:VNET_HDR_LEN + length] = buf[s:end]
+        f.end = VNET_HDR_LEN + length
+        f.count = 1
+        f.hl = hl + 8
+        f.mss = n
+        f.sig = sig
+        f.version = version
+        f.proto = UDP
         flows[key] = f
         return None
 
@@ -279,11 +346,16 @@ class TcpCoalescer:
                     addrs = view[h + 8:h + 40]
                     gso = GSO_TCPV6
                 t = h + ip_hl
-                if f.psh:
-                    arena[t + 13] |= PSH
                 # CHECKSUM_PARTIAL: the field holds the pseudo-header sum (not inverted).
-                struct.pack_into("!H", arena, t + 16, fold(pseudo_sum(addrs, tcp_len)))
-                VNET_HDR.pack_into(arena, 0, F_NEEDS_CSUM, gso, f.hl, f.mss, ip_hl, 16)
+                if f.proto == TCP:
+                    if f.psh:
+                        arena[t + 13] |= PSH
+                    struct.pack_into("!H", arena, t + 16, fold(pseudo_sum(addrs, tcp_len)))
+                    VNET_HDR.pack_into(arena, 0, F_NEEDS_CSUM, gso, f.hl, f.mss, ip_hl, 16)
+                else:
+                    struct.pack_into("!HH", arena, t + 4, tcp_len,
+                                     fold(pseudo_sum(addrs, tcp_len, UDP)))
+                    VNET_HDR.pack_into(arena, 0, F_NEEDS_CSUM, GSO_UDP_L4, f.hl, f.mss, ip_hl, 6)
                 os.write(self.fd, view[:f.end])
                 self.coalesced += f.count
             self.writes += 1
@@ -358,7 +430,7 @@ __all__ = [
     "VNET_HDR",
     "VNET_HDR_LEN",
     "ZERO_HDR",
-    "TcpCoalescer",
+    "Coalescer",
     "checksum",
     "fold",
     "pseudo_sum",

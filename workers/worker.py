@@ -84,7 +84,7 @@ from ipsecd.satable import (
 )
 from workers import bpf
 from workers.icmp import RateLimit, fragment_ipv4, too_big_error
-from workers.offload import VNET_HDR_LEN, TcpCoalescer
+from workers.offload import VNET_HDR_LEN, Coalescer
 from workers.policy import (
     ACTION_DISCARD,
     ACTION_NONE,
@@ -150,7 +150,7 @@ class WorkerSpec:
     tun_mtu: int = 1500
     ring_block_size: int = 1 << 17
     ring_block_count: int = 32
-    gro: bool = False  # TUN with IFF_VNET_HDR; TCP segments coalesced (workers/offload.py)
+    gro: bool = False  # TUN with IFF_VNET_HDR; TCP / UDP coalesced (workers/offload.py)
 
 
 class _In:
@@ -216,7 +216,7 @@ class Worker:
         self.wk_ctr = self.table.worker_counters(spec.index)
         self.wk_ctr[WorkerCounter.PID] = os.getpid()
         self.tun = TunQueue.open(spec.tun, vnet_hdr=spec.gro)
-        self.gro = TcpCoalescer(self.tun.fileno(), self._tun_write_failed) if spec.gro else None
+        self.gro = Coalescer(self.tun.fileno(), self._tun_write_failed) if spec.gro else None
         self.vnet = VNET_HDR_LEN if spec.gro else 0  # header bytes in front of what a read gives
         ring_config = RingConfig(block_size=spec.ring_block_size,
                                  block_count=spec.ring_block_count)
