@@ -46,6 +46,8 @@ def run(program: bpf.Program, packet: bytes, protocol: int) -> int:
             mode = code & 0xE0
             if mode == bpf.BPF_IMM:
                 a = k
+            elif mode == bpf.BPF_LEN:
+                a = len(packet)
             elif mode == bpf.BPF_ABS and k >= (bpf.SKF_AD_OFF & 0xFFFFFFFF):
                 assert k == (bpf.SKF_AD_OFF + bpf.SKF_AD_PROTOCOL) & 0xFFFFFFFF
                 a = protocol
@@ -66,6 +68,8 @@ def run(program: bpf.Program, packet: bytes, protocol: int) -> int:
             op, src = code & 0xF0, (x if code & bpf.BPF_X else k)
             if op == bpf.BPF_AND:
                 a &= src
+            elif op == bpf.BPF_SUB:
+                a = (a - src) & 0xFFFFFFFF
             elif op == bpf.BPF_MOD:
                 a %= src
             else:
@@ -138,9 +142,25 @@ def test_ike_keepalive_and_other_traffic_go_nowhere(n: int) -> None:
         (v6(0, bytes([ESP, 0]) + bytes(6) + esp(7)), bpf.ETH_P_IPV6),  # hop-by-hop first
         (v4(ESP, esp(7)), 0x0806),  # not IP at all
         (b"\x60" + bytes(40), bpf.ETH_P_IP),  # version does not match the ethertype
-        (v4(ESP, b"\x00"), bpf.ETH_P_IP),  # truncated: the SPI load fails
     ]:
         assert takers(packet, proto, n) == [], packet.hex()
+
+
+@given(workers_n, st.integers(0, 3), st.integers(0, 8))
+def test_esp_without_room_for_an_spi_goes_to_the_designated_worker(
+        n: int, length: int, to: int) -> None:
+    """No SPI to steer by: one designated worker takes it, and counts it."""
+    to %= n
+    for packet, proto in [(v4(ESP, bytes(length)), bpf.ETH_P_IP),
+                          (v4(ESP, bytes(length), options=b"\x01" * 8), bpf.ETH_P_IP),
+                          (v6(ESP, bytes(length)), bpf.ETH_P_IPV6)]:
+        assert takers(packet, proto, n, runts_to=to) == [to], packet.hex()
+        assert takers(packet, proto, n, runts_to=None) == []
+        # The workers' own set-up: every worker takes fragments, one takes runts.
+        assert [k for k in range(n) if run(bpf.spi_steering(
+            n, k, fragments_to=k, runts_to=to), packet, proto)] == [to]
+    # Four bytes are an SPI: steered by it, as ever.
+    assert takers(v4(ESP, b"\0\0\0\x07"), bpf.ETH_P_IP, n, runts_to=to) == [7 % n]
 
 
 @given(spis, st.integers(2, 6), st.integers(0, 5))

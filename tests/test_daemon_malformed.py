@@ -8,10 +8,8 @@
 * A few hundred each of truncated, unknown-SPI, bit-flipped and replayed
   ESP are counted by ``ipsecd status --json`` under exactly their reason
   (``runt``, ``unknown_spi``, ``icv``, ``replay``; ESP too short for its own
-  header: ``malformed``), the workers are not restarted, and real traffic
-  still goes through.  (ESP of fewer than 4 bytes has no SPI for the
-  workers' socket filters to steer by: no worker sees it, so it is not
-  counted; the nftables rule drops it silently.)
+  header, even for an SPI: ``malformed``), the workers are not restarted, and
+  real traffic still goes through.
 
 The bit-flipped packets are made by scapy (an implementation we did not
 write) with the SA's real key and sequence numbers ahead of the window, so
@@ -167,8 +165,8 @@ def test_malformed_esp_is_counted_by_reason(gws: Gateways, tmp_path: Path) -> No
                     + rng.randbytes(rng.randrange(16, 100)))
             inj.ip4(ga.v4, gb.v4, ESP, flipped[i])
             inj.ip4(ga.v4, gb.v4, ESP, captured[i % len(captured)])
-        for i in range(30):  # an SPI but no room for the sequence number
-            inj.ip4(ga.v4, gb.v4, ESP, struct.pack("!I", SPI_AB) + bytes(i % 4))
+        for i in range(30):  # no room for SPI and sequence number (0-7 bytes)
+            inj.ip4(ga.v4, gb.v4, ESP, (struct.pack("!I", SPI_AB) + bytes(4))[:i % 8])
     finally:
         inj.close()
 

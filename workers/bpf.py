@@ -16,6 +16,9 @@ runs the filter).  The link-layer protocol comes from the ancillary load
 
 A load beyond the end of the packet ends the program with "drop", which the
 filter relies on: a 1-byte NAT keepalive on 4500 has no 4-byte marker to load.
+Bare ESP too short to hold an SPI is checked for first and, like fragments,
+goes to one designated worker, which counts it (``malformed``): no
+worker could be chosen by its SPI, and a drop nobody counts is a blind spot.
 """
 
 from __future__ import annotations
@@ -82,6 +85,16 @@ def ld_ind(size: int, off: int) -> Insn:
 def ld_protocol() -> Insn:
     """A = the link-layer protocol (ethertype) of the packet."""
     return Insn(BPF_LD | BPF_W | BPF_ABS, k=(SKF_AD_OFF + SKF_AD_PROTOCOL) & 0xFFFFFFFF)
+
+
+def ld_len() -> Insn:
+    """A = the packet's length."""
+    return Insn(BPF_LD | BPF_W | BPF_LEN)
+
+
+def sub_x() -> Insn:
+    """A = A - X."""
+    return Insn(BPF_ALU | BPF_SUB | BPF_X)
 
 
 def ldx_ihl(off: int = 0) -> Insn:
@@ -172,7 +185,7 @@ DROP_ALL: Program = (ret(0),)
 
 def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
                  raw_esp: bool = True, fragments_to: int | None = 0,
-                 udp_fragments: bool = True) -> Program:
+                 udp_fragments: bool = True, runts_to: int | None = 0) -> Program:
     """The filter of worker ``k`` of ``n_workers``: ESP whose ``spi % n_workers == k``.
 
     Accepted, from a network header at offset 0 (SOCK_DGRAM packet socket):
@@ -183,6 +196,8 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
       first 4 payload bytes (the SPI) are not zero.  A zero marker is IKE
       (RFC 3948 §2.2) and a 1-byte 0xFF is a NAT keepalive (§2.3): those stay
       with the kernel and the IKE socket;
+    * bare ESP shorter than an SPI, when ``runts_to`` == ``k`` (to be
+      counted, by exactly one worker: module doc);
     * fragments (``fragments_to`` == ``k``): the SPI is in the first fragment
       only, so every fragment that may belong to ESP goes to one worker, which
       reassembles.  IPv4: ESP fragments, first UDP fragments to the NAT-T
@@ -215,7 +230,8 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
         p += [jmp(BPF_JEQ, IPPROTO_UDP, "v4udp", "drop")]
     p += [ret(0)]
     if raw_esp:
-        p += ["v4esp", ldx_ihl(), ld_ind(BPF_W, 0), ja("spi")]
+        p += ["v4esp", ldx_ihl(), ld_len(), sub_x(), jmp(BPF_JGE, 4, 0, "runt"),
+              ld_ind(BPF_W, 0), ja("spi")]
     if nat_t_port is not None:
         p += ["v4udp", ldx_ihl(), ld_ind(BPF_H, 2), jmp(BPF_JEQ, nat_t_port, 0, "drop"),
               ld_ind(BPF_W, 8), jmp(BPF_JEQ, 0, "drop", "spi")]
@@ -241,7 +257,7 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
         p += [jmp(BPF_JEQ, IPPROTO_UDP, "v6udp", 0)]
     p += [jmp(BPF_JEQ, IPPROTO_FRAGMENT, "v6frag", "drop")]
     if raw_esp:
-        p += ["v6esp", ld(BPF_W, 40), ja("spi")]
+        p += ["v6esp", ld_len(), jmp(BPF_JGE, 44, 0, "runt"), ld(BPF_W, 40), ja("spi")]
     if nat_t_port is not None:
         p += ["v6udp", ld(BPF_H, 42), jmp(BPF_JEQ, nat_t_port, 0, "drop"),
               ld(BPF_W, 48), jmp(BPF_JEQ, 0, "drop", "spi")]
@@ -262,5 +278,7 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
     p += ["spi"]
     if n_workers > 1:
         p += [alu(BPF_MOD, n_workers), jmp(BPF_JEQ, k, "accept", "drop")]
+    if raw_esp:
+        p += ["runt", ret(ACCEPT_ALL if runts_to == k else 0)]
     p += ["accept", ret(ACCEPT_ALL), "drop", ret(0)]
     return p

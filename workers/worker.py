@@ -221,9 +221,10 @@ class Worker:
         ring_config = RingConfig(block_size=spec.ring_block_size,
                                  block_count=spec.ring_block_count)
         # Every worker takes every fragment that may be ESP: the first fragment's SPI
-        # decides which one keeps the datagram (workers/reassembly.py).
+        # decides which one keeps the datagram (workers/reassembly.py).  Worker 0
+        # takes ESP too short for an SPI, to count it.
         code = bpf.pack(bpf.spi_steering(spec.count, spec.index, nat_t_port=spec.nat_t_port,
-                                         fragments_to=spec.index))
+                                         fragments_to=spec.index, runts_to=0))
         self.rings = [RxRing(ifname, config=ring_config, filter=code) for ifname in spec.outside]
         self.txs = {ifname: TxSender(ifname, method=spec.tx, mark=spec.mark)  # type: ignore[arg-type]
                     for ifname in spec.outside}
