@@ -93,6 +93,7 @@ from ipsecd.satable import (
     Direction,
     SACounter,
     SATable,
+    TableFull,
     WorkerCounter,
 )
 from ipsecd.setkey import Script, SetkeyError, apply, dump, parse
@@ -299,6 +300,9 @@ class Daemon:
         self._good_kinds: set[tuple[Any, ...]] = set()  # SA shapes whose context builds
         self._local_at = 0.0  # when self.local was last read from the kernel
         self._acquire_seen: dict[int, int] = {}  # worker -> ACQUIRES last read
+        # Slots whose SA was removed, with the table generation of the removal: not reused
+        # until the workers have added what they still counted for it (_settle).
+        self._draining: dict[int, tuple[_Slot, int]] = {}
         self._ike_children: dict[int, list[Any]] = {}  # reqid -> live ChildSa objects
         self._ike_policies: dict[int, list[Any]] = {}  # reqid -> policy keys installed for it
         # pyroute2's synchronous API runs an asyncio loop of its own, which it cannot
@@ -839,7 +843,8 @@ class Daemon:
         assert self.table is not None and self.policy_table is not None
         table = self.table
         want = self._desired(self.sad)
-        # Remove first: slots freed here may be reused below.
+        self._settle()
+        # Remove first: slots freed here may be reused below (once drained).
         for key, s in list(self.slots.items()):
             if want.get(key) is s.sa:
                 continue
@@ -852,7 +857,7 @@ class Daemon:
             fp = _fingerprint(self._salt, sa)
             if direction is Direction.OUT:
                 sa.seq = max(sa.seq, self._seq_memory.get(fp, 0))
-            slot = table.free_slot()
+            slot = self._free_slot()
             uid = table.install(slot, sa, direction)
             self._order += 1
             self.slots[key] = _Slot(sa, slot, uid, direction, self._order, fp)
@@ -887,13 +892,49 @@ class Daemon:
 
     def _retire(self, s: _Slot) -> None:
         assert self.table is not None
-        self.accounting.retire(s.slot, self.table)  # final counters into the child's totals
-        if s.direction is Direction.OUT and "ike" not in s.sa.extra:  # IKE keys never return
-            last = self.table.last_seq(s.slot)
-            self._seq_memory[s.fingerprint] = max(self._seq_memory.get(s.fingerprint, 0), last)
-        self.table.remove(s.slot)
+        # The last number is final once remove() returns: a worker that has not seen the
+        # removal yet can no longer take numbers for this SA (SATable.alloc_seq checks uid).
+        self._remember_seq(s, self.table.remove(s.slot))
+        # A worker may still hold packets it counted on the SA before it saw the removal
+        # (it adds its counts once per loop turn): the slot drains - its counters still
+        # count for the child, it is not reused - until _settle sees them final.
+        self.accounting.drain(s.slot)
+        self._draining[s.slot] = (s, self.table.generation)
         log.info("SA spi %#x %s -> %s removed from slot %d", s.sa.spi, s.sa.src, s.sa.dst,
                  s.slot)
+
+    def _remember_seq(self, s: _Slot, last: int) -> None:
+        if s.direction is Direction.OUT and "ike" not in s.sa.extra:  # IKE keys never return
+            self._seq_memory[s.fingerprint] = max(self._seq_memory.get(s.fingerprint, 0), last)
+
+    def _settle(self) -> None:
+        """Free the draining slots that every running worker has flushed its counts for."""
+        if not self._draining or self.table is None:
+            return
+        done = self.table.flushed_generation(
+            w.index for w in self.workers if w.process is not None)
+        for slot, (_, removed_at) in list(self._draining.items()):
+            if removed_at <= done:
+                self._settled(slot)
+
+    def _settled(self, slot: int) -> None:
+        assert self.table is not None
+        self._draining.pop(slot)
+        self.accounting.retire(slot, self.table)  # final counters into the child's totals
+
+    def _free_slot(self) -> int:
+        """A free slot for a new SA; one still draining only when the table has no other."""
+        assert self.table is not None
+        try:
+            return self.table.free_slot(exclude=self._draining)
+        except TableFull:
+            if not self._draining:
+                raise
+        # A full table: the oldest removal is taken before the workers said they are done
+        # with it (they most likely are; a count still in flight would be lost).
+        slot = min(self._draining, key=lambda k: self._draining[k][1])
+        self._settled(slot)
+        return slot
 
     def _publish(self) -> None:
         assert self.policy_table is not None
@@ -1275,6 +1316,7 @@ class Daemon:
                           w.pid, (mono - last) / 1e9)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.pid, signal.SIGKILL)
+        self._settle()
         self._lifetimes(now)
         self._acquires()
         self._save_seq_file()

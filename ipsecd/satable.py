@@ -15,12 +15,18 @@ holds five regions::
   (see :meth:`SATable.read`).  Removing an SA zeroes its keys in the slot.
   Stores are ordered on x86 (TSO), which this relies on; Python gives no
   fences of its own.
-* **Sequence counters** (one u64 per slot: the last outbound sequence number
-  handed out).  Several workers may encrypt on one outbound SA, so a worker
-  takes the numbers for a whole batch at once under a POSIX record lock on the
-  slot's byte of the segment's file (``fcntl.lockf``).  The kernel drops such
-  a lock when its holder dies, so a worker killed with SIGKILL cannot wedge
-  the others, and numbers it took but did not use are a gap, never reused.
+* **Sequence counters** (per slot: the last outbound sequence number handed
+  out, and the uid of the SA it belongs to).  Several workers may encrypt on
+  one outbound SA, so a worker takes the numbers for a whole batch at once
+  under a POSIX record lock on the slot's byte of the segment's file
+  (``fcntl.lockf``).  The kernel drops such a lock when its holder dies, so a
+  worker killed with SIGKILL cannot wedge the others, and numbers it took but
+  did not use are a gap, never reused.  The worker names the SA (uid) it
+  encrypts with; installing and removing an SA rewrite the uid under the same
+  lock, so once :meth:`SATable.remove` returns the SA's last number no worker
+  can take another for that key, even one that has not yet seen the removal:
+  the number recorded is final, and a key that comes back continues above
+  it.
 * **Replay windows** (one per slot, written only by the worker that owns the
   inbound SA's SPI; the worker's socket filter guarantees there is one).  They
   live here rather than in the worker so a restarted worker carries on with
@@ -30,6 +36,13 @@ holds five regions::
 * **Counters** (one row per worker per slot, plus one row of worker-wide
   counters per worker), each written only by its worker and summed by the
   control process and the exporter.  No locks: u64 stores are single-writer.
+  A worker counts in local ints and adds them to its rows once per loop turn,
+  so it may still add to a slot after the control process removed the slot's
+  SA; it then writes the table generation its view of the table was read at
+  (``WorkerCounter.FLUSHED_GEN``), which tells the control process that
+  nothing more will come for SAs removed up to that generation
+  (:meth:`SATable.flushed_generation`): only then does it read their final
+  counters and let the slot be reused (``daemon._settle``).
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import ipaddress
 import os
 import struct
 import time
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -50,7 +64,8 @@ from ipsecd.replay import ReplayWindow
 from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
 
 MAGIC = 0x49505344  # "IPSD"
-VERSION = 2  # 2: replay windows carry T, B and the bitmap (ReplayWindow.state_bytes)
+VERSION = 4  # 2: replay windows carry T, B and the bitmap; 3: WorkerCounter.FLUSHED_GEN;
+# 4: sequence counters carry the SA's uid
 
 _HEADER = struct.Struct("<IHHIIIIQ")  # magic, version, pad, n_slots, n_workers, replay_bytes, pad, generation
 HEADER_SIZE = 64
@@ -65,6 +80,8 @@ _AUTH_KEY_OFF = _ENC_KEY_OFF + MAX_KEY_BYTES  # copied into immutable (unwipeabl
 assert _SLOT.size <= _ENC_KEY_OFF and _AUTH_KEY_OFF + MAX_KEY_BYTES <= SLOT_SIZE
 _GEN = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_SEQ = struct.Struct("<QQ")  # last sequence number handed out, uid of the SA (0: none)
+SEQ_GONE = -1  # alloc_seq: the SA is no longer in the slot
 
 _NONE16 = 0xFFFF
 _FLAG_ESN = 1
@@ -104,7 +121,8 @@ class WorkerCounter(IntEnum):
     PID = 5
     ACQUIRES = 6  # outbound packets that found a trap policy (reqid) without an SA: a count,
     ACQUIRE_REQID = 7  # and the reqid of the last one, for IKE to negotiate (start_action trap)
-    DROPS = 8
+    FLUSHED_GEN = 8  # the table generation up to which the worker's SA counts are all in its rows
+    DROPS = 9
 
 
 #: Room for drop reasons in a counter row (more than ``Drop`` has, for growth).
@@ -158,7 +176,7 @@ class SATable:
         self.replay_stride = _replay_stride(replay_bytes)
         self._slots_off = HEADER_SIZE
         self._seq_off = _align(self._slots_off + n_slots * SLOT_SIZE)
-        self._replay_off = _align(self._seq_off + n_slots * 8)
+        self._replay_off = _align(self._seq_off + n_slots * _SEQ.size)
         self._sa_ctr_off = _align(self._replay_off + n_slots * self.replay_stride)
         self._wk_ctr_off = _align(self._sa_ctr_off + n_workers * n_slots * SA_COUNTER_COLUMNS * 8)
         self.buf: memoryview = buf
@@ -171,7 +189,7 @@ class SATable:
         replay_bytes = _align(max(max_replay_window, 64) // 8, 8)
         stride = _replay_stride(replay_bytes)
         size = _align(HEADER_SIZE + n_slots * SLOT_SIZE)
-        size = _align(size + n_slots * 8)
+        size = _align(size + n_slots * _SEQ.size)
         size = _align(size + n_slots * stride)
         size = _align(size + n_workers * n_slots * SA_COUNTER_COLUMNS * 8)
         return size + n_workers * WORKER_COUNTER_COLUMNS * 8
@@ -250,11 +268,18 @@ class SATable:
             raise IndexError(slot)
         return self._slots_off + slot * SLOT_SIZE
 
-    def free_slot(self) -> int:
-        """The lowest free slot; raises :class:`TableFull`."""
-        for slot in range(self.n_slots):
-            if self.buf[self._slot_off(slot) + 4] == SlotState.FREE:
+    def free_slot(self, exclude: Container[int] = ()) -> int:
+        """The lowest free slot not in ``exclude``; raises :class:`TableFull`."""
+        # Every slot's state byte in one strided copy, searched in C: IKE installs SAs
+        # one after another into a table of thousands of slots.
+        start = self._slots_off + 4
+        states = self.buf[start:start + self.n_slots * SLOT_SIZE:SLOT_SIZE].tobytes()
+        free = bytes((SlotState.FREE,))
+        slot = states.find(free)
+        while slot >= 0:
+            if slot not in exclude:
                 return slot
+            slot = states.find(free, slot + 1)
         raise TableFull(f"all {self.n_slots} SA slots are in use")
 
     def install(self, slot: int, sa: SecurityAssociation, direction: Direction) -> int:
@@ -287,7 +312,7 @@ class SATable:
         keys[MAX_KEY_BYTES:MAX_KEY_BYTES + len(sa.auth_key)] = sa.auth_key
         del keys
         # The sequence counter and replay window start afresh with the SA.
-        _U64.pack_into(self.buf, self._seq_off + slot * 8, sa.seq)
+        self._set_seq(slot, sa.seq, uid)
         roff = self._replay_off + slot * self.replay_stride
         self.buf[roff:roff + self.replay_stride] = bytes(self.replay_stride)
         self._clear_counters(slot)
@@ -295,16 +320,33 @@ class SATable:
         self._bump_generation()
         return uid
 
-    def remove(self, slot: int) -> None:
-        """Free ``slot`` and zero its keys."""
+    def remove(self, slot: int) -> int:
+        """Free ``slot`` and zero its keys; return the SA's last outbound sequence number.
+
+        That number is final: from now on :meth:`alloc_seq` refuses the SA.
+        """
         off = self._slot_off(slot)
         gen = _GEN.unpack_from(self.buf, off)[0]
+        last = self._set_seq(slot, None, 0)
         if self.buf[off + 4] == SlotState.FREE and not any(self.buf[off + 4:off + SLOT_SIZE]):
-            return
+            return last
         _GEN.pack_into(self.buf, off, gen + 1)
         self.buf[off + 4:off + SLOT_SIZE] = bytes(SLOT_SIZE - 4)
         _GEN.pack_into(self.buf, off, gen + 2)
         self._bump_generation()
+        return last
+
+    def _set_seq(self, slot: int, seq: int | None, uid: int) -> int:
+        """Under the slot's record lock: make the counter (seq or unchanged, uid); the old last."""
+        fd = self._shm._fd
+        pos = self._seq_off + slot * _SEQ.size
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, slot)
+        try:
+            last = int(_SEQ.unpack_from(self.buf, pos)[0])
+            _SEQ.pack_into(self.buf, pos, last if seq is None else seq, uid)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, slot)
+        return last
 
     def _clear_counters(self, slot: int) -> None:
         row = SA_COUNTER_COLUMNS * 8
@@ -343,27 +385,31 @@ class SATable:
 
     # -- sequence numbers (workers) -------------------------------------------------------
 
-    def alloc_seq(self, slot: int, count: int, limit: int) -> int:
-        """Take ``count`` outbound sequence numbers; returns the first.
+    def alloc_seq(self, slot: int, count: int, limit: int, uid: int | None = None) -> int:
+        """Take ``count`` outbound sequence numbers of the SA ``uid``; returns the first.
 
         Returns 0 when fewer than ``count`` numbers remain below ``limit``
         (2**32 - 1, or 2**64 - 1 with ESN): the SA is exhausted and must be
-        rekeyed (RFC 4303 §3.3.3 forbids cycling).
+        rekeyed (RFC 4303 §3.3.3 forbids cycling).  Returns :data:`SEQ_GONE`
+        when the slot no longer holds SA ``uid`` (removed, perhaps replaced,
+        since the caller read it); ``uid`` None skips that check.
         """
         fd = self._shm._fd
-        pos = self._seq_off + slot * 8
+        pos = self._seq_off + slot * _SEQ.size
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, slot)
         try:
-            last = _U64.unpack_from(self.buf, pos)[0]
+            last, owner = _SEQ.unpack_from(self.buf, pos)
+            if uid is not None and owner != uid:
+                return SEQ_GONE
             if last + count > limit:
                 return 0
-            _U64.pack_into(self.buf, pos, last + count)
+            _SEQ.pack_into(self.buf, pos, last + count, owner)
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN, 1, slot)
         return int(last + 1)
 
     def last_seq(self, slot: int) -> int:
-        return int(_U64.unpack_from(self.buf, self._seq_off + slot * 8)[0])
+        return int(_SEQ.unpack_from(self.buf, self._seq_off + slot * _SEQ.size)[0])
 
     def replay_buffer(self, slot: int) -> memoryview:
         """The slot's replay-window state, for the worker that owns the SA."""
@@ -384,6 +430,19 @@ class SATable:
         """Worker ``worker``'s worker-wide counters as u64s, indexed by :class:`WorkerCounter`."""
         off = self._wk_ctr_off + worker * WORKER_COUNTER_COLUMNS * 8
         return self.buf[off:off + WORKER_COUNTER_COLUMNS * 8].cast("Q")
+
+    def flushed_generation(self, workers: Iterable[int]) -> int:
+        """The table generation up to which ``workers`` have added all their SA counts.
+
+        A worker writes it after adding its counts, at the end of a loop turn
+        that began by reading the table at that generation: it holds nothing
+        more for an SA removed at or before it.  With no workers, the current
+        generation (nothing is in flight).
+        """
+        done = self.generation
+        for worker in workers:
+            done = min(done, int(self.worker_counters(worker)[WorkerCounter.FLUSHED_GEN]))
+        return done
 
     def sum_sa_counters(self, slot: int) -> list[int]:
         """One SA's counters summed over all workers (``LAST_USED_NS`` is the maximum)."""

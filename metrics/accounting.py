@@ -10,18 +10,26 @@ which Prometheus reads as a counter reset and which hides the traffic
 counted between the last scrape and the removal.
 
 The control process therefore tells :class:`Accounting` when it installs
-an SA in a slot (:meth:`Accounting.install`) and, just before it frees the
-slot, when it removes one (:meth:`Accounting.retire`): ``retire`` reads the
-slot's final totals and adds them to the *retired* totals of the SA's
-child.  A scrape (:meth:`Accounting.snapshot`, in the exporter's HTTP
-thread) reports, per child, retired totals plus the live slots' current
-sums.  Both sides hold one ``threading.Lock`` of the control process -
-never touched by the workers, so the datapath does no extra work - which
-makes "slot moved from live to retired" atomic for the reader: a scrape
-sees a slot's traffic either in the live sum or in the retired total, never
-both, never neither, so the reported counters never go down.  (Packets a
-worker counts into a slot after ``retire`` read it - a batch in flight
-while the SA is removed - are not counted: at most one batch per worker.)
+an SA in a slot (:meth:`Accounting.install`), when it removes the SA from
+the table (:meth:`Accounting.drain`) and, just before it lets the slot be
+reused, when the slot's counters are final (:meth:`Accounting.retire`):
+``retire`` reads the slot's final totals and adds them to the *retired*
+totals of the SA's child.  A scrape (:meth:`Accounting.snapshot`, in the
+exporter's HTTP thread) reports, per child, retired totals plus the current
+sums of the live and the draining slots.  Both sides hold one
+``threading.Lock`` of the control process - never touched by the workers, so
+the datapath does no extra work - which makes "slot moved to retired" atomic
+for the reader: a scrape sees a slot's traffic either in the slot's sum or
+in the retired total, never both, never neither, so the reported counters
+never go down.
+
+Between ``drain`` and ``retire`` a slot *drains*: its SA is gone (not up, no
+per-SA series, no lifetime), but a worker may still add the packets it
+counted before it saw the removal - it adds its counts once per loop turn -
+and those belong to the child too.  The control process calls ``retire``
+once every worker has written that it holds no more
+(:meth:`ipsecd.satable.SATable.flushed_generation`), so every packet a
+worker counted reaches the child's counter.
 
 Labels: the connection and the child
 ------------------------------------
@@ -150,6 +158,7 @@ class Accounting:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._live: dict[int, LiveSA] = {}  # slot -> SA
+        self._draining: dict[int, LiveSA] = {}  # slot -> removed SA, workers may still add
         self._retired: dict[ChildKey, list[int]] = {}  # [packets, bytes]
         self._retired_drops = [0] * DROP_COLUMNS
         self._first_used: dict[int, float] = {}  # uid -> wall clock of the first packet
@@ -167,14 +176,22 @@ class Accounting:
             for d in ("in", "out"):
                 self._retired.setdefault((connection, child, d), [0, 0])
 
+    def drain(self, slot: int) -> None:
+        """Call when the SA in ``slot`` was removed: its counters still count, it is not up."""
+        with self._lock:
+            live = self._live.pop(slot, None)
+            if live is not None:
+                self._draining[slot] = live
+                self._first_used.pop(live.uid, None)
+
     def retire(self, slot: int, table: CounterSource) -> list[int]:
-        """Call before ``slot`` is freed: its final counters move to the child's totals.
+        """Call before ``slot`` is reused: its final counters move to the child's totals.
 
         Returns the slot's summed counter row (the caller may want its drops).
         """
         with self._lock:
             totals = table.sum_sa_counters(slot)
-            live = self._live.pop(slot, None)
+            live = self._live.pop(slot, None) or self._draining.pop(slot, None)
             if live is not None:
                 acc = self._retired[(live.connection, live.child, live.direction)]
                 acc[0] += totals[SACounter.PACKETS]
@@ -194,7 +211,7 @@ class Accounting:
         """Drops of removed SAs plus those of the installed ones, per reason (SA-level only)."""
         with self._lock:
             totals = list(self._retired_drops)
-            for slot in self._live:
+            for slot in (*self._live, *self._draining):
                 row = table.sum_sa_counters(slot)
                 for i in range(DROP_COLUMNS):
                     totals[i] += row[SACounter.DROPS + i]
@@ -209,6 +226,13 @@ class Accounting:
             totals = {key: list(v) for key, v in self._retired.items()}
             drops = list(self._retired_drops)
             newest: dict[ChildKey, LiveSA] = {}
+            for slot, live in self._draining.items():
+                row = table.sum_sa_counters(slot)
+                acc = totals[(live.connection, live.child, live.direction)]
+                acc[0] += row[SACounter.PACKETS]
+                acc[1] += row[SACounter.BYTES]
+                for i in range(DROP_COLUMNS):
+                    drops[i] += row[SACounter.DROPS + i]
             for slot, live in self._live.items():
                 row = table.sum_sa_counters(slot)
                 key = (live.connection, live.child, live.direction)

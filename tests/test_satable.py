@@ -13,7 +13,14 @@ import pytest
 
 from ipsecd.iana import EncrId, IntegId, IpProto
 from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
-from ipsecd.satable import SA_COUNTER_COLUMNS, Direction, SACounter, SATable, TableFull
+from ipsecd.satable import (
+    SA_COUNTER_COLUMNS,
+    SEQ_GONE,
+    Direction,
+    SACounter,
+    SATable,
+    TableFull,
+)
 
 A = ipaddress.ip_address("192.0.2.1")
 B = ipaddress.ip_address("192.0.2.2")
@@ -175,6 +182,30 @@ def test_sequence_space_is_never_cycled(table: SATable) -> None:
     assert table.alloc_seq(0, 2, 2**32 - 1) == 2**32 - 2
     assert table.alloc_seq(0, 1, 2**32 - 1) == 0  # exhausted: rekey, never wrap
     assert table.alloc_seq(0, 1, 2**64 - 1) == 2**32  # with ESN the space goes on
+
+
+def test_a_removed_sa_gives_no_more_sequence_numbers(table: SATable) -> None:
+    """A worker that has not yet seen a removal cannot take numbers for the old key.
+
+    Otherwise a key that comes straight back (a script re-applied with the same SA)
+    would start from a number read before the worker took its last batch: AES-GCM
+    nonces used twice.
+    """
+    sa = make_sa(5, 5)
+    sa.seq = 100
+    old = table.install(0, sa, Direction.OUT)
+    assert table.alloc_seq(0, 10, 2**32 - 1, old) == 101
+    assert table.remove(0) == 110  # final: everything handed out so far
+    assert table.alloc_seq(0, 1, 2**32 - 1, old) == SEQ_GONE
+    assert table.last_seq(0) == 110
+    # The slot reused, even for the same key: the old uid stays refused, and the
+    # new SA's numbers are its own.
+    again = make_sa(5, 5)
+    again.seq = 110
+    new = table.install(0, again, Direction.OUT)
+    assert new != old
+    assert table.alloc_seq(0, 1, 2**32 - 1, old) == SEQ_GONE
+    assert table.alloc_seq(0, 1, 2**32 - 1, new) == 111
 
 
 def test_counters_are_per_worker_and_summed(table: SATable) -> None:

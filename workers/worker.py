@@ -77,6 +77,7 @@ from ipsecd.replay import ReplayWindow
 from ipsecd.sa import Mode, SecurityAssociation
 from ipsecd.satable import (
     SA_COUNTER_COLUMNS,
+    SEQ_GONE,
     Direction,
     SACounter,
     SATable,
@@ -679,8 +680,11 @@ class Worker:
         nxt: dict[int, int] = {}
         for slot, count in need.items():
             out = self.outbound.get(slot)
-            first = table.alloc_seq(slot, count, out.limit) if out is not None else 0
-            nxt[slot] = first  # 0: exhausted (RFC 4303 §3.3.3: rekey, never cycle)
+            first = (table.alloc_seq(slot, count, out.limit, out.uid) if out is not None
+                     else SEQ_GONE)
+            # 0: exhausted (RFC 4303 §3.3.3: rekey, never cycle); SEQ_GONE: the SA was
+            # removed after this worker last read the table (its packets have no SA now).
+            nxt[slot] = first
         acc = self.acc
         h = HEADROOM
         # Every packet is encrypted in one fixed place, so that the ESP fast
@@ -699,8 +703,8 @@ class Worker:
                     nxt[last_slot] = seq
                     self._count(acc, last_slot, sent, nbytes)
                 last_slot, seq, sent, nbytes = slot, nxt[slot], 0, 0
-            if not seq:
-                self._sa_drop(slot, Drop.SEQ_OVERFLOW, 0)
+            if seq <= 0:
+                self._sa_drop(slot, Drop.SEQ_OVERFLOW if seq == 0 else Drop.NO_SA, 0)
                 continue
             end = h + length
             work[h:end] = buf[h:end]
@@ -869,6 +873,11 @@ class Worker:
         if self.packets_out:
             wk[WorkerCounter.PACKETS_OUT] += self.packets_out
             self.packets_out = 0
+        if self.sa_generation >= 0:
+            # Every count for an SA removed at or before the generation this turn's view
+            # was read at is in the rows now: the control process may take the slot's
+            # counters as final and reuse it (SATable.flushed_generation).
+            wk[WorkerCounter.FLUSHED_GEN] = self.sa_generation
 
     def _ring_stats(self) -> None:
         drops = 0
