@@ -219,6 +219,8 @@ class Run:
     quarters: list[float] = field(default_factory=list)
     """Setups per second in each quarter of the successes."""
     resp_cpu_s: float = 0.0
+    resp_cpu_split: dict[str, float] = field(default_factory=dict)
+    """``resp_cpu_s`` per process (:meth:`Responder.cpu_split`)."""
     gen_cpu_s: float = 0.0
     busy_cpu_s: float = 0.0
     mem_before: dict[str, int] = field(default_factory=dict)
@@ -412,6 +414,10 @@ class Responder(Protocol):
         """CPU seconds of the responder's processes so far."""
         ...
 
+    def cpu_split(self) -> dict[str, float]:
+        """The same, per process (ipsecd: control, the programs it ran, each worker)."""
+        ...
+
     def memory(self) -> dict[str, int]:
         """The control process's memory figures (:func:`memory_kb`)."""
         ...
@@ -435,8 +441,15 @@ class IpsecdResponder:
     workers: list[int] = field(default_factory=list)
 
     def cpu(self) -> float:
-        main = cpu_seconds(self.daemon.proc.pid, waited_children=True)
-        return main + sum(cpu_seconds(p) for p in self.workers)
+        return sum(self.cpu_split().values())
+
+    def cpu_split(self) -> dict[str, float]:
+        pid = int(self.daemon.proc.pid)
+        main = cpu_seconds(pid)
+        out = {"control": main, "programs": cpu_seconds(pid, waited_children=True) - main}
+        for k, p in enumerate(self.workers):
+            out[f"worker{k}"] = cpu_seconds(p)
+        return out
 
     def memory(self) -> dict[str, int]:
         return memory_kb(int(self.daemon.proc.pid))
@@ -471,6 +484,9 @@ class CharonResponder:
 
     def cpu(self) -> float:
         return cpu_seconds(int(self.charon.pid))
+
+    def cpu_split(self) -> dict[str, float]:
+        return {"charon": self.cpu()}
 
     def memory(self) -> dict[str, int]:
         return memory_kb(int(self.charon.pid))
@@ -656,14 +672,17 @@ def measure(responder: str, limits: str, *, count: int, concurrency: int, warmup
                     os.kill(resp.daemon.proc.pid, signal.SIGUSR1)
                 run.mem_before = resp.memory()
                 counters0 = resp.counters()
-                cpu0, gen0, own0, busy0 = resp.cpu(), cpu_seconds(gen.pid), own_cpu(), \
-                    machine_busy()
+                split0 = resp.cpu_split()
+                cpu0, gen0, own0, busy0 = sum(split0.values()), cpu_seconds(gen.pid), \
+                    own_cpu(), machine_busy()
                 t0 = time.monotonic()
                 done, errors = gen.drive(warmup, count, concurrency, t0 + timeout)
                 gen1, own1, busy1 = cpu_seconds(gen.pid), own_cpu(), machine_busy()
                 run.wall = time.monotonic() - t0
                 _quiesce(resp)
-                run.resp_cpu_s = resp.cpu() - cpu0
+                split1 = resp.cpu_split()
+                run.resp_cpu_s = sum(split1.values()) - cpu0
+                run.resp_cpu_split = {k: v - split0.get(k, 0.0) for k, v in split1.items()}
                 if profile_out is not None:
                     os.kill(resp.daemon.proc.pid, signal.SIGUSR2)
                     netns.wait_until(profile_out.exists, 10, 0.1)
@@ -978,6 +997,10 @@ def run(*, count: int = 1000, concurrency: int = 64, warmup: int = 16, timeout: 
             log(f"  {r.ok}/{r.count} in {r.seconds:.2f} s = {_fmt(r.rate, '.0f')}/s, "
                 f"responder CPU {r.resp_cpu_s:.2f} s, generator CPU {r.gen_cpu_s:.2f} s, "
                 f"{_fmt(r.kb_per_sa(), '.1f')} KB/SA")
+            if r.established and len(r.resp_cpu_split) > 1:
+                log("  responder CPU per setup: " + ", ".join(
+                    f"{k} {1e3 * v / r.established:.2f} ms"
+                    for k, v in r.resp_cpu_split.items()))
     return runs, missing
 
 

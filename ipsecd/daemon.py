@@ -104,10 +104,10 @@ from metrics.accounting import Accounting
 from metrics.exporter import Exporter, IkeSample, Snapshot, WorkerSample
 from workers.policy import (
     InstalledSA,
+    PolicyPublisher,
     PolicyTable,
     PolicyTableFull,
     SlotInfo,
-    build_document,
 )
 
 log = logging.getLogger("ipsecd")
@@ -266,6 +266,7 @@ class Daemon:
         self.started = time.time()
         self.table: SATable | None = None
         self.policy_table: PolicyTable | None = None
+        self.policy_publisher: PolicyPublisher | None = None  # deltas into policy_table
         self.tun_queue: Any = None
         self.routing: Any = None
         self.nft: Any = None
@@ -294,6 +295,7 @@ class Daemon:
         self._trap_policies: dict[int, list[Any]] = {}  # reqid -> trap policy keys
         self._filters_pending: asyncio.TimerHandle | None = None
         self._route_cache: dict[IPAddress, tuple[float, SlotInfo]] = {}
+        self._link_cache: dict[int, tuple[float, str, int]] = {}  # oif -> (until, name, MTU)
         self._ipr = threading.local()  # .handle: a pyroute2 IPRoute per thread
         self._ipr_handles: list[Any] = []
         self._manual_reqids: set[int] = set()  # reqids of setkey's SAs and policies
@@ -333,6 +335,7 @@ class Daemon:
                                     cfg.datapath.replay_window_max)
         self._shm_names.append(self.table.name)
         self.policy_table = PolicyTable(f"{name}-policy")
+        self.policy_publisher = PolicyPublisher(self.policy_table)
         self._shm_names.append(self.policy_table.name)
         self._write_state()
         self._setup_tun()
@@ -828,9 +831,10 @@ class Daemon:
                 raise RequestError(f"SA {sa.spi:#x} to {sa.dst}: {exc}") from None
             if not sa.legacy:  # a legacy SA is checked (and warned about) every time
                 self._good_kinds.add(kind)
-        fake = [InstalledSA(sa, 0, 0) for (_, d), sa in want.items() if d is Direction.OUT]
+        assert self.policy_publisher is not None
         try:
-            self.policy_table.encode(build_document(spd, fake, self.local, {}))
+            self.policy_publisher.check(
+                spd, sum(1 for (_, d) in want if d is Direction.OUT), self.local)
         except PolicyTableFull as exc:
             raise RequestError(str(exc)) from None
 
@@ -945,18 +949,43 @@ class Daemon:
         stale = list({inst.sa.dst for inst in outbound
                       if self._route_cache.get(inst.sa.dst, (0.0,))[0] < now})
         if stale:  # one trip to the netlink thread for all of them
-            found = self._nl(lambda: [self._route_info(d) for d in stale])
+            found = self._nl(self._route_infos, stale)
             for dst, got in zip(stale, found, strict=True):
                 self._route_cache[dst] = (now + ROUTE_CACHE_SECONDS, got)
         for inst in outbound:
             info[inst.slot] = self._route_cache[inst.sa.dst][1]
         if len(self._route_cache) > 4 * len(outbound) + 64:
             self._route_cache = {k: v for k, v in self._route_cache.items() if v[0] >= now}
-        doc = build_document(self.spd, outbound, self.local, info)
-        self.policy_table.publish(doc)
+        assert self.policy_publisher is not None
+        self.policy_publisher.publish(self.spd, outbound, self.local, info)
 
-    def _route_info(self, dst: IPAddress) -> SlotInfo:
-        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    def _route_infos(self, dsts: list[IPAddress]) -> list[SlotInfo]:
+        """Path MTU and outside interface of the routes to ``dsts`` (the netlink thread)."""
+        from ipsecd.rtnl import Rtnl
+
+        try:
+            with Rtnl() as rtnl:  # one request per destination, sent together
+                routes = rtnl.get_routes(dsts, self.config.datapath.mark)
+        except OSError:
+            return [SlotInfo(self.tun_mtu, "")] * len(dsts)
+        out = []
+        for dst in dsts:
+            route = routes.get(dst)
+            link = self._link_info(route.oif) if route is not None and route.oif else None
+            if route is None or link is None:
+                out.append(SlotInfo(self.tun_mtu, ""))
+                continue
+            ifname, mtu = link
+            out.append(SlotInfo(min(mtu, route.mtu) if route.mtu else mtu, ifname))
+        return out
+
+    def _link_info(self, oif: int) -> tuple[str, int] | None:
+        """Name and MTU of interface ``oif``, asked again after ROUTE_CACHE_SECONDS (peers
+        share a few interfaces)."""
+        now = time.monotonic()
+        cached = self._link_cache.get(oif)
+        if cached is not None and cached[0] >= now:
+            return cached[1], cached[2]
         ipr = getattr(self._ipr, "handle", None)
         try:
             if ipr is None:  # one netlink socket per thread (pyroute2 is not thread-safe)
@@ -964,24 +993,13 @@ class Daemon:
 
                 ipr = self._ipr.handle = IPRoute()
                 self._ipr_handles.append(ipr)
-            routes = ipr.route("get", dst=str(dst), family=family, mark=self.config.datapath.mark)
-        except Exception:
-            return SlotInfo(self.tun_mtu, "")
-        try:
-            if not routes:
-                return SlotInfo(self.tun_mtu, "")
-            oif = routes[0].get_attr("RTA_OIF")
             link = ipr.get_links(oif)[0]
-            ifname = link.get_attr("IFLA_IFNAME")
-            mtu = int(link.get_attr("IFLA_MTU"))
-            metrics = routes[0].get_attr("RTA_METRICS")
-            if metrics is not None:
-                route_mtu = metrics.get_attr("RTAX_MTU")
-                if route_mtu:
-                    mtu = min(mtu, int(route_mtu))
-            return SlotInfo(mtu, str(ifname))
+            cached = (now + ROUTE_CACHE_SECONDS, str(link.get_attr("IFLA_IFNAME")),
+                      int(link.get_attr("IFLA_MTU")))
         except Exception:
-            return SlotInfo(self.tun_mtu, "")
+            return None
+        self._link_cache[oif] = cached
+        return cached[1], cached[2]
 
     def _sync_routes(self) -> None:
         if self.routing is None:
@@ -1007,20 +1025,25 @@ class Daemon:
 
     def _apply_routes(self, want: dict[str, str | None]) -> None:
         assert self.routing is not None
-        for prefix in list(self.routes):
-            if prefix not in want:
-                with contextlib.suppress(Exception):
-                    self.routing.del_peer(prefix)
-                del self.routes[prefix]
-        for prefix, src in want.items():
-            if self.routes.get(prefix, "-") == src:
-                continue
-            try:
-                self.routing.add_peer(prefix, src=src)
-            except Exception as exc:
-                log.error("route %s into %s: %s", prefix, self.config.datapath.tun, exc)
-                continue
-            self.routes[prefix] = src
+        gone = [prefix for prefix in self.routes if prefix not in want]
+        for prefix in gone:
+            del self.routes[prefix]
+        add = [(prefix, src) for prefix, src in want.items()
+               if self.routes.get(prefix, "-") != src]
+        if not gone and not add:
+            return
+        # One netlink socket for the whole change (IKE adds a route per Child SA).
+        failed: dict[str, Exception]
+        try:
+            failed = self.routing.set_peers(add, gone)
+        except Exception as exc:
+            failed = {prefix: exc for prefix, _ in add}
+        for prefix, src in add:
+            if prefix in failed:
+                log.error("route %s into %s: %s", prefix, self.config.datapath.tun,
+                          failed[prefix])
+            else:
+                self.routes[prefix] = src
 
     # -- setkey ----------------------------------------------------------------------------
 

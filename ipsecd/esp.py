@@ -171,6 +171,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType
 from typing import Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -593,6 +594,68 @@ def _render(template: str, constants: dict[str, int | bytes | bool]) -> str:
         if not isinstance(value, (int, bytes)):  # bool is an int
             raise TypeError(f"{name}: only int, bool and bytes constants are compiled")
     return string.Template(template).substitute({name: repr(value) for name, value in constants.items()})
+
+
+# -- compiled fast paths, shared by the SAs of one shape -------------------------
+#
+# Compiling a template costs about 1 ms, and IKE installs SAs of the same
+# shape one after another (the Child SAs of a connection differ only in SPI).
+# So the code is compiled once per template and set of constants *other than*
+# the ones in ``_PER_SA``, which differ per SA: they are compiled as
+# placeholder literals (ints above 64 bits, which no SA constant is), and the
+# placeholders are then swapped for the SA's values in the code objects'
+# constants (``code.replace``): the same instructions loading the same values
+# as a compilation with the SA's values.  That holds while the templates use
+# these constants as plain operands (passed, compared, XORed with a variable),
+# not in an expression the compiler folds; so the template is compiled with
+# two sets of placeholders, and cached only if swapping the first set for
+# the second gives the second compilation exactly - otherwise every SA is
+# compiled on its own, as before.  tests/test_esp_fastpath.py checks that
+# patched code does what a direct compilation does.
+_PER_SA = ("SPI", "IV_MASK")
+_PLACEHOLDERS = tuple({name: (1 << 80) + base + k for k, name in enumerate(_PER_SA)}
+                      for base in (0x5555_5555_5555_5555, 0xAAAA_AAAA_AAAA_AAAA))
+_FILENAME = "<ipsecd.esp fast path, SPI {:#x}>"
+_CODE_CACHE: dict[tuple[object, ...], tuple[CodeType, dict[str, int]] | None] = {}
+_CODE_CACHE_MAX = 256
+
+
+def _patch(value: object, values: dict[int, int], filename: str) -> object:
+    """``value`` (a code object, or one of its constants) with the ints of ``values``
+    replaced, in nested code objects and constant tuples too."""
+    if isinstance(value, CodeType):
+        return value.replace(co_filename=filename, co_consts=tuple(
+            _patch(c, values, filename) for c in value.co_consts))
+    if type(value) is int:
+        return values.get(value, value)
+    if type(value) is tuple:
+        return tuple(_patch(c, values, filename) for c in value)
+    if type(value) is frozenset:
+        return frozenset(_patch(c, values, filename) for c in value)
+    return value
+
+
+def _compiled(template: str, constants: dict[str, int | bytes | bool]) -> CodeType:
+    """The code of ``template`` filled with ``constants`` (see above)."""
+    filename = _FILENAME.format(constants.get("SPI", 0))
+    per_sa = [k for k in _PER_SA if k in constants]
+    key = (template, tuple(sorted((k, type(v), v) for k, v in constants.items()
+                                  if k not in _PER_SA)))
+    if key not in _CODE_CACHE:
+        first, second = (compile(_render(template, {**constants, **{k: p[k] for k in per_sa}}),
+                                 _FILENAME.format(0), "exec") for p in _PLACEHOLDERS)
+        swap = {_PLACEHOLDERS[0][k]: _PLACEHOLDERS[1][k] for k in per_sa}
+        if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
+            _CODE_CACHE.clear()
+        _CODE_CACHE[key] = ((first, _PLACEHOLDERS[0])
+                            if _patch(first, swap, _FILENAME.format(0)) == second else None)
+    hit = _CODE_CACHE[key]
+    if hit is None:
+        return compile(_render(template, constants), filename, "exec")
+    code, placeholders = hit
+    patched = _patch(code, {placeholders[k]: int(constants[k]) for k in per_sa}, filename)
+    assert isinstance(patched, CodeType)
+    return patched
 
 
 @dataclass(frozen=True, slots=True)
@@ -1206,9 +1269,8 @@ class EspContext:
         functions find the SA's objects and their own state as globals of
         that namespace, which is cheaper per call than closure variables.
         """
-        source = _render(template, constants)
         namespace: dict[str, object] = {**names, "esp_module": sys.modules[__name__]}
-        exec(compile(source, f"<ipsecd.esp fast path, SPI {self.spi:#x}>", "exec"), namespace)
+        exec(_compiled(template, constants), namespace)
         return namespace[function], namespace["forget"]  # type: ignore[return-value]
 
     def forget_buffers(self) -> None:

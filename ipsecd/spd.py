@@ -57,6 +57,7 @@ import ipaddress
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ipsecd.iana import IpProto
 from ipsecd.sa import IPAddress, Mode
@@ -415,6 +416,14 @@ class SPD:
 
     def __iter__(self) -> Iterator[Policy]:
         return (e.policy for e in self.entries())
+
+    def index_view(self) -> dict[tuple[Direction, int], tuple[list[tuple[int, int]], list[Any]]]:
+        """The lookup lists, read-only, per (direction, IP version): (sort keys, items), in
+        lookup order; each item has the ``policy``.  A sort key is unique within its list,
+        and an item is a new object whenever its policy is added or updated (copies share
+        the items of policies they did not change): what the policy publisher
+        (:mod:`workers.policy`) diffs by identity to send the workers only the changes."""
+        return {k: (b.keys, b.items) for k, b in self._index.items()}
 
     def copy(self) -> SPD:
         """An independent SPD with the same policies (policies are immutable, so shared)."""

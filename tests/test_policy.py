@@ -224,3 +224,109 @@ def test_reload_on_generation_change(table: PolicyTable) -> None:
         assert current.generation == 2
     finally:
         reader.close()
+
+
+# --- incremental publication: deltas give the worker what a full re-parse gives --------------
+
+
+def _same(a: PolicySet, b: PolicySet) -> None:
+    assert a.generation == b.generation
+    assert {k: v for k, v in a.rules.items() if v} == {k: v for k, v in b.rules.items() if v}
+    assert {k: v for k, v in a.keys.items() if v} == {k: v for k, v in b.keys.items() if v}
+    assert a.sas == b.sas and a.local == b.local and a.slots == b.slots
+
+
+@st.composite
+def steps(draw: st.DrawFn) -> list[tuple[list[Policy], list[int], list[tuple[int, int, bool]], bool]]:
+    """Per publication: policies to add or update, indexes of policies to delete, outbound
+    SAs (spi, order, dying), whether the local addresses change."""
+    out = []
+    for _ in range(draw(st.integers(1, 12))):
+        out.append((draw(policies()), draw(st.lists(st.integers(0, 40), max_size=4)),
+                    draw(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 9), st.booleans()),
+                                  max_size=6)),
+                    draw(st.booleans())))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps(), st.sampled_from([2 << 10, 64 << 10]))
+def test_incremental_updates_equal_a_full_reparse(
+        plan: list[tuple[list[Policy], list[int], list[tuple[int, int, bool]], bool]],
+        size: int) -> None:
+    from workers.policy import PolicyPublisher
+
+    table = PolicyTable(f"ipsecd-test-{uuid.uuid4().hex[:8]}-policy", size=size)
+    reader = PolicyReader(table.name)
+    publisher = PolicyPublisher(table)
+    worker = PolicySet()
+    late = PolicySet()  # a worker that refreshes only every third publication
+    spd = SPD()
+    sas = {spi: _sa(spi, dst=f"192.0.2.{spi % 3 + 2}", mode=Mode.TRANSPORT, reqid=spi % 2)
+           for spi in range(1, 7)}
+    local = [A]
+    try:
+        for n, (changes, deletes, outbound, new_local) in enumerate(plan):
+            for p in changes:
+                spd.update(p)
+            entries = spd.entries()
+            for i in deletes:
+                if entries and entries[i % len(entries)].policy.key in \
+                        {e.policy.key for e in spd.entries()}:
+                    spd.delete(*entries[i % len(entries)].policy.key)
+            installed = []
+            for spi, order, dying in {spi: (spi, o, d) for spi, o, d in outbound}.values():
+                sas[spi].state = SAState.DYING if dying else SAState.MATURE
+                installed.append(InstalledSA(sas[spi], slot=spi, order=order))
+            if new_local:
+                local = [A] if local != [A] else [A, B]
+            info = {inst.slot: SlotInfo(1400 + inst.order, "eth0") for inst in installed}
+            try:
+                gen = publisher.publish(spd, installed, local, info)
+            except PolicyTableFull:
+                continue  # too big for the small segment: nothing published
+            want = PolicySet.from_document(gen, build_document(spd, installed, local, info))
+            assert reader.refresh(worker)
+            _same(worker, want)
+            if n % 3 == 2:
+                reader_late = PolicyReader(table.name)
+                try:
+                    reader_late.refresh(late)
+                    _same(late, want)
+                finally:
+                    reader_late.close()
+            got = reader.read()
+            assert got is not None
+            _same(PolicySet.from_document(*got), want)
+            assert not reader.refresh(worker)  # nothing new
+    finally:
+        reader.close()
+        table.close()
+
+
+def test_deltas_follow_a_snapshot_and_the_log_starts_over() -> None:
+    from workers.policy import PolicyPublisher
+
+    table = PolicyTable(f"ipsecd-test-{uuid.uuid4().hex[:8]}-policy", size=12 << 10)
+    publisher = PolicyPublisher(table)
+    reader = PolicyReader(table.name)
+    worker = PolicySet()
+    spd = SPD()
+    try:
+        for k in range(150):  # a 12 KB segment: the log starts over a few times
+            sel = Selector.make(f"10.0.{k // 256}.{k % 256}/32", "10.9.0.0/16")
+            spd.add(Policy(sel, Direction.OUT, Action.DISCARD))
+            publisher.publish(spd, [], [A], {})
+            if k % 7 == 3:
+                assert reader.refresh(worker)
+        assert reader.refresh(worker)
+        assert worker.generation == table.generation == 150 and worker.count() == 150
+        assert 1 < publisher.snapshots < 40
+        _same(worker, PolicySet.from_document(table.generation,
+                                              build_document(spd, [], [A], {})))
+        rule = worker.lookup("out", 4, int(ipaddress.ip_address("10.0.0.144")),
+                             int(ipaddress.ip_address("10.9.3.3")), 6)
+        assert rule is not None and rule.action == ACTION_DISCARD
+    finally:
+        reader.close()
+        table.close()

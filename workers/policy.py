@@ -9,24 +9,35 @@ request, the path MTU and outside interface of each outbound SA, and the
 local addresses (an inbound packet for one of them is checked against the
 ``in`` policies, any other against ``fwd``).
 
-The control process serializes all of it into one JSON document (orjson)
-and publishes it in a small shared-memory segment of its own (mode 0600)::
+The control process serializes all of it as JSON (orjson) into a small
+shared-memory segment of its own (mode 0600), as a log of records::
 
-    header (64 bytes): u32 seq | u32 pad | u64 generation | u64 length
-    data: the JSON document
+    header (64 bytes): u32 seq | u32 pad | u64 generation | u64 length | u64 base
+    data (length bytes): record | record | ...
+    record: u32 payload length | u32 kind | u64 generation | payload (JSON)
 
-``seq`` is a seqlock: odd while the writer copies a new document in.  A
-reader copies ``length`` bytes and keeps them only if ``seq`` was even and
-unchanged across the copy.  ``generation`` grows with every publication;
-workers read it (one 8-byte load) once per batch and rebuild their lookup
-structure (:class:`PolicySet`) and drop their per-flow caches when it moved.
-A restarted worker simply reads the current document.
+The first record is a *snapshot*: the whole document (:func:`build_document`),
+its generation is ``base``.  Every later one is a *delta* (:class:`PolicyPublisher`):
+the policies added or removed (identified by their SPD sort key, unique within
+a direction), the SA candidate lists and slots that changed, the local
+addresses if they did.  IKE changes a few policies per Child SA while the
+document grows with every one of them: a worker applies a delta in time
+proportional to the change, not to the SPD.  When the log would not fit, or
+outgrows the snapshot, the writer starts over with a new snapshot.
 
-Why a document and not a binary table: policies change at human speed
-(setkey, IKE), the document is parsed once per change per worker, and JSON
-keeps the format debuggable (``ipsecd status --json`` shows the same facts).
-Addresses travel as hex strings because orjson does not take 128-bit
-integers.
+``seq`` is a seqlock: odd while the writer changes the header or rewrites
+the log from the start; appended records are written past ``length`` before
+the header counts them.  A reader copies the bytes it needs and keeps them
+only if ``seq`` was even and unchanged across the copy.  ``generation``
+grows with every publication; workers read it (one 8-byte load) once per
+batch and, when it moved, apply the records past the last one they saw
+(:meth:`PolicyReader.refresh`) - all of them, snapshot first, if the log was
+started over since, or at start - and drop their per-flow caches.
+
+Why JSON and not a binary table: policies change at human speed or one
+Child SA at a time, and JSON keeps the format debuggable (``ipsecd status
+--json`` shows the same facts).  Addresses travel as hex strings because
+orjson does not take 128-bit integers.
 
 Lookup (:meth:`PolicySet.lookup`) is the SPD's own rule: a linear scan of
 integer compares in the SPD's order (priority, then installation order,
@@ -36,6 +47,7 @@ flow, so the scan runs once per flow and generation.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
 import mmap
@@ -51,8 +63,11 @@ import orjson
 from ipsecd.sa import Mode, SAState, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, Level, Policy
 
-_HEADER = struct.Struct("<IIQQ")  # seq, pad, generation, length
+_HEADER = struct.Struct("<IIQQQ")  # seq, pad, generation, length, base (snapshot generation)
 HEADER_SIZE = 64
+_RECORD = struct.Struct("<IIQ")  # payload length, kind, generation
+SNAPSHOT = 0
+DELTA = 1
 _SEQ = struct.Struct("<I")
 _GEN_OFF = 8
 _U64 = struct.Struct("<Q")
@@ -97,6 +112,8 @@ class PolicyTable:
             raise
         os.close(fd)
         self.generation = 0
+        self.length = 0  # bytes of records
+        self.base = 0  # generation of the snapshot that starts them
 
     @staticmethod
     def unlink_stale(name: str) -> bool:
@@ -106,27 +123,60 @@ class PolicyTable:
             return False
         return True
 
+    @property
+    def capacity(self) -> int:
+        """Bytes of records the segment holds."""
+        return self.size - HEADER_SIZE
+
     def encode(self, document: Mapping[str, Any]) -> bytes:
         """The bytes :meth:`publish` would write; :class:`PolicyTableFull` if too big."""
         data = orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
-        if len(data) > self.size - HEADER_SIZE:
+        if len(data) + _RECORD.size > self.capacity:
             raise PolicyTableFull(
-                f"the policy table needs {len(data)} bytes; the segment holds "
-                f"{self.size - HEADER_SIZE}")
+                f"the policy table needs {len(data) + _RECORD.size} bytes; the segment holds "
+                f"{self.capacity}")
         return data
 
     def publish(self, document: Mapping[str, Any] | bytes) -> int:
-        """Write a new document and return its generation."""
+        """Start the log over with a snapshot (a whole document); returns its generation."""
         data = document if isinstance(document, bytes) else self.encode(document)
-        if len(data) > self.size - HEADER_SIZE:
+        if len(data) + _RECORD.size > self.capacity:
             raise PolicyTableFull(f"{len(data)} bytes do not fit")
         mm = self._mm
         seq = _SEQ.unpack_from(mm, 0)[0]
         _SEQ.pack_into(mm, 0, (seq + 1) & 0xFFFFFFFF)  # odd: being written
-        mm[HEADER_SIZE:HEADER_SIZE + len(data)] = data
         self.generation += 1
-        _HEADER.pack_into(mm, 0, (seq + 1) & 0xFFFFFFFF, 0, self.generation, len(data))
+        _RECORD.pack_into(mm, HEADER_SIZE, len(data), SNAPSHOT, self.generation)
+        end = HEADER_SIZE + _RECORD.size + len(data)
+        mm[HEADER_SIZE + _RECORD.size:end] = data
+        self.length = end - HEADER_SIZE
+        self.base = self.generation
+        _HEADER.pack_into(mm, 0, (seq + 1) & 0xFFFFFFFF, 0, self.generation, self.length,
+                          self.base)
         _SEQ.pack_into(mm, 0, (seq + 2) & 0xFFFFFFFF)  # even: stable
+        return self.generation
+
+    def room(self) -> int:
+        """Payload bytes one more delta record may have."""
+        return self.capacity - self.length - _RECORD.size if self.generation else -1
+
+    def append(self, delta: bytes) -> int:
+        """Append a delta record (JSON of :meth:`PolicyPublisher`'s changes); returns its
+        generation.  Needs a snapshot first and :meth:`room` for it."""
+        if not self.generation or len(delta) > self.room():
+            raise PolicyTableFull(f"a {len(delta)}-byte delta does not fit")
+        mm = self._mm
+        at = HEADER_SIZE + self.length
+        # Past ``length``: no reader looks here until the header below counts it.
+        _RECORD.pack_into(mm, at, len(delta), DELTA, self.generation + 1)
+        mm[at + _RECORD.size:at + _RECORD.size + len(delta)] = delta
+        seq = _SEQ.unpack_from(mm, 0)[0]
+        _SEQ.pack_into(mm, 0, (seq + 1) & 0xFFFFFFFF)
+        self.generation += 1
+        self.length += _RECORD.size + len(delta)
+        _HEADER.pack_into(mm, 0, (seq + 1) & 0xFFFFFFFF, 0, self.generation, self.length,
+                          self.base)
+        _SEQ.pack_into(mm, 0, (seq + 2) & 0xFFFFFFFF)
         return self.generation
 
     def close(self) -> None:
@@ -159,21 +209,86 @@ class PolicyReader:
         """The generation of the current document (0: nothing published yet)."""
         return int(_U64.unpack_from(self._view, _GEN_OFF)[0])
 
-    def read(self, retries: int = 1000) -> tuple[int, dict[str, Any]] | None:
-        """A consistent copy of the current document and its generation (None if none yet)."""
+    def _copy(self, since: int, offset: int,
+              retries: int) -> tuple[int, int, list[tuple[int, int, bytes]]] | None:
+        """(generation, length, records) of a consistent copy: the records past ``offset``
+        when the reader is at generation ``since`` of the current log, else all of them.
+        None: nothing published, or the writer was busy ``retries`` times."""
         view = self._view
         for _ in range(retries):
-            seq1, _, gen, length = _HEADER.unpack_from(view, 0)
+            seq1, _, gen, length, base = _HEADER.unpack_from(view, 0)
             if seq1 & 1:
                 time.sleep(0)
                 continue
             if gen == 0:
                 return None
-            data = bytes(view[HEADER_SIZE:HEADER_SIZE + length])
+            start = offset if since and since >= base and offset <= length else 0
+            data = bytes(view[HEADER_SIZE + start:HEADER_SIZE + length])
             if _SEQ.unpack_from(view, 0)[0] != seq1:
                 continue
-            return int(gen), orjson.loads(data)
+            records = []
+            at = 0
+            while at + _RECORD.size <= len(data):
+                size, kind, rgen = _RECORD.unpack_from(data, at)
+                records.append((kind, rgen, data[at + _RECORD.size:at + _RECORD.size + size]))
+                at += _RECORD.size + size
+            return int(gen), int(length), records
         return None
+
+    def read(self, retries: int = 1000) -> tuple[int, dict[str, Any]] | None:
+        """A consistent copy of the current document (the snapshot with the deltas after it
+        folded in) and its generation (None if none yet)."""
+        got = self._copy(0, 0, retries)
+        if got is None:
+            return None
+        gen, _, records = got
+        doc: dict[str, Any] = {}
+        for kind, _, payload in records:
+            if kind == SNAPSHOT:
+                doc = orjson.loads(payload)
+            else:
+                fold(doc, orjson.loads(payload))
+        return gen, doc
+
+    def refresh(self, policies: PolicySet, retries: int = 1000) -> bool:
+        """Bring ``policies`` (built by this reader's refreshes only) to the current
+        generation: the deltas past the last record it saw, or a snapshot and the deltas
+        after it.  True when it changed."""
+        if self.generation == policies.generation:
+            return False
+        got = self._copy(policies.generation, self._offset, retries)
+        if got is None:
+            return False
+        gen, length, records = got
+        try:
+            for kind, rgen, payload in records:
+                if kind == SNAPSHOT:
+                    policies.reset(PolicySet.from_document(rgen, orjson.loads(payload)))
+                elif rgen > policies.generation:
+                    policies.apply(orjson.loads(payload))
+                    policies.generation = rgen
+            if policies.generation != gen:
+                raise ValueError(f"records end at {policies.generation}, not {gen}")
+        except Exception:
+            # Not expected: start over from the snapshot rather than keep a wrong view.
+            got = self._copy(0, 0, retries)
+            if got is None:
+                policies.reset(PolicySet())
+                self._offset = 0
+                return True
+            gen, length, records = got
+            fresh = PolicySet()
+            for kind, rgen, payload in records:
+                if kind == SNAPSHOT:
+                    fresh = PolicySet.from_document(rgen, orjson.loads(payload))
+                else:
+                    fresh.apply(orjson.loads(payload))
+                    fresh.generation = rgen
+            policies.reset(fresh)
+        self._offset = length
+        return True
+
+    _offset = 0  # where the records after policies.generation start (refresh)
 
     def close(self) -> None:
         self._view.release()
@@ -210,49 +325,101 @@ def build_document(
     local_addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address],
     slot_info: Mapping[int, SlotInfo],
 ) -> dict[str, Any]:
-    """The document for the current SPD and the outbound SAs in the table."""
-    policies: dict[str, list[Any]] = {}
-    for direction in Direction:
-        rows = []
-        for entry in spd.entries(direction):
-            rows.append(_policy_row(entry.policy))
-        policies[direction.value] = rows
-    # (protocol, src, dst) -> candidates, best first: mature before dying, then newest
-    # (the rule of SAD.find_outbound; the worker filters by mode and reqid).
-    groups: dict[tuple[int, str, str], list[tuple[tuple[int, int], list[int]]]] = {}
-    for inst in outbound:
-        sa = inst.sa
-        if sa.state not in (SAState.MATURE, SAState.DYING):
-            continue
-        key = (int(sa.protocol), sa.src.packed.hex(), sa.dst.packed.hex())
-        mode = {Mode.ANY: 0, Mode.TRANSPORT: MODE_TRANSPORT, Mode.TUNNEL: MODE_TUNNEL}[sa.mode]
-        rank = (1 if sa.state is SAState.MATURE else 0, inst.order)
-        groups.setdefault(key, []).append((rank, [inst.slot, mode, sa.reqid]))
-    sas = [[proto, src, dst, [c for _, c in sorted(cands, key=lambda x: x[0], reverse=True)]]
-           for (proto, src, dst), cands in groups.items()]
+    """The document (a snapshot) for the current SPD and the outbound SAs in the table.
+
+    ``policies``: per direction, ``[k0, k1, row]`` in lookup order, (k0, k1) the
+    policy's SPD sort key; ``sas``: ``[protocol, src, dst, candidates]``;
+    ``local``: addresses; ``slots``: ``[slot, path MTU, interface]``."""
+    policies: dict[str, list[Any]] = {direction.value: [] for direction in Direction}
+    for (direction, _), (keys, items) in sorted(spd.index_view().items(),
+                                                key=lambda kv: (kv[0][0].value, kv[0][1])):
+        policies[direction.value].extend(
+            [k[0], k[1], _policy_row(item.policy)] for k, item in zip(keys, items, strict=True))
+    for rows in policies.values():
+        rows.sort(key=lambda r: (r[0], r[1]))  # the two families of a direction, merged
     return {
         "policies": policies,
-        "sas": sas,
+        "sas": [[*key, cands] for key, cands in _sa_groups(outbound, {}).items()],
         "local": sorted({a.packed.hex() for a in local_addresses}),
         "slots": [[slot, info.path_mtu, info.ifname] for slot, info in sorted(slot_info.items())],
     }
 
 
-_ROWS: dict[int, tuple[Policy, list[Any]]] = {}
+_MODE_OF = {Mode.ANY: 0, Mode.TRANSPORT: MODE_TRANSPORT, Mode.TUNNEL: MODE_TUNNEL}
+
+
+def _sa_groups(outbound: Iterable[InstalledSA],
+               cache: dict[int, tuple[SecurityAssociation, tuple[int, str, str], int]],
+               ) -> dict[tuple[int, str, str], list[list[int]]]:
+    """(protocol, src, dst) -> candidates ``[slot, mode, reqid]``, best first: mature before
+    dying, then newest (the rule of SAD.find_outbound; the worker filters by mode and
+    reqid).  ``cache``: id(sa) -> (sa, key, mode), kept from call to call."""
+    groups: dict[tuple[int, str, str], list[tuple[tuple[int, int], list[int]]]] = {}
+    for inst in outbound:
+        sa = inst.sa
+        state = sa.state
+        if state is not SAState.MATURE and state is not SAState.DYING:
+            continue
+        hit = cache.get(id(sa))
+        if hit is None or hit[0] is not sa:
+            hit = cache[id(sa)] = (sa, (int(sa.protocol), sa.src.packed.hex(),
+                                        sa.dst.packed.hex()), _MODE_OF[sa.mode])
+        rank = (1 if state is SAState.MATURE else 0, inst.order)
+        groups.setdefault(hit[1], []).append((rank, [inst.slot, hit[2], sa.reqid]))
+    return {key: [c for _, c in sorted(cands, key=lambda x: x[0], reverse=True)]
+            for key, cands in groups.items()}
+
+
+def fold(doc: dict[str, Any], delta: Mapping[str, Any]) -> None:
+    """Apply a delta record to a document (JSON form; :meth:`PolicyReader.read`)."""
+    policies = doc.setdefault("policies", {})
+    for direction, _family, k0, k1, row in delta.get("policies", ()):
+        rows = policies.setdefault(direction, [])
+        keys = [(r[0], r[1]) for r in rows]
+        i = bisect.bisect_left(keys, (k0, k1))
+        if i < len(rows) and keys[i] == (k0, k1):
+            del rows[i]
+        if row is not None:
+            rows.insert(i, [k0, k1, row])
+    if "sas" in delta:
+        sas = {(p, s, d): c for p, s, d, c in doc.get("sas", [])}
+        for p, s_, d, cands in delta["sas"]:
+            if cands:
+                sas[(p, s_, d)] = cands
+            else:
+                sas.pop((p, s_, d), None)
+        doc["sas"] = [[*k, c] for k, c in sas.items()]
+    if "slots" in delta:
+        slots = {row[0]: row for row in doc.get("slots", [])}
+        for row in delta["slots"]:
+            if len(row) == 1:
+                slots.pop(row[0], None)
+            else:
+                slots[row[0]] = row
+        doc["slots"] = [slots[k] for k in sorted(slots)]
+    if "local" in delta:
+        doc["local"] = delta["local"]
+
+
+_ROWS: dict[int, tuple[Policy, list[Any], int]] = {}
 
 
 def _policy_row(policy: Policy) -> list[Any]:
-    # Policies are immutable and the document is rebuilt on every change: a row is
-    # computed once per policy object, not once per policy per change (IKE installs one
-    # child after another).  Keyed by identity (hashing a Policy costs more than the row).
+    # Policies are immutable and snapshots are rebuilt now and then: a row is computed
+    # once per policy object.  Keyed by identity (hashing a Policy costs more than the row).
+    return _row_entry(policy)[1]
+
+
+def _row_entry(policy: Policy) -> tuple[Policy, list[Any], int]:
+    """(policy, row, the row's JSON size)."""
     hit = _ROWS.get(id(policy))
     if hit is not None and hit[0] is policy:
-        return hit[1]
+        return hit
     if len(_ROWS) > 1 << 16:
         _ROWS.clear()
     row = _make_row(policy)
-    _ROWS[id(policy)] = (policy, row)
-    return row
+    hit = _ROWS[id(policy)] = (policy, row, len(orjson.dumps(row)) + 32)  # + keys, commas
+    return hit
 
 
 def _make_row(policy: Policy) -> list[Any]:
@@ -266,6 +433,116 @@ def _make_row(policy: Policy) -> list[Any]:
             _hex(sel.dst.network_address), _hex(sel.dst.netmask),
             -1 if sel.proto is None else sel.proto, sel.sport, sel.dport,
             _ACTIONS[policy.action], requests]
+
+
+# --- the writer's side of the deltas -----------------------------------------------------------
+
+_SA_BYTES = 160  # an upper bound of what an outbound SA adds to a snapshot (its group, its slot)
+_LOCAL_BYTES = 40
+
+
+class PolicyPublisher:
+    """Publishes the control process's state to a :class:`PolicyTable` as deltas.
+
+    It remembers what it published: per SPD lookup list the items (by identity,
+    see :meth:`ipsecd.spd.SPD.index_view`) with their sort keys, the SA
+    candidate lists, slots and local addresses.  :meth:`publish` diffs the new
+    state against that - the policies by item identity (set operations that run
+    in C, so that a change costs little more than its own size even with
+    thousands of policies) - and appends a delta, or writes a snapshot when the
+    log is full or has outgrown the snapshot.
+    """
+
+    def __init__(self, table: PolicyTable) -> None:
+        self.table = table
+        self._items: dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]] = {}
+        self._policy_bytes = 0  # the policies' share of a snapshot (estimated)
+        self._sas: dict[tuple[int, str, str], list[list[int]]] = {}
+        self._sa_cache: dict[int, tuple[SecurityAssociation, tuple[int, str, str], int]] = {}
+        self._slots: dict[int, tuple[int, str]] = {}
+        self._local: list[str] = []
+        self._snapshot_bytes = 0
+        self._log_bytes = 0
+        self.snapshots = 0  # how many were written (tests, status)
+
+    def _diff(self, spd: SPD) -> tuple[dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]],
+                                       list[tuple[Direction, int, tuple[int, int]]],
+                                       list[tuple[Direction, int, tuple[int, int], Any]], int]:
+        """(new items per list, removed (direction, version, key), added (direction, version,
+        key, item), the policies' estimated snapshot bytes)."""
+        view = spd.index_view()
+        new_items: dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]] = {}
+        removed: list[tuple[Direction, int, tuple[int, int]]] = []
+        added: list[tuple[Direction, int, tuple[int, int], Any]] = []
+        size = self._policy_bytes
+        for bucket in view.keys() | self._items.keys():
+            keys, items = view.get(bucket, ([], []))
+            old = self._items.get(bucket, {})
+            new = dict(zip(map(id, items), zip(keys, items, strict=True), strict=True))
+            new_items[bucket] = new
+            for gone in old.keys() - new.keys():
+                key, item = old[gone]
+                removed.append((bucket[0], bucket[1], key))
+                size -= _row_entry(item.policy)[2]
+            for came in new.keys() - old.keys():
+                key, item = new[came]
+                added.append((bucket[0], bucket[1], key, item))
+                size += _row_entry(item.policy)[2]
+        return new_items, removed, added, size
+
+    def check(self, spd: SPD, n_outbound: int,
+              local: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
+        """:class:`PolicyTableFull` unless a snapshot of this state (``n_outbound`` outbound
+        SAs) would fit the segment - estimated, not built: the row sizes are known."""
+        size = self._diff(spd)[3] + n_outbound * _SA_BYTES + len(set(local)) * _LOCAL_BYTES + 256
+        if size > self.table.capacity:
+            raise PolicyTableFull(
+                f"the policy table needs about {size} bytes; the segment holds "
+                f"{self.table.capacity}")
+
+    def publish(self, spd: SPD, outbound: Sequence[InstalledSA],
+                local: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address],
+                slot_info: Mapping[int, SlotInfo]) -> int:
+        """Publish the current state; returns its generation."""
+        new_items, removed, added, policy_bytes = self._diff(spd)
+        live = {id(inst.sa) for inst in outbound}
+        if len(self._sa_cache) > 2 * len(live) + 64:
+            self._sa_cache = {k: v for k, v in self._sa_cache.items() if k in live}
+        sas = _sa_groups(outbound, self._sa_cache)
+        slots = {slot: (info.path_mtu, info.ifname) for slot, info in slot_info.items()}
+        local_hex = sorted({a.packed.hex() for a in local})
+        delta: dict[str, Any] = {}
+        rows: list[Any] = [[d.value, v, k[0], k[1], None] for d, v, k in removed]
+        rows += [[d.value, v, k[0], k[1], _policy_row(item.policy)] for d, v, k, item in added]
+        if rows:
+            delta["policies"] = rows
+        old_sas = self._sas
+        changed = [[*k, c] for k, c in sas.items() if old_sas.get(k) != c]
+        changed += [[*k, []] for k in old_sas.keys() - sas.keys()]
+        if changed:
+            delta["sas"] = changed
+        old_slots = self._slots
+        slot_rows: list[list[Any]] = [[s, *v] for s, v in slots.items() if old_slots.get(s) != v]
+        slot_rows += [[s] for s in old_slots.keys() - slots.keys()]
+        if slot_rows:
+            delta["slots"] = slot_rows
+        if local_hex != self._local:
+            delta["local"] = local_hex
+        data = orjson.dumps(delta)
+        table = self.table
+        if (table.generation and len(data) <= table.room()
+                and self._log_bytes + len(data) <= 2 * self._snapshot_bytes + (256 << 10)):
+            gen = table.append(data)
+            self._log_bytes += len(data)
+        else:
+            doc = build_document(spd, outbound, local, slot_info)
+            encoded = table.encode(doc)  # PolicyTableFull: nothing changes
+            gen = table.publish(encoded)
+            self._snapshot_bytes, self._log_bytes = len(encoded), 0
+            self.snapshots += 1
+        self._items, self._policy_bytes = new_items, policy_bytes
+        self._sas, self._slots, self._local = sas, slots, local_hex
+        return gen
 
 
 # --- the workers' lookup structure -------------------------------------------------------------
@@ -312,27 +589,34 @@ def _bytes(h: str | None) -> bytes | None:
     return bytes.fromhex(h) if h is not None else None
 
 
+def _rule(row: Sequence[Any]) -> Rule:
+    _family, snet, smask, dnet, dmask, proto, sport, dport, action, reqs = row
+    requests = tuple(Request(p, m, _bytes(s), _bytes(d), bool(req), reqid)
+                     for p, m, s, d, req, reqid in reqs)
+    return Rule(_int(snet), _int(smask), _int(dnet), _int(dmask), proto, sport, dport, action,
+                requests)
+
+
 @dataclass(slots=True)
 class PolicySet:
-    """The document turned into lookup structures (built per generation by each worker)."""
+    """The document turned into lookup structures (kept current by each worker)."""
 
     generation: int = 0
     rules: dict[tuple[str, int], list[Rule]] = field(default_factory=dict)
     sas: dict[tuple[int, bytes, bytes], list[tuple[int, int, int]]] = field(default_factory=dict)
     local: frozenset[bytes] = frozenset()
     slots: dict[int, SlotInfo] = field(default_factory=dict)
+    keys: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict)
+    """The SPD sort key of each rule of ``rules`` (ascending): where a delta's changes go."""
 
     @classmethod
     def from_document(cls, generation: int, doc: Mapping[str, Any]) -> PolicySet:
         rules: dict[tuple[str, int], list[Rule]] = {}
+        keys: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for direction, rows in doc.get("policies", {}).items():
-            for row in rows:
-                family, snet, smask, dnet, dmask, proto, sport, dport, action, reqs = row
-                requests = tuple(Request(p, m, _bytes(s), _bytes(d), bool(req), reqid)
-                                 for p, m, s, d, req, reqid in reqs)
-                rules.setdefault((direction, family), []).append(Rule(
-                    _int(snet), _int(smask), _int(dnet), _int(dmask), proto, sport, dport,
-                    action, requests))
+            for k0, k1, row in rows:
+                rules.setdefault((direction, row[0]), []).append(_rule(row))
+                keys.setdefault((direction, row[0]), []).append((k0, k1))
         sas = {(proto, bytes.fromhex(src), bytes.fromhex(dst)): [tuple(c) for c in cands]
                for proto, src, dst, cands in doc.get("sas", [])}
         return cls(
@@ -341,7 +625,43 @@ class PolicySet:
             sas=sas,
             local=frozenset(bytes.fromhex(a) for a in doc.get("local", [])),
             slots={slot: SlotInfo(mtu, ifname) for slot, mtu, ifname in doc.get("slots", [])},
+            keys=keys,
         )
+
+    def reset(self, other: PolicySet) -> None:
+        """Take over ``other``'s contents."""
+        self.generation, self.rules, self.sas = other.generation, other.rules, other.sas
+        self.local, self.slots, self.keys = other.local, other.slots, other.keys
+
+    def apply(self, delta: Mapping[str, Any]) -> None:
+        """Apply a delta record (:class:`PolicyPublisher`); the caller sets ``generation``."""
+        for direction, family, k0, k1, row in delta.get("policies", ()):
+            bucket = (direction, family)
+            keys = self.keys.setdefault(bucket, [])
+            rules = self.rules.setdefault(bucket, [])
+            key = (k0, k1)
+            i = bisect.bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                if row is None:
+                    del keys[i], rules[i]
+                else:
+                    rules[i] = _rule(row)
+            elif row is not None:
+                keys.insert(i, key)
+                rules.insert(i, _rule(row))
+        for proto, src, dst, cands in delta.get("sas", ()):
+            sa_key = (proto, bytes.fromhex(src), bytes.fromhex(dst))
+            if cands:
+                self.sas[sa_key] = [tuple(c) for c in cands]
+            else:
+                self.sas.pop(sa_key, None)
+        for row in delta.get("slots", ()):
+            if len(row) == 1:
+                self.slots.pop(row[0], None)
+            else:
+                self.slots[row[0]] = SlotInfo(row[1], row[2])
+        if "local" in delta:
+            self.local = frozenset(bytes.fromhex(a) for a in delta["local"])
 
     def lookup(self, direction: str, version: int, s: int, d: int, proto: int,
                sport: int = 0, dport: int = 0) -> Rule | None:
@@ -388,6 +708,7 @@ __all__ = [
     "MODE_TRANSPORT",
     "MODE_TUNNEL",
     "InstalledSA",
+    "PolicyPublisher",
     "PolicyReader",
     "PolicySet",
     "PolicyTable",
@@ -396,5 +717,6 @@ __all__ = [
     "Rule",
     "SlotInfo",
     "build_document",
+    "fold",
     "ports_of",
 ]

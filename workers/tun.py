@@ -310,6 +310,20 @@ class PolicyRouting:
     def del_peer(self, address: str) -> None:
         del_route(self.device, address, table=self.table)
 
+    def set_peers(self, add: Iterable[tuple[str, str | None]],
+                  remove: Iterable[str] = ()) -> dict[str, Exception]:
+        """:meth:`del_peer` for every prefix of ``remove``, then :meth:`add_peer` for every
+        (prefix, preferred source) of ``add``, over one netlink socket and one interface
+        lookup (IKE adds a route per Child SA); returns {prefix: error} of the adds that
+        failed.  A removal that fails is ignored (the route is gone or was never there).
+        Raises when the device is gone."""
+        from ipsecd.rtnl import Rtnl
+
+        oif = socket.if_nametoindex(self.device)  # OSError when the device is gone
+        with Rtnl() as rtnl:
+            rtnl.delete_routes(oif, self.table, remove)
+            return dict(rtnl.replace_routes(oif, self.table, add))
+
     def remove(self) -> None:
         """Delete the rules and flush the table."""
         with _ipr() as ipr:

@@ -329,14 +329,12 @@ class Worker:
             self._reload_sas()
             self.out_flows.clear()
             self.in_flows.clear()
-        pgen = self.policy_reader.generation
-        if pgen != self.policy_generation:
-            got = self.policy_reader.read()
-            if got is not None:
-                self.policy_generation, doc = got
-                self.policies = PolicySet.from_document(self.policy_generation, doc)
-                self.out_flows.clear()
-                self.in_flows.clear()
+        # the policy records since the last refresh, applied to the rules in place
+        if self.policy_reader.generation != self.policy_generation and \
+                self.policy_reader.refresh(self.policies):
+            self.policy_generation = self.policies.generation
+            self.out_flows.clear()
+            self.in_flows.clear()
 
     def _reload_sas(self) -> None:
         table = self.table

@@ -208,6 +208,9 @@ class IkeManager:
         self.stats = IkeStats()
         self.sas: dict[bytes, IkeSa] = {}  # our SPI -> SA
         self.half_open_init: dict[tuple[bytes, IPAddress, int], IkeSa] = {}  # (SPIi, peer) -> SA
+        # (connection, peer identity) -> the SAs that came up with it (IkeUp, IkeRekeyed):
+        # the candidates of _same_peer, so that a new IKE SA is not compared with every other
+        self._by_peer: dict[tuple[int, int, bytes], list[IkeSa]] = {}
         self.sockets: dict[tuple[int, int], _Socket] = {}
         self._reserved_spis: set[int] = set()
         self._reqid = 0x1000
@@ -869,6 +872,7 @@ class IkeManager:
         elif isinstance(event, ChildActivate):
             self.datapath.ike_activate_outbound(event.child)
         elif isinstance(event, IkeUp):
+            self._index_peer(event.ike)
             self.stats.count(self.stats.handshakes, "success")
             self.stats.observe(event.duration)
             self._restart.pop(event.ike.name, None)
@@ -885,6 +889,7 @@ class IkeManager:
         elif isinstance(event, IkeRekeyed):
             self.stats.rekeys["ike"] += 1
             self.sas[event.new.local_spi] = event.new
+            self._index_peer(event.new)
             self._process(event.new)
         elif isinstance(event, InitialContact):
             self._initial_contact(event.ike)
@@ -894,6 +899,7 @@ class IkeManager:
     def _ike_down(self, event: IkeDown) -> None:
         ike = event.ike
         self.sas.pop(ike.local_spi, None)
+        self._unindex_peer(ike)
         self.half_open_init.pop((ike.spi_i, ike.remote.address, ike.remote.port), None)
         if event.failed:
             self.stats.count(self.stats.handshakes, "failed")
@@ -929,11 +935,43 @@ class IkeManager:
                 and a.peer_id.id_type == b.peer_id.id_type and a.peer_id.data == b.peer_id.data
                 and b.state in (State.ESTABLISHED,))
 
+    @staticmethod
+    def _peer_key(ike: IkeSa) -> tuple[int, int, bytes] | None:
+        if ike.peer_id is None:
+            return None
+        return (id(ike.conn), int(ike.peer_id.id_type), bytes(ike.peer_id.data))
+
+    def _index_peer(self, ike: IkeSa) -> None:
+        key = self._peer_key(ike)
+        if key is not None:
+            group = self._by_peer.setdefault(key, [])
+            if ike not in group:
+                group.append(ike)
+
+    def _unindex_peer(self, ike: IkeSa) -> None:
+        key = self._peer_key(ike)
+        group = self._by_peer.get(key) if key is not None else None
+        if group is not None:
+            group[:] = [s for s in group if s is not ike and self.sas.get(s.local_spi) is s]
+            if not group:
+                del self._by_peer[key]  # type: ignore[arg-type]
+
+    def _same_peer_sas(self, ike: IkeSa) -> list[IkeSa]:
+        """The SAs of ``self.sas`` that :meth:`_same_peer` pairs with ``ike``, oldest first.
+
+        Only an SA that came up (IkeUp, IkeRekeyed) is ESTABLISHED with a peer identity,
+        so the index holds every candidate."""
+        key = self._peer_key(ike)
+        if key is None:
+            return []
+        return [s for s in self._by_peer.get(key, ())
+                if self.sas.get(s.local_spi) is s and self._same_peer(ike, s)]
+
     def _initial_contact(self, ike: IkeSa) -> None:
         """§2.4: the peer restarted; its older IKE SAs (and their children) are gone."""
         now = time.monotonic()
-        for other in list(self.sas.values()):
-            if self._same_peer(ike, other) and other.remote.address == ike.remote.address:
+        for other in self._same_peer_sas(ike):
+            if other.remote.address == ike.remote.address:
                 log.info("%s: INITIAL_CONTACT from the peer: closing %s", ike.describe(),
                          other.describe())
                 other.close(now, "replaced after INITIAL_CONTACT")
@@ -946,9 +984,8 @@ class IkeManager:
         if ike.conn is None or ike.conn.unique != "replace" or ike.initiator:
             return
         due = time.monotonic() + REPLACE_GRACE
-        for other in list(self.sas.values()):
-            if self._same_peer(ike, other):
-                self._replace_at[other.local_spi] = (due, ike)
+        for other in self._same_peer_sas(ike):
+            self._replace_at[other.local_spi] = (due, ike)
 
     def _replace_due(self, now: float) -> None:
         for spi, (due, new) in list(self._replace_at.items()):

@@ -1,0 +1,114 @@
+"""The ESP fast paths' compiled-code cache (ipsecd.esp ``_compiled``): SAs of one shape
+share one compilation, patched per SA, which must be the code a compilation of their own
+would give."""
+
+from __future__ import annotations
+
+import dis
+import itertools
+from typing import Any
+
+import pytest
+from conftest import AEAD_TUNNEL, Transform, make_sa, udp4
+
+from ipsecd import esp
+from ipsecd.drops import Drop
+from ipsecd.esp import EspContext
+from ipsecd.replay import ReplayWindow
+
+
+def _builds(monkeypatch: pytest.MonkeyPatch, transform: Transform, *, iv_mask: int = 0,
+            **kwargs: Any) -> list[tuple[str, dict[str, Any], object]]:
+    """(template, constants, code) of every fast path an EspContext of these settings compiles."""
+    seen: list[tuple[str, dict[str, Any], object]] = []
+    real = esp._compiled
+
+    def spy(template: str, constants: dict[str, Any]) -> object:
+        code = real(template, constants)
+        seen.append((template, dict(constants), code))
+        return code
+
+    monkeypatch.setattr(esp, "_compiled", spy)
+    EspContext(make_sa(transform, **kwargs), iv_mask=iv_mask)
+    monkeypatch.setattr(esp, "_compiled", real)
+    return seen
+
+
+@pytest.mark.parametrize("transform", AEAD_TUNNEL, ids=lambda t: t.name)
+@pytest.mark.parametrize(("esn", "encap", "family", "iv_mask"),
+                         list(itertools.product((False, True), (False, True), (4, 6),
+                                                (0, 0x0123456789ABCDEF))))
+def test_patched_code_is_a_direct_compilation(monkeypatch: pytest.MonkeyPatch,
+                                              transform: Transform, esn: bool, encap: bool,
+                                              family: int, iv_mask: int) -> None:
+    esp._CODE_CACHE.clear()
+    for spi in (0x100, 0xFFFFFFFF, 0x0A0B0C0D):  # the first compiles, the others are patched
+        builds = _builds(monkeypatch, transform, spi=spi, esn=esn, encap=encap, family=family,
+                         iv_mask=iv_mask)
+        if family == 4:
+            assert len(builds) == 2  # encap and decap have fast paths
+        for template, constants, code in builds:
+            filename = f"<ipsecd.esp fast path, SPI {spi:#x}>"
+            direct = compile(esp._render(template, constants), filename, "exec")
+            assert _program(code) == _program(direct)
+            assert _filenames(code) == _filenames(direct) == {filename}
+    assert all(hit is not None for hit in esp._CODE_CACHE.values())
+
+
+def _program(code: Any) -> list[Any]:
+    """What ``code`` does: every instruction with the value it uses (a constant's value and
+    type, not its index: a patched placeholder may duplicate a constant that a direct
+    compilation shares) and its line, the nested code objects likewise.  Columns are left
+    out: a placeholder's literal is longer than the value's."""
+    out: list[Any] = [code.co_name, code.co_names, code.co_varnames, code.co_argcount]
+    for ins in dis.get_instructions(code):
+        value = ins.argval
+        if hasattr(value, "co_code"):
+            value = _program(value)
+        elif ins.opname == "LOAD_CONST":
+            value = (type(value), value)
+        out.append((ins.opname, value, ins.positions.lineno if ins.positions else None))
+    return out
+
+
+def _filenames(code: Any) -> set[str]:
+    out = {code.co_filename}
+    for c in code.co_consts:
+        if hasattr(c, "co_consts"):
+            out |= _filenames(c)
+    return out
+
+
+def test_sas_of_one_shape_keep_their_own_spi() -> None:
+    transform = AEAD_TUNNEL[0]
+    esp._CODE_CACHE.clear()
+    a = EspContext(make_sa(transform, spi=0x1111))
+    b = EspContext(make_sa(transform, spi=0x2222))
+    assert len(esp._CODE_CACHE) == 2  # one encap and one decap compilation for both
+    packet = udp4(b"x" * 40)
+    for ctx, spi in ((a, 0x1111), (b, 0x2222)):
+        buf = memoryview(bytearray(ctx.headroom + len(packet) + ctx.tailroom))
+        for seq in (1, 2):  # the second call takes the cached path
+            buf[ctx.headroom:ctx.headroom + len(packet)] = packet
+            drop, start, end = ctx.encap_into(buf, ctx.headroom, ctx.headroom + len(packet), seq)
+            assert drop is Drop.OK
+            assert int.from_bytes(buf[start + 20:start + 24], "big") == spi
+        sent = bytes(buf[start:end])
+        window = ReplayWindow(64)
+        other = b if ctx is a else a
+        assert other.decap(sent, ReplayWindow(64))[0] is Drop.UNKNOWN_SPI
+        assert ctx.decap(sent, window)[0] is Drop.OK
+
+
+def test_a_folded_placeholder_is_not_cached() -> None:
+    esp._CODE_CACHE.clear()
+    folded = "def f(x):\n    return $SPI & 0xFF, x + ($SPI >> 8)\n"
+    plain = "def f(x):\n    return x != $SPI, x ^ $SPI, ($SPI, 1)\n"
+    for spi in (0x1234, 0x5678):
+        for template, want in ((folded, (spi & 0xFF, 1 + (spi >> 8))),
+                               (plain, (True, 1 ^ spi, (spi, 1)))):
+            namespace: dict[str, Any] = {}
+            exec(esp._compiled(template, {"SPI": spi, "OTHER": 1}), namespace)
+            assert namespace["f"](1) == want
+    assert esp._CODE_CACHE[(folded, (("OTHER", int, 1),))] is None
+    assert esp._CODE_CACHE[(plain, (("OTHER", int, 1),))] is not None
