@@ -109,6 +109,7 @@ from workers.policy import (
     PolicyTableFull,
     SlotInfo,
 )
+from workers.tun import dropped as tun_dropped
 
 log = logging.getLogger("ipsecd")
 T = TypeVar("T")
@@ -1187,7 +1188,7 @@ class Daemon:
             "instance": self.config.daemon.name,
             "config": str(self.config.path),
             "uptime": round(time.time() - self.started, 3),
-            "tun": {"name": self.config.datapath.tun, "mtu": self.tun_mtu},
+            "tun": self._tun_status(),
             "outside": list(self.config.datapath.outside),
             "metrics": None if self.metrics_address is None else
             f"{self.metrics_address[0]}:{self.metrics_address[1]}",
@@ -1208,6 +1209,11 @@ class Daemon:
             for i in range(DROP_COLUMNS):
                 totals[i] += int(wrow[WorkerCounter.DROPS + i])
         return _drops(totals)
+
+    def _tun_status(self) -> dict[str, Any]:
+        out, inb = tun_dropped(self.config.datapath.tun) or (0, 0)
+        return {"name": self.config.datapath.tun, "mtu": self.tun_mtu,
+                "dropped": {"outbound": out, "inbound": inb}}
 
     def metrics_snapshot(self) -> Snapshot:
         """Called from the exporter's thread: shared counters and the accounting only."""
@@ -1236,7 +1242,8 @@ class Daemon:
                          if any(ch.start_action == "start" for ch in c.children)}
             ike_sample = IkeSample.from_manager(finished, autostart=autostart)
         return Snapshot(traffic=traffic, worker_drops=worker_drops, workers=workers,
-                        policies=len(self.spd), ike=ike_sample)
+                        policies=len(self.spd), ike=ike_sample,
+                        tun_dropped=tun_dropped(self.config.datapath.tun))
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -24,6 +24,10 @@ Metrics (Prometheus naming: base units, ``_total`` counters)
 ``ipsecd_worker_packets_out_total{worker}``                    plaintext packets read from the TUN
 ``ipsecd_worker_ring_drops_total{worker}``                     frames the kernel dropped: ring full
 ``ipsecd_worker_busy_seconds_total{worker}``                   time spent working (not waiting)
+``ipsecd_tun_dropped_packets_total{direction}``                the kernel's drops at the TUN device:
+                                                               ``outbound`` plaintext that found the
+                                                               workers' queues full, ``inbound``
+                                                               decrypted packets refused on receive
 ``ipsecd_sas{direction}``, ``ipsecd_policies``                 sizes of the SAD and SPD
 
 IKE, only when ``[connections]`` are configured (and from the IKE loop's
@@ -201,6 +205,7 @@ class Snapshot:
     workers: list[WorkerSample] = field(default_factory=list)
     policies: int = 0
     ike: IkeSample | None = None  # None: no IKE configured (or not ticked yet): no IKE series
+    tun_dropped: tuple[int, int] | None = None  # (outbound, inbound); None: not readable
 
 
 def drop_labels(values: list[int]) -> dict[str, int]:
@@ -297,6 +302,14 @@ class Collector:
             ring.add_metric(label, w.ring_drops)
             busy.add_metric(label, w.busy_seconds)
         yield from (wup, restarts, pin, pout, ring, busy)
+        if snap.tun_dropped is not None:
+            tun = CounterMetricFamily(
+                "ipsecd_tun_dropped_packets",
+                "Packets the kernel dropped at the TUN device: outbound, the workers' queues "
+                "were full; inbound, a decrypted packet was refused", labels=["direction"])
+            tun.add_metric(["outbound"], snap.tun_dropped[0])
+            tun.add_metric(["inbound"], snap.tun_dropped[1])
+            yield tun
         sas = GaugeMetricFamily("ipsecd_sas", "SAs in the datapath", labels=["direction"])
         for direction in ("in", "out"):
             sas.add_metric([direction], traffic.sa_count.get(direction, 0))

@@ -250,3 +250,37 @@ def test_start_errors_leave_nothing_behind(gws: Gateways, tmp_path: Path) -> Non
         assert "ipsecd" not in out and "ipsec0" not in out and "lookup 220" not in out, cmd
     assert not list(Path("/dev/shm").glob("ipsecd-e?_*")) and not list(
         Path("/dev/shm").glob("ipsecd-e?-*"))
+
+
+def _burst(dst: str, count: int, rate: float) -> int:
+    """In netA: ``count`` datagrams of one flow, paced at ``rate`` per second."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        t0 = time.monotonic()
+        for i in range(count):
+            s.sendto(struct.pack("!I", i), (dst, PORT + 1))
+            delay = t0 + (i + 1) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    return count
+
+
+def test_plaintext_the_workers_cannot_take_is_counted_at_the_tun(gws: Gateways) -> None:
+    """Workers stopped for a moment: the TUN queue (500 packets) fills, the kernel drops the
+    rest, and ``ipsecd status`` (and ``ipsecd_tun_dropped_packets_total``) says how many."""
+    topo, a = gws.topo, gws.a
+    before = a.status()["tun"]["dropped"]["outbound"]
+    pids = a.worker_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        sent = topo.net_a.ns.call(_burst, topo.net_b.v4, 1500, 6000.0, timeout=20)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert sent == 1500
+    # One flow uses one queue: it holds about 500 (the kernel's ring frees its slots in
+    # batches, so a few less), and about 1000 others were dropped there.
+    assert wait_until(lambda: a.status()["tun"]["dropped"]["outbound"] - before >= 900, 5)
+    assert a.status()["tun"]["dropped"]["outbound"] - before <= 1100
+    assert a.worker_pids() == pids  # stopped for well under the heartbeat limit: not restarted
+    assert ping(topo.net_a.ns, topo.net_b.v4, count=2, interval=0.05) == 2

@@ -414,3 +414,25 @@ def test_ike_dict_of_the_real_manager_is_read() -> None:
     assert got[("ipsecd_connection_ike_sas", (("connection", "site-b"),))] == 0
     assert got[("ipsecd_connection_autostart", (("connection", "site-b"),))] == 1
     assert got[("ipsecd_ike_handshake_duration_seconds_count", ())] == 0
+
+
+def test_tun_drops_are_exported_when_readable(tmp_path: Path) -> None:
+    from workers.tun import dropped
+
+    # /proc/net/dev as the kernel writes it: rx bytes packets errs drop ... | tx ... drop ...
+    dev = tmp_path / "dev"
+    dev.write_text(
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets "
+        "errs drop fifo colls carrier compressed\n"
+        "    lo:     100       1    0    0    0     0          0         0      100       1"
+        "    0    0    0     0       0          0\n"
+        "ipsec0:  900000     600    0    7    0     0          0         0  1500000    1000"
+        "    0  412    0     0       0          0\n")
+    assert dropped("ipsec0", str(dev)) == (412, 7)
+    assert dropped("ipsec1", str(dev)) is None
+    assert dropped("ipsec0", str(tmp_path / "missing")) is None
+    samples = scrape(Snapshot(tun_dropped=(412, 7)))
+    assert samples[("ipsecd_tun_dropped_packets_total", (("direction", "outbound"),))] == 412
+    assert samples[("ipsecd_tun_dropped_packets_total", (("direction", "inbound"),))] == 7
+    assert not any(name.startswith("ipsecd_tun_") for name, _ in scrape(Snapshot()))

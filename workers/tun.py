@@ -176,6 +176,27 @@ def create(name: str, *, vnet_hdr: bool = False) -> TunQueue:
     return queue
 
 
+def dropped(name: str, path: str = "/proc/net/dev") -> tuple[int, int] | None:
+    """The kernel's drop counters of device ``name``: (outbound, inbound), or None.
+
+    outbound: plaintext the kernel routed into the TUN but dropped because
+    the workers' queues were full (the device's tx_dropped); inbound:
+    decrypted packets the workers wrote that the kernel dropped on receive
+    (rx_dropped).  Read from this network namespace's /proc/net/dev: cheap
+    enough for every scrape.
+    """
+    try:
+        with open(path) as f:
+            for line in f:
+                dev, sep, counters = line.partition(":")
+                if sep and dev.strip() == name:
+                    fields = counters.split()
+                    return int(fields[11]), int(fields[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 # --- addresses, routes, rules (pyroute2) ---------------------------------------------
 
 
