@@ -33,7 +33,7 @@ The control process owns everything that is not a packet:
   the main table, never into the TUN.  Using our own table rather than
   ``main`` mirrors kernel IPsec, where a policy wins over routing, and
   leaves the operator's routes untouched (removal is one flush);
-* the **nft tables**: one keeps the kernel away from our ESP
+* the **nft tables**: one keeps the kernel away from our ESP and AH
   (:class:`ipsecd.nft.EspDropTable`), the other drops plaintext that an
   ``in``/``fwd`` policy requires protected (:class:`CleartextFilter`);
 * the **workers** (:mod:`workers.worker`), forked with ``multiprocess``
@@ -80,6 +80,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ipsecd import __version__
+from ipsecd.ah import AhContext
 from ipsecd.config import Config
 from ipsecd.control import ControlError, ControlServer, RequestError, prepare_socket_path
 from ipsecd.drops import Drop
@@ -798,8 +799,8 @@ class Daemon:
     def _desired(self, sad: SAD) -> dict[tuple[SAKey, Direction], SecurityAssociation]:
         want: dict[tuple[SAKey, Direction], SecurityAssociation] = {}
         for sa in sad.dump():
-            if sa.state is SAState.DEAD or sa.protocol != IpProto.ESP:
-                continue  # AH and IPComp have no datapath yet
+            if sa.state is SAState.DEAD or sa.protocol not in (IpProto.ESP, IpProto.AH):
+                continue  # IPComp has no datapath yet
             if sa.dst in self.local:
                 want[(sa.key, Direction.IN)] = sa
             if sa.src in self.local:
@@ -822,12 +823,15 @@ class Daemon:
                                    f"than datapath.replay_window_max")
             # What decides whether a context builds: algorithms, key sizes, mode, ESN, UDP.
             # IKE installs the same kinds of SA one after another; check each kind once.
-            kind = (sa.enc, len(sa.enc_key), sa.auth, len(sa.auth_key), sa.esn, sa.mode,
-                    sa.encap is not None, sa.src.version, sa.legacy)
+            kind = (sa.protocol, sa.enc, len(sa.enc_key), sa.auth, len(sa.auth_key), sa.esn,
+                    sa.mode, sa.encap is not None, sa.src.version, sa.legacy)
             if kind in self._good_kinds:
                 continue
             try:
-                EspContext(sa, allow_legacy=self.config.daemon.allow_legacy)
+                if sa.protocol == IpProto.AH:
+                    AhContext(sa, allow_legacy=self.config.daemon.allow_legacy)
+                else:
+                    EspContext(sa, allow_legacy=self.config.daemon.allow_legacy)
             except (TransformError, ValueError) as exc:
                 raise RequestError(f"SA {sa.spi:#x} to {sa.dst}: {exc}") from None
             if not sa.legacy:  # a legacy SA is checked (and warned about) every time

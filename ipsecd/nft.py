@@ -1,4 +1,4 @@
-"""Keep the kernel away from the ESP we handle: an nftables table of our own.
+"""Keep the kernel away from the ESP and AH we handle: an nftables table of our own.
 
 Without kernel ESP, the stack answers inbound ESP with ICMP protocol
 unreachable (IPv6: parameter problem) and hands ESP-in-UDP on port 4500 to
@@ -15,6 +15,11 @@ table drops them *after* the taps (DESIGN.md, "Facts measured"):
   comes after reassembly, so the rules see whole datagrams;
 * ``meta l4proto esp``: raw ESP of both families (the transport protocol
   found after IPv6 extension headers);
+* ``meta l4proto ah`` (``ah``): AH (RFC 4302) likewise.  Without kernel AH
+  the stack answers it with protocol unreachable too; the workers take AH
+  from their rings as they take ESP.  An AH datagram that arrived in
+  fragments is dropped here after the kernel reassembled it: the workers
+  do not reassemble AH (:func:`workers.bpf.spi_steering`);
 * ``udp dport 4500 @th,64,32 != 0``: ESP in UDP (RFC 3948 §2.2: non-zero
   first 4 payload bytes).  IKE (zero marker) and NAT keepalives (one 0xFF
   byte: the 32-bit load fails, the rule does not match) still reach the IKE
@@ -69,6 +74,7 @@ class EspDropTable:
     addresses: Sequence[str] = ()
     nat_t_port: int | None = NAT_T_PORT
     raw_esp: bool = True
+    ah: bool = True
     netns: str | None = None
     timeout: float = 10.0
 
@@ -105,6 +111,8 @@ class EspDropTable:
         for daddr, suffix in scopes:
             if self.raw_esp:
                 rules.append(f'{iif}{daddr}meta l4proto esp counter drop comment "esp{suffix}"')
+            if self.ah:
+                rules.append(f'{iif}{daddr}meta l4proto ah counter drop comment "ah{suffix}"')
             if self.nat_t_port is not None:
                 rules.append(f"{iif}{daddr}udp dport {self.nat_t_port} @th,64,32 != 0 "
                              f'counter drop comment "esp-in-udp{suffix}"')

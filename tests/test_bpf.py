@@ -21,7 +21,7 @@ from netns import Injector, Lab, collect, host_to_host, lab_fixture, needs_root
 from workers import bpf
 from workers.rings import RingConfig, RxRing
 
-ESP, UDP, FRAG = 50, 17, 44
+ESP, AH, UDP, FRAG = 50, 51, 17, 44
 
 
 @pytest.fixture
@@ -107,6 +107,11 @@ def esp(spi: int) -> bytes:
     return struct.pack("!II", spi, 1) + bytes(32)
 
 
+def ah(spi: int, next_header: int = 6) -> bytes:
+    """RFC 4302 §2: next header, payload length (in words, minus 2), reserved, SPI, seq, ICV."""
+    return struct.pack("!BBHII", next_header, 4, 0, spi, 1) + bytes(16) + bytes(20)
+
+
 def takers(packet: bytes, protocol: int, n: int, **kwargs: object) -> list[int]:
     return [k for k in range(n)
             if run(bpf.spi_steering(n, k, **kwargs), packet, protocol)]  # type: ignore[arg-type]
@@ -129,6 +134,48 @@ def test_raw_esp_v6_and_esp_in_udp(spi: int, n: int) -> None:
     assert takers(v6(UDP, udp(4500, esp(spi))), bpf.ETH_P_IPV6, n) == [spi % n]
 
 
+@given(spis, workers_n, st.integers(0, 10))
+def test_ah_goes_to_exactly_spi_mod_n(spi: int, n: int, option_words: int) -> None:
+    """AH steers by its own SPI (RFC 4302 §2.4, the second word), IPv4 and IPv6."""
+    assert takers(v4(AH, ah(spi), options=b"\x01" * 4 * option_words), bpf.ETH_P_IP, n) == [
+        spi % n]
+    assert takers(v6(AH, ah(spi)), bpf.ETH_P_IPV6, n) == [spi % n]
+    # The SPI alone, nothing after it: still steered (AH's decap counts it a runt).
+    assert takers(v4(AH, ah(spi)[:8]), bpf.ETH_P_IP, n) == [spi % n]
+    assert takers(v6(AH, ah(spi)[:8]), bpf.ETH_P_IPV6, n) == [spi % n]
+    assert takers(v4(AH, ah(spi)), bpf.ETH_P_IP, n, ah=False) == []
+    assert takers(v6(AH, ah(spi)), bpf.ETH_P_IPV6, n, ah=False) == []
+
+
+@given(spis, st.integers(2, 6), st.integers(0, 5))
+def test_ah_fragments_and_ah_behind_extension_headers_go_nowhere(
+        spi: int, n: int, to: int) -> None:
+    """AH is verified over whole datagrams only (RFC 4302 §3.4.1): no fragment is taken."""
+    to %= n
+    for packet, proto in [
+        (v4(AH, ah(spi), frag=0x2000), bpf.ETH_P_IP),
+        (v4(AH, bytes(16), frag=0x0010), bpf.ETH_P_IP),
+        (v6(FRAG, struct.pack("!BBHI", AH, 0, 1, 9) + ah(spi)), bpf.ETH_P_IPV6),
+        (v6(0, bytes([AH, 0]) + bytes(6) + ah(spi)), bpf.ETH_P_IPV6),  # hop-by-hop first
+    ]:
+        assert takers(packet, proto, n, fragments_to=to, runts_to=to) == [], packet.hex()
+
+
+@given(workers_n, st.integers(0, 7), st.integers(0, 8))
+def test_ah_without_room_for_an_spi_goes_to_the_designated_worker(
+        n: int, length: int, to: int) -> None:
+    to %= n
+    for packet, proto in [(v4(AH, bytes(length)), bpf.ETH_P_IP),
+                          (v4(AH, bytes(length), options=b"\x01" * 8), bpf.ETH_P_IP),
+                          (v6(AH, bytes(length)), bpf.ETH_P_IPV6)]:
+        assert takers(packet, proto, n, runts_to=to) == [to], packet.hex()
+        assert takers(packet, proto, n, runts_to=None) == []
+        assert [k for k in range(n) if run(bpf.spi_steering(
+            n, k, fragments_to=k, runts_to=to), packet, proto)] == [to]
+    # Without raw ESP the runt label still serves AH.
+    assert takers(v4(AH, bytes(3)), bpf.ETH_P_IP, n, runts_to=to, raw_esp=False) == [to]
+
+
 @given(workers_n)
 def test_ike_keepalive_and_other_traffic_go_nowhere(n: int) -> None:
     for packet, proto in [
@@ -137,7 +184,7 @@ def test_ike_keepalive_and_other_traffic_go_nowhere(n: int) -> None:
         (v6(UDP, udp(4500, bytes(4) + b"IKE")), bpf.ETH_P_IPV6),
         (v6(UDP, udp(4500, b"\xff")), bpf.ETH_P_IPV6),
         (v4(UDP, udp(500, esp(7))), bpf.ETH_P_IP),  # IKE port, not NAT-T
-        (v4(51, esp(7)), bpf.ETH_P_IP),  # AH
+        (v4(AH, ah(7)), 0x0806),  # AH, but not IP at all
         (v4(6, bytes(40)), bpf.ETH_P_IP),
         (v6(0, bytes([ESP, 0]) + bytes(6) + esp(7)), bpf.ETH_P_IPV6),  # hop-by-hop first
         (v4(ESP, esp(7)), 0x0806),  # not IP at all
@@ -226,6 +273,8 @@ def _spis(packets: list[bytes]) -> set[object]:
                 out.add(("frag", struct.unpack_from("!H", p, 4)[0]))
             elif proto == ESP:
                 out.add(struct.unpack_from("!I", p, ihl)[0])
+            elif proto == AH:
+                out.add(struct.unpack_from("!I", p, ihl + 4)[0])
             else:
                 out.add(struct.unpack_from("!I", p, ihl + 8)[0])
         else:
@@ -233,7 +282,7 @@ def _spis(packets: list[bytes]) -> set[object]:
             if nh == FRAG:
                 out.add(("frag6", struct.unpack_from("!I", p, 44)[0]))
             else:
-                out.add(struct.unpack_from("!I", p, 40 if nh == ESP else 48)[0])
+                out.add(struct.unpack_from("!I", p, {ESP: 40, AH: 44}.get(nh, 48))[0])
     return out
 
 
@@ -260,7 +309,8 @@ def test_two_sockets_split_traffic_by_spi(lab: Lab) -> None:
         tx.udp(b6, 4500, b"\xff")
         tx.udp(b, 500, esp(0x3000))
         tx.udp(b, 9999, esp(0x3002))
-        tx.ip4(a, b, 51, esp(0x3004))  # AH
+        tx.ip4(a, b, AH, ah(0x3005))  # AH: steered by its SPI, like ESP
+        tx.ip6(a6, b6, AH, ah(0x3006))
         tx.ip4(a, b, ESP, esp(0x4000), frag=0x2000, ident=77)  # first fragment: SPI even
         tx.ip4(a, b, ESP, esp(0x4001), frag=0x2000, ident=78)  # ... and odd: both to worker 0
         tx.ip4(a, b, ESP, bytes(24), frag=0x0004, ident=77)  # a later fragment
@@ -274,7 +324,8 @@ def test_two_sockets_split_traffic_by_spi(lab: Lab) -> None:
     for base in (0x1000, 0x1100, 0x1200, 0x1300):
         for spi in range(base, base + 8):
             expected[spi % 2].add(spi)
-    expected[1].add(0x2001)
+    expected[1] |= {0x2001, 0x3005}
+    expected[0].add(0x3006)
     expected[0] |= {("frag", 77), ("frag", 78), ("frag6", 79)}
     assert got == expected
 

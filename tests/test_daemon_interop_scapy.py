@@ -1,4 +1,4 @@
-"""A running ``ipsecd`` gateway against an ESP implementation we did not write: scapy.
+"""A running ``ipsecd`` gateway against an ESP and AH implementation we did not write: scapy.
 
 The peer is scapy's ``scapy.layers.ipsec.SecurityAssociation`` with the same
 manual keys, in a namespace of its own that has no IPsec at all: it encrypts
@@ -14,7 +14,10 @@ and data.
   plays gateway A with an inner packet from site A, a host behind ipsecd
   answers, the reply comes back tunnelled.
 
-Both with AES-GCM-16 and AES-CBC + HMAC-SHA256, over IPv4 and IPv6.
+ESP with AES-GCM-16 and AES-CBC + HMAC-SHA256, and AH (RFC 4302) with
+HMAC-SHA256 (scapy's ``SecurityAssociation(AH, ...)``: its ICV over the
+immutable header fields is computed independently of ours), over IPv4 and
+IPv6.  For AH "decrypt" is scapy's ICV check.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from daemon_harness import Daemon, start, wait_ready
 from netns import Lab, Netns, host_to_host, needs_root, remove_stale, site_to_site
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
-from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import AH, ESP
 from scapy.layers.ipsec import SecurityAssociation as ScapySA
 from scapy.packet import Packet, Raw
 
@@ -49,19 +52,27 @@ class Alg:
     scapy_auth: str | None
     enc_key: tuple[bytes, bytes]  # scapy -> ipsecd, ipsecd -> scapy (GCM: key + salt)
     auth_key: tuple[bytes, bytes] | None
+    protocol: str = "esp"  # or "ah": no encryption, setkey_name and enc_key unused
+
+    @property
+    def layer(self) -> type[Packet]:
+        return AH if self.protocol == "ah" else ESP
 
     def setkey(self, direction: int) -> str:
-        text = f"-E {self.setkey_name} 0x{self.enc_key[direction].hex()}"
+        text = "" if self.protocol == "ah" else (
+            f"-E {self.setkey_name} 0x{self.enc_key[direction].hex()} ")
         if self.auth_key is not None:
-            text += f" -A hmac-sha256 0x{self.auth_key[direction].hex()}"
-        return text
+            text += f"-A hmac-sha256 0x{self.auth_key[direction].hex()}"
+        return text.strip()
 
     def scapy(self, direction: int, spi: int, tunnel: Packet | None) -> ScapySA:
+        auth_key = None if self.auth_key is None else self.auth_key[direction]
+        if self.protocol == "ah":
+            return ScapySA(  # type: ignore[no-untyped-call]
+                AH, spi=spi, auth_algo=self.scapy_auth, auth_key=auth_key, tunnel_header=tunnel)
         return ScapySA(  # type: ignore[no-untyped-call]
             ESP, spi=spi, crypt_algo=self.scapy_crypt, crypt_key=self.enc_key[direction],
-            auth_algo=self.scapy_auth,
-            auth_key=None if self.auth_key is None else self.auth_key[direction],
-            tunnel_header=tunnel)
+            auth_algo=self.scapy_auth, auth_key=auth_key, tunnel_header=tunnel)
 
 
 ALGS = {
@@ -74,6 +85,11 @@ ALGS = {
          bytes.fromhex("56e47a38c5598974bc46903dba290349")),
         (bytes.fromhex("0102030405060708090a0b0c0d0e0f10111213141516171819" "1a1b1c1d1e1f20"),
          bytes.fromhex("202122232425262728292a2b2c2d2e2f30313233343536373839" "3a3b3c3d3e3f"))),
+    "ah-sha256": Alg(
+        "", "NULL", "SHA2-256-128", (b"", b""),
+        (bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+         bytes.fromhex("c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf")),
+        protocol="ah"),
 }
 CASES = [(mode, alg) for mode in ("transport", "tunnel") for alg in ALGS]
 
@@ -96,17 +112,18 @@ def _script(mode: str, alg: Alg, addrs: dict[int, tuple[str, str, str, str]],
     lines = ["flush;", "spdflush;"]
     for family, (peer, me, _, _) in addrs.items():
         off = 0 if family == 4 else 0x100
-        lines += [f"add {peer} {me} esp {SPI_IN + off:#x} -m {mode} {alg.setkey(0)};",
-                  f"add {me} {peer} esp {SPI_OUT + off:#x} -m {mode} {alg.setkey(1)};"]
+        p = alg.protocol
+        lines += [f"add {peer} {me} {p} {SPI_IN + off:#x} -m {mode} {alg.setkey(0)};",
+                  f"add {me} {peer} {p} {SPI_OUT + off:#x} -m {mode} {alg.setkey(1)};"]
         site_a, site_b = sites[family]
         if mode == "transport":
-            lines += [f"spdadd {me} {peer} any -P out ipsec esp/transport//require;",
-                      f"spdadd {peer} {me} any -P in ipsec esp/transport//require;"]
+            lines += [f"spdadd {me} {peer} any -P out ipsec {p}/transport//require;",
+                      f"spdadd {peer} {me} any -P in ipsec {p}/transport//require;"]
         else:
             lines += [f"spdadd {site_b} {site_a} any -P out ipsec "
-                      f"esp/tunnel/{me}-{peer}/require;",
+                      f"{p}/tunnel/{me}-{peer}/require;",
                       f"spdadd {site_a} {site_b} any -P in ipsec "
-                      f"esp/tunnel/{peer}-{me}/require;"]
+                      f"{p}/tunnel/{peer}-{me}/require;"]
     return "\n".join(lines) + "\n"
 
 
@@ -129,10 +146,11 @@ def setup(request: pytest.FixtureRequest,
                      6: (t.gw_a_wan.v6, t.gw_b_wan.v6, t.net_a.v6, t.net_b.v6)}
             sites = {4: (t.site_a[0], t.site_b[0]), 6: (t.site_a[1], t.site_b[1])}
             scapy_ns, scapy_if, gw_ns, outside = t.gw_a_wan.ns, "wan0", t.gw_b_wan.ns, "wan0"
-        # The scapy side's kernel has no ESP: keep it from answering the ESP it gets
+        # The scapy side's kernel has no ESP or AH: keep it from answering what it gets
         # (protocol unreachable); AF_PACKET sockets still see the packets.
         scapy_ns.run("nft", "-f", "-", input=b"table inet scapy { chain input { "
-                     b"type filter hook input priority -300; meta l4proto esp drop; }; }\n")
+                     b"type filter hook input priority -300; "
+                     b"meta l4proto { esp, ah } drop; }; }\n")
         gw = start(gw_ns, workdir, f"sc-{mode[:2]}-{alg_name[4:7]}", outside=[outside],
                    script=_script(mode, alg, addrs, sites), wait=False)
         try:
@@ -183,10 +201,13 @@ def test_scapy_pings_through_ipsecd(setup: Setup, family: int) -> None:
                 continue
             packet = IP(data) if family == 4 and data[0] >> 4 == 4 else (
                 IPv6(data) if family == 6 and data[0] >> 4 == 6 else None)
-            if packet is None or ESP not in packet or packet[ESP].spi != SPI_OUT + off:
+            layer = setup.alg.layer
+            if packet is None or layer not in packet or packet[layer].spi != SPI_OUT + off:
                 continue
             assert (packet.src, packet.dst) == (me, peer)
             clear = sa_in.decrypt(packet)  # type: ignore[no-untyped-call]
+            # scapy's AH "decrypt" (the ICV check) leaves the payload unparsed: parse it.
+            clear = (IP if family == 4 else IPv6)(bytes(clear))
             if family == 4:
                 assert clear[ICMP].type == 0 and clear[ICMP].id == ident
                 replies[clear[ICMP].seq] = clear

@@ -38,6 +38,9 @@ def test_script_is_scoped_and_validated() -> None:
     assert "ip6" not in only_v4 and "udp" not in only_v4
     anywhere = EspDropTable("x").script()
     assert "\t\tmeta l4proto esp counter drop" in anywhere
+    assert '\t\tmeta l4proto ah counter drop comment "ah"' in anywhere  # RFC 4302 AH too
+    assert 'ip daddr { 192.0.2.1 } meta l4proto ah counter drop comment "ah4"' in text
+    assert "l4proto ah" not in EspDropTable("x", ah=False).script()
     for bad in [dict(instance="a b"), dict(instance="x", interfaces=['eth0"; flush ruleset']),
                 dict(instance="x", addresses=["192.0.2.300"]), dict(instance="x", nat_t_port=0)]:
         with pytest.raises(ValueError):

@@ -2,7 +2,7 @@
 
 Why classic BPF and not PACKET_FANOUT: each worker owns one AF_PACKET socket
 on the outside interface, and a filter on that socket accepts only the ESP
-whose SPI satisfies ``spi % n_workers == k``.  Which worker gets an SA then
+and AH whose SPI satisfies ``spi % n_workers == k``.  Which worker gets an SA then
 depends only on (spi, n, k), not on the order in which sockets joined a fanout
 group, so a restarted worker gets exactly its SAs back and the anti-replay
 window of each inbound SA lives in one process.  Re-attaching a filter with
@@ -16,7 +16,7 @@ runs the filter).  The link-layer protocol comes from the ancillary load
 
 A load beyond the end of the packet ends the program with "drop", which the
 filter relies on: a 1-byte NAT keepalive on 4500 has no 4-byte marker to load.
-Bare ESP too short to hold an SPI is checked for first and, like fragments,
+Bare ESP or AH too short to hold an SPI is checked for first and, like fragments,
 goes to one designated worker, which counts it (``malformed``): no
 worker could be chosen by its SPI, and a drop nobody counts is a blind spot.
 """
@@ -51,6 +51,7 @@ ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 IPPROTO_UDP = 17
 IPPROTO_ESP = 50
+IPPROTO_AH = 51
 IPPROTO_FRAGMENT = 44
 NAT_T_PORT = 4500  # RFC 3948 §2
 ACCEPT_ALL = 0xFFFFFFFF  # "keep this many bytes": the whole packet
@@ -185,18 +186,23 @@ DROP_ALL: Program = (ret(0),)
 
 def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
                  raw_esp: bool = True, fragments_to: int | None = 0,
-                 udp_fragments: bool = True, runts_to: int | None = 0) -> Program:
-    """The filter of worker ``k`` of ``n_workers``: ESP whose ``spi % n_workers == k``.
+                 udp_fragments: bool = True, runts_to: int | None = 0,
+                 ah: bool = True) -> Program:
+    """The filter of worker ``k`` of ``n_workers``: ESP and AH whose ``spi % n_workers == k``.
 
     Accepted, from a network header at offset 0 (SOCK_DGRAM packet socket):
 
     * raw ESP (``raw_esp``): IPv4 protocol 50, IPv6 next header 50 directly
       after the fixed header (no extension headers);
+    * AH (``ah``, RFC 4302): IPv4 protocol 51, IPv6 next header 51 directly
+      after the fixed header; the SPI is the second word of AH (§2).  AH and
+      ESP SPIs are separate spaces, but both steer by ``spi % n_workers``:
+      all an SA's packets, and so its replay window, stay in one worker;
     * ESP in UDP (``nat_t_port`` not None, RFC 3948): UDP to that port whose
       first 4 payload bytes (the SPI) are not zero.  A zero marker is IKE
       (RFC 3948 §2.2) and a 1-byte 0xFF is a NAT keepalive (§2.3): those stay
       with the kernel and the IKE socket;
-    * bare ESP shorter than an SPI, when ``runts_to`` == ``k`` (to be
+    * bare ESP or AH shorter than an SPI, when ``runts_to`` == ``k`` (to be
       counted, by exactly one worker: module doc);
     * fragments (``fragments_to`` == ``k``): the SPI is in the first fragment
       only, so every fragment that may belong to ESP goes to one worker, which
@@ -205,6 +211,9 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
       port and so may include unrelated UDP (the worker drops those after
       reassembly; the kernel reassembles and delivers them anyway).  IPv6:
       the fragment header names the upper protocol in every fragment.
+      AH fragments are not taken: AH is verified over whole datagrams only
+      (RFC 4302 §3.4.1), and the kernel's reassembly hands them to the nft
+      drop rule (:mod:`ipsecd.nft`), not to a worker.
 
     Everything else (including IPv4 with options is fine: the header length
     is computed) is dropped by this socket; the kernel stack is unaffected.
@@ -226,12 +235,17 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
           ld(BPF_B, 9)]
     if raw_esp:
         p += [jmp(BPF_JEQ, IPPROTO_ESP, "v4esp", 0)]
+    if ah:
+        p += [jmp(BPF_JEQ, IPPROTO_AH, "v4ah", 0)]
     if nat_t_port is not None:
         p += [jmp(BPF_JEQ, IPPROTO_UDP, "v4udp", "drop")]
     p += [ret(0)]
     if raw_esp:
         p += ["v4esp", ldx_ihl(), ld_len(), sub_x(), jmp(BPF_JGE, 4, 0, "runt"),
               ld_ind(BPF_W, 0), ja("spi")]
+    if ah:  # RFC 4302 §2: next header, payload length, reserved, then the SPI
+        p += ["v4ah", ldx_ihl(), ld_len(), sub_x(), jmp(BPF_JGE, 8, 0, "runt"),
+              ld_ind(BPF_W, 4), ja("spi")]
     if nat_t_port is not None:
         p += ["v4udp", ldx_ihl(), ld_ind(BPF_H, 2), jmp(BPF_JEQ, nat_t_port, 0, "drop"),
               ld_ind(BPF_W, 8), jmp(BPF_JEQ, 0, "drop", "spi")]
@@ -253,11 +267,15 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
           ld(BPF_B, 6)]
     if raw_esp:
         p += [jmp(BPF_JEQ, IPPROTO_ESP, "v6esp", 0)]
+    if ah:
+        p += [jmp(BPF_JEQ, IPPROTO_AH, "v6ah", 0)]
     if nat_t_port is not None:
         p += [jmp(BPF_JEQ, IPPROTO_UDP, "v6udp", 0)]
     p += [jmp(BPF_JEQ, IPPROTO_FRAGMENT, "v6frag", "drop")]
     if raw_esp:
         p += ["v6esp", ld_len(), jmp(BPF_JGE, 44, 0, "runt"), ld(BPF_W, 40), ja("spi")]
+    if ah:
+        p += ["v6ah", ld_len(), jmp(BPF_JGE, 48, 0, "runt"), ld(BPF_W, 44), ja("spi")]
     if nat_t_port is not None:
         p += ["v6udp", ld(BPF_H, 42), jmp(BPF_JEQ, nat_t_port, 0, "drop"),
               ld(BPF_W, 48), jmp(BPF_JEQ, 0, "drop", "spi")]
@@ -278,7 +296,7 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
     p += ["spi"]
     if n_workers > 1:
         p += [alu(BPF_MOD, n_workers), jmp(BPF_JEQ, k, "accept", "drop")]
-    if raw_esp:
+    if raw_esp or ah:
         p += ["runt", ret(ACCEPT_ALL if runts_to == k else 0)]
     p += ["accept", ret(ACCEPT_ALL), "drop", ret(0)]
     return p

@@ -1,4 +1,4 @@
-"""A datapath worker: ESP from the RX ring to the TUN, plaintext from the TUN to ESP.
+"""A datapath worker: ESP and AH from the RX ring to the TUN, plaintext from the TUN to them.
 
 Theory of operation
 -------------------
@@ -6,7 +6,7 @@ The control process forks one worker per core and calls :func:`main` with a
 :class:`WorkerSpec`.  A worker owns, for its whole life:
 
 * one TPACKET_V3 RX ring per outside interface, each with the socket filter
-  ``bpf.spi_steering(n, k)``: this worker sees exactly the ESP whose
+  ``bpf.spi_steering(n, k)``: this worker sees exactly the ESP and AH whose
   ``spi % n == k``, so the anti-replay window of each inbound SA is used by
   one process (docs/architecture.md), and every IP fragment that may be ESP;
 * one queue of the multi-queue TUN device: the kernel hands it the
@@ -40,6 +40,12 @@ The loop waits in ``poll`` on the ring and TUN descriptors (at most
    twice, whatever the number of workers; a worker killed in between
    leaves a gap, never a reuse.  Each packet is encrypted where it lies
    (``encap_into``) and queued on the TX ring; one ``flush`` per batch.
+   AH (RFC 4302) takes the same steps in a branch of its own, outside the
+   ESP fast path: inbound, protocol 51 is looked up among the AH SAs and
+   verified with :class:`ipsecd.ah.AhContext` (see ``_inbound_ah``);
+   outbound, an AH SA's ``encap`` has ESP's signature, so ``_encrypt``
+   serves both.  A policy that requires ESP and AH together (a bundle) is
+   not supported: it drops (``no_sa``) with a log line.
 4. **Counters** are accumulated in local ints and added to the worker's
    own rows of the shared table once per batch, with the heartbeat.
 
@@ -67,8 +73,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from ipsecd.ah import AhContext
 from ipsecd.drops import Drop
 from ipsecd.esp import EspContext, Inbound, peek
 from ipsecd.iana import IpProto
@@ -157,19 +164,37 @@ class WorkerSpec:
 class _In:
     """An inbound SA as the worker uses it."""
 
-    __slots__ = ("decap", "dst", "mode", "reqid", "slot", "spi", "src", "uid", "window")
+    __slots__ = ("decap", "dst", "mode", "proto", "reqid", "slot", "spi", "src", "uid", "window")
 
     def __init__(self, slot: int, uid: int, ctx: EspContext, window: ReplayWindow,
                  sa: SecurityAssociation) -> None:
+        self.decap = ctx.decap_into
+        self._sa(slot, uid, window, sa)
+
+    def _sa(self, slot: int, uid: int, window: ReplayWindow, sa: SecurityAssociation) -> None:
         self.slot = slot
         self.uid = uid
         self.spi = sa.spi
-        self.decap = ctx.decap_into
+        self.proto = int(sa.protocol)  # what an inbound policy's request must name
         self.window = window
         self.mode = MODE_TUNNEL if sa.mode is Mode.TUNNEL else MODE_TRANSPORT
         self.src = sa.src.packed
         self.dst = sa.dst.packed
         self.reqid = sa.reqid
+
+
+class _AhIn(_In):
+    """An inbound AH SA (RFC 4302): the codec instead of ESP's ``decap_into``."""
+
+    __slots__ = ("ah",)
+
+    def __init__(self, slot: int, uid: int, ctx: AhContext, window: ReplayWindow,
+                 sa: SecurityAssociation) -> None:
+        self.ah = ctx
+        self._sa(slot, uid, window, sa)
+
+
+_E = TypeVar("_E", bound=_In)
 
 
 _UNKNOWN: Any = object()  # no SA with this SPI
@@ -202,6 +227,43 @@ class _Out:
         room = path_mtu - ctx.headroom - ctx.icv_bytes - h
         room -= room % ctx.align
         return room - 2 + h
+
+
+class _AhOut(_Out):
+    """An outbound AH SA (RFC 4302): ``encap`` has ESP's ``encap_into`` signature.
+
+    AH cannot be built in place (the codec returns a new packet), so the
+    result is copied back in front of where the plaintext began: the buffer
+    has :data:`HEADROOM` bytes there, more than AH plus an outer header need
+    (12 + the largest ICV, 32, padded to 48, + 40 for an outer IPv6 header).
+    """
+
+    __slots__ = ("ah", "overhead")
+
+    def __init__(self, slot: int, uid: int, ctx: AhContext, sa: SecurityAssociation) -> None:
+        self.slot = slot
+        self.uid = uid
+        self.ah = ctx
+        self.encap = self._encap
+        self.limit = _M64 if sa.esn else _M32
+        self.tunnel = sa.mode is Mode.TUNNEL
+        # RFC 4302 §3.3.3: everything, AH included, goes in one unfragmented packet.
+        version = sa.src.version
+        self.overhead = ctx.ah_length(version) + (
+            (20 if version == 4 else 40) if self.tunnel else 0)
+
+    def max_inner(self, path_mtu: int, header: int) -> int:
+        return path_mtu - self.overhead
+
+    def _encap(self, buf: Any, start: int, end: int, seq: int) -> tuple[Drop, int, int]:
+        drop, packet = self.ah.encap(buf[start:end], seq)
+        if drop:
+            return drop, 0, 0
+        s = end - len(packet)
+        if s < 0:  # cannot happen with HEADROOM as it is; never write before the buffer
+            return Drop.MTU, 0, 0
+        buf[s:end] = packet
+        return Drop.OK, s, end
 
 
 class Worker:
@@ -261,6 +323,10 @@ class Worker:
         # by (SPI, destination): then the SPI maps to None here.
         self.inbound: dict[int, _In | None] = {}
         self.inbound_by_dst: dict[tuple[int, bytes], _In] = {}
+        # AH SAs the same way: their SPIs are a space of their own (the SAD key
+        # includes the protocol), and only AH packets look here.
+        self.inbound_ah: dict[int, _AhIn | None] = {}
+        self.inbound_ah_by_dst: dict[tuple[int, bytes], _AhIn] = {}
         self.outbound: dict[int, _Out] = {}
         self.policy_generation = -1
         self.policies = PolicySet()
@@ -355,8 +421,11 @@ class Worker:
             self._forget(slot)
             sa = entry.sa
             try:
+                if sa.protocol == IpProto.AH:
+                    self._load_ah(slot, entry.uid, entry.direction, sa)
+                    continue
                 if sa.protocol != IpProto.ESP:
-                    continue  # AH and IPComp are not in the datapath yet
+                    continue  # IPComp is not in the datapath yet
                 # No legacy-algorithm warning here: the control process logged
                 # it once for the SA when it checked the plan (daemon._check_plan).
                 if entry.direction is Direction.IN:
@@ -374,21 +443,28 @@ class Worker:
             finally:
                 sa.wipe()  # the context holds what it needs; the copy's keys go
 
+    def _load_ah(self, slot: int, uid: int, direction: Direction,
+                 sa: SecurityAssociation) -> None:
+        """An AH SA's context (RFC 4302); the caller wipes the SA's key copy."""
+        n, k = self.spec.count, self.k
+        if direction is Direction.IN:
+            if sa.spi % n != k:
+                return  # another worker's SA (socket filter)
+            ctx = AhContext(sa, allow_legacy=self.spec.allow_legacy)
+            window = ReplayWindow(sa.replay_window, esn=sa.esn,
+                                  buffer=self.table.replay_buffer(slot), initialize=False)
+            _index_add(self.inbound_ah, self.inbound_ah_by_dst, _AhIn(slot, uid, ctx, window, sa))
+        else:
+            ctx = AhContext(sa, allow_legacy=self.spec.allow_legacy)
+            self.outbound[slot] = _AhOut(slot, uid, ctx, sa)
+
     def _add_inbound(self, e: _In) -> None:
-        self.inbound_by_dst[(e.spi, e.dst)] = e
-        shared = [x for (s, _), x in self.inbound_by_dst.items() if s == e.spi]
-        self.inbound[e.spi] = e if len(shared) == 1 else None
+        _index_add(self.inbound, self.inbound_by_dst, e)
 
     def _forget(self, slot: int) -> None:
         self.outbound.pop(slot, None)
-        for key, e in list(self.inbound_by_dst.items()):
-            if e.slot == slot:
-                del self.inbound_by_dst[key]
-                rest = [x for (s, _), x in self.inbound_by_dst.items() if s == key[0]]
-                if not rest:
-                    self.inbound.pop(key[0], None)
-                else:
-                    self.inbound[key[0]] = rest[0] if len(rest) == 1 else None
+        _index_forget(self.inbound, self.inbound_by_dst, slot)
+        _index_forget(self.inbound_ah, self.inbound_ah_by_dst, slot)
 
     def _shared_spi(self, spi: int, pkt: memoryview) -> _In | None:
         """The SA of a shared SPI, by the packet's destination address."""
@@ -433,6 +509,10 @@ class Worker:
             else:
                 kind, spi, _, _, _ = peek(rx, 0, end, udp_port=port)
                 if kind is not esp_kind:
+                    if rx[9 if rx[0] >> 4 == 4 else 6] == _AH and end >= 28:
+                        # AH (RFC 4302), never a fragment (socket filter): ESP pays nothing.
+                        self._inbound_ah(rx, end)
+                        continue
                     # peek calls every fragment malformed: it may be ESP once whole.
                     end, spi = defragment(rx, end)
                     if not end:
@@ -473,6 +553,49 @@ class Worker:
         if push is not None:
             self.gro.flush()  # type: ignore[union-attr]
         self.packets_in += count
+
+    def _inbound_ah(self, rx: memoryview, end: int) -> None:
+        """One AH packet in ``rx[:end]``: verify, check the policy, on to the TUN as ESP's are.
+
+        The socket filter takes IPv4 AH and IPv6 AH directly after the fixed
+        header, so the SPI is at the IP header's end + 4 (RFC 4302 §2); AH
+        shorter than that went to one worker and is counted malformed here.
+        """
+        v4 = rx[0] >> 4 == 4
+        at = ((rx[0] & 15) << 2) + 4 if v4 else 44
+        if at + 4 > end:
+            self._wk_drop(Drop.MALFORMED, "malformed")
+            return
+        spi = int(_U32.unpack_from(rx, at)[0])
+        e: Any = self.inbound_ah.get(spi, _UNKNOWN)
+        if e is _UNKNOWN and self.table.generation != self.sa_generation:
+            self._flush_counters()  # as in _inbound: an SA installed while the batch ran
+            self._refresh()
+            e = self.inbound_ah.get(spi, _UNKNOWN)
+        if e is None:
+            dst = bytes(rx[16:20]) if v4 else bytes(rx[24:40])
+            e = self.inbound_ah_by_dst.get((spi, dst))
+        if e is None or e is _UNKNOWN:
+            self._wk_drop(Drop.UNKNOWN_SPI, "unknown_spi", spi)
+            return
+        drop, packet = e.ah.decap(rx[:end], e.window)
+        if drop:
+            self._sa_drop(e.slot, drop, spi)
+            return
+        n = len(packet)
+        rx[:n] = packet  # where ESP's plaintext would be: the GRO coalescer reads from rx
+        if not self._inbound_check(e, rx, 0, n):
+            self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
+            return
+        if self.gro is not None:
+            self.gro.push(rx, 0, n)
+        else:
+            try:
+                os.write(self.tun.fileno(), rx[:n])
+            except OSError as exc:
+                self._tun_write_failed(exc)
+                return  # not forwarded: not counted on the SA
+        self._count(self.acc, e.slot, 1, n)
 
     def _tun_write_failed(self, exc: OSError, packets: int = 1) -> None:
         """A write the kernel refused: counted (per packet inside it) and logged.
@@ -592,7 +715,7 @@ class Worker:
         if rule.action == ACTION_DISCARD:
             return 0
         for req in rule.requests:
-            if req.protocol != _ESP or req.mode != e.mode:
+            if req.protocol != e.proto or req.mode != e.mode:
                 continue
             if req.src is not None and (req.src != e.src or req.dst != e.dst):
                 continue
@@ -752,10 +875,14 @@ class Worker:
                 continue  # RFC 3173 §2.2: sending uncompressed is always allowed
             slot = self.policies.outbound_slot(req, src, dst)
             out = self.outbound.get(slot) if slot is not None else None
-            if req.protocol != _ESP:
+            if req.protocol != _ESP and req.protocol != _AH:
+                continue  # nothing else is a request setkey or IKE makes
+            if chosen is not None and (req.protocol == _AH) != isinstance(chosen, _AhOut):
+                # A bundle (ESP and AH on one policy, RFC 4301 §4.5) is one transform too
+                # many for this datapath: refuse rather than send less than asked for.
                 if req.required:
-                    self._note("ah_out", "AH is not supported by the datapath yet: "
-                               f"policy for {_addr(src)} -> {_addr(dst)} drops")
+                    self._note("bundle_out", "ESP+AH bundles are not supported by the "
+                               f"datapath: policy for {_addr(src)} -> {_addr(dst)} drops")
                     return (OUT_DROP, Drop.NO_SA, None)
                 continue
             if out is None:
@@ -789,7 +916,11 @@ class Worker:
                  need: dict[int, int]) -> None:
         slot, max_inner, version = d[1], d[3], d[5]
         packet = buf[h:h + length]
-        if version == 4 and not packet[6] & 0x40:
+        out = self.outbound.get(slot)
+        # Transport-mode AH covers whole datagrams only (RFC 4302 §3.3.4), and the
+        # outer packet is never fragmented here: too big is too big, DF or not.
+        whole_only = isinstance(out, _AhOut) and not out.tunnel
+        if version == 4 and not packet[6] & 0x40 and not whole_only:
             frags = fragment_ipv4(packet, max_inner)
             if frags:
                 size = HEADROOM + max_inner + TAILROOM
@@ -897,8 +1028,29 @@ class Worker:
             self.policy_reader.close()
         self.inbound.clear()
         self.inbound_by_dst.clear()
+        self.inbound_ah.clear()
+        self.inbound_ah_by_dst.clear()
         self.outbound.clear()
         self.out_flows.clear()
+
+
+def _index_add(by_spi: dict[int, _E | None], by_dst: dict[tuple[int, bytes], _E], e: _E) -> None:
+    """Index an inbound SA by SPI, and by (SPI, destination) for SPIs that several SAs share."""
+    by_dst[(e.spi, e.dst)] = e
+    shared = [x for (s, _), x in by_dst.items() if s == e.spi]
+    by_spi[e.spi] = e if len(shared) == 1 else None
+
+
+def _index_forget(by_spi: dict[int, _E | None], by_dst: dict[tuple[int, bytes], _E],
+                  slot: int) -> None:
+    for key, e in list(by_dst.items()):
+        if e.slot == slot:
+            del by_dst[key]
+            rest = [x for (s, _), x in by_dst.items() if s == key[0]]
+            if not rest:
+                by_spi.pop(key[0], None)
+            else:
+                by_spi[key[0]] = rest[0] if len(rest) == 1 else None
 
 
 def _ports(proto: int, buf: memoryview, at: int, end: int) -> int:
