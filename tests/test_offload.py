@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from netns import Lab, lab_fixture, needs_root, wait_until
+from daemon_harness import start, tunnel_script, wait_ready
+from ike_harness import iperf
+from netns import Lab, lab_fixture, needs_root, site_to_site, wait_until
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
@@ -436,3 +441,35 @@ def test_the_kernel_cuts_a_udp_write_back_into_the_datagrams(lab: Lab, v6: bool)
     got, writes = ns.call(run, timeout=30)
     assert got == [bytes([i]) * 1200 for i in range(9)] + [bytes([9]) * 77]
     assert writes == 1
+
+
+# -- the switch -----------------------------------------------------------------------------
+
+
+@pytest.mark.netns
+@needs_root()
+def test_gro_off_writes_every_packet_and_still_carries_tcp(lab: Lab, tmp_path: Path) -> None:
+    """``datapath.gro = false``: a plain TUN (no virtio-net header), one write per packet."""
+    topo = site_to_site(lab, routed=False)
+    kw: dict[str, Any] = {"outside": ["wan0"], "wait": False, "workers": 1,
+                          "extra": {"datapath": {"gro": False}}}
+    a = start(topo.gw_a_wan.ns, tmp_path, "nogro-a", script=tunnel_script(topo, "a"), **kw)
+    b = start(topo.gw_b_wan.ns, tmp_path, "nogro-b", script=tunnel_script(topo, "b"), **kw)
+    try:
+        wait_ready(a, b)
+
+        def tun_rx() -> int:
+            out = topo.gw_b_wan.ns.run("ip", "-s", "-j", "link", "show", "ipsec0").stdout
+            return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+        def decrypted() -> int:
+            return sum(w["packets_in"] for w in b.status()["workers"])
+
+        writes0, esp0 = tun_rx(), decrypted()
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, size="8M")
+        assert end["sum_received"]["bytes"] > 4 << 20
+        writes, esp = tun_rx() - writes0, decrypted() - esp0
+        assert esp > (4 << 20) // 1500
+        assert writes >= esp  # every decrypted packet its own write (and a few of the kernel's)
+    finally:
+        assert [a.stop(), b.stop()] == [0, 0], a.log_text() + b.log_text()
