@@ -205,8 +205,12 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
     * bare ESP or AH shorter than an SPI, when ``runts_to`` == ``k`` (to be
       counted, by exactly one worker: module doc);
     * fragments (``fragments_to`` == ``k``): the SPI is in the first fragment
-      only, so every fragment that may belong to ESP goes to one worker, which
-      reassembles.  IPv4: ESP fragments, first UDP fragments to the NAT-T
+      only, so a worker cannot tell from a later fragment whose it is.  The
+      daemon's workers each pass their own index, so every worker takes every
+      fragment that may belong to ESP, and the first fragment's SPI decides
+      which one keeps the datagram (:mod:`workers.reassembly`); a filter
+      built with one fixed index sends them all to that worker instead.
+      IPv4: ESP fragments, first UDP fragments to the NAT-T
       port, and (``udp_fragments``) non-first UDP fragments, which carry no
       port and so may include unrelated UDP (the worker drops those after
       reassembly; the kernel reassembles and delivers them anyway).  IPv6:
