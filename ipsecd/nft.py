@@ -17,9 +17,9 @@ table drops them *after* the taps (DESIGN.md, "Facts measured"):
   found after IPv6 extension headers);
 * ``meta l4proto ah`` (``ah``): AH (RFC 4302) likewise.  Without kernel AH
   the stack answers it with protocol unreachable too; the workers take AH
-  from their rings as they take ESP.  An AH datagram that arrived in
-  fragments is dropped here after the kernel reassembled it: the workers
-  do not reassemble AH (:func:`workers.bpf.spi_steering`);
+  from their rings as they take ESP, fragments included (they reassemble
+  AH as ESP, :func:`workers.bpf.spi_steering`), so the kernel's reassembled
+  copy is dropped here;
 * ``udp dport 4500 @th,64,32 != 0``: ESP in UDP (RFC 3948 §2.2: non-zero
   first 4 payload bytes).  IKE (zero marker) and NAT keepalives (one 0xFF
   byte: the 32-bit load fails, the rule does not match) still reach the IKE

@@ -148,17 +148,26 @@ def test_ah_goes_to_exactly_spi_mod_n(spi: int, n: int, option_words: int) -> No
 
 
 @given(spis, st.integers(2, 6), st.integers(0, 5))
-def test_ah_fragments_and_ah_behind_extension_headers_go_nowhere(
-        spi: int, n: int, to: int) -> None:
-    """AH is verified over whole datagrams only (RFC 4302 §3.4.1): no fragment is taken."""
+def test_ah_fragments_go_where_esp_fragments_go(spi: int, n: int, to: int) -> None:
+    """A transport-mode peer fragments AH after AH processing (RFC 4302 §3.3.4): the
+    fragments go to the fragment worker(s), the reassembled datagram's SPI decides."""
     to %= n
     for packet, proto in [
         (v4(AH, ah(spi), frag=0x2000), bpf.ETH_P_IP),
         (v4(AH, bytes(16), frag=0x0010), bpf.ETH_P_IP),
         (v6(FRAG, struct.pack("!BBHI", AH, 0, 1, 9) + ah(spi)), bpf.ETH_P_IPV6),
-        (v6(0, bytes([AH, 0]) + bytes(6) + ah(spi)), bpf.ETH_P_IPV6),  # hop-by-hop first
     ]:
-        assert takers(packet, proto, n, fragments_to=to, runts_to=to) == [], packet.hex()
+        assert takers(packet, proto, n, fragments_to=to, runts_to=to) == [to], packet.hex()
+        assert takers(packet, proto, n, fragments_to=to, ah=False) == [], packet.hex()
+        assert [k for k in range(n) if run(bpf.spi_steering(
+            n, k, fragments_to=k), packet, proto)] == list(range(n))
+
+
+@given(spis, st.integers(2, 6), st.integers(0, 5))
+def test_ah_behind_extension_headers_goes_nowhere(spi: int, n: int, to: int) -> None:
+    to %= n
+    packet = v6(0, bytes([AH, 0]) + bytes(6) + ah(spi))  # hop-by-hop first
+    assert takers(packet, bpf.ETH_P_IPV6, n, fragments_to=to, runts_to=to) == [], packet.hex()
 
 
 @given(workers_n, st.integers(0, 7), st.integers(0, 8))

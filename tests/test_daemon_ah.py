@@ -3,7 +3,9 @@
 * Host-to-host transport mode (``A ── B``, netns.host_to_host) with ``ah``
   SAs (HMAC-SHA2-256-128) and ``ah/transport//require`` policies: ping
   works both ways over IPv4 and IPv6, and the wire carries that traffic in
-  AH only: no ESP, no ICMP in clear.
+  AH only: no ESP, no ICMP in clear.  UDP datagrams without DF bigger than
+  the path get AH whole and cross in outer fragments (RFC 4302 §3.3.4),
+  which B's workers reassemble.
 * Site-to-site tunnel mode (``netA ── gwA ══ wan ══ gwB ── netB``) with
   ``ah/tunnel/A-B/require``: ping between the sites, IPv4 and IPv6, AH on
   the WAN.
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,6 +198,41 @@ def test_transport_ping_over_ah_both_ways_ipv4_and_ipv6(pair: Pair, tmp_path: Pa
     assert sum(s["packets"] for s in inbound) >= before[SPI_AB] + 12
     assert all(not s["drops"] for s in inbound), inbound
     assert "not supported" not in pair.a.log_text() + pair.b.log_text()
+
+
+def test_transport_big_datagrams_without_df_over_ah(pair: Pair, tmp_path: Path) -> None:
+    """RFC 4302 §3.3.4: AH over the whole datagram, then the outer packet in fragments.
+
+    B's workers reassemble the AH fragments (their socket filters take them as
+    ESP's) and verify the datagram whole.  1460 bytes of UDP payload fit A's
+    TUN, 3000 and 8000 reach it in A's own fragments, reassembled first.
+    """
+    topo = pair.topo
+    before = pair.b.query()["drops"]
+    cap = topo.b.ns.capture("eth0", tmp_path / "frag.pcap", f"ip and src host {topo.a.v4}")
+    with topo.b.ns.enter():
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with topo.a.ns.enter():
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind((topo.b.v4, 9700))
+        rx.settimeout(3)
+        tx.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+        for size in (1460, 3000, 8000):
+            payload = random.randbytes(size)
+            tx.sendto(payload, (topo.b.v4, 9700))
+            assert rx.recv(65535) == payload, size
+    finally:
+        rx.close()
+        tx.close()
+        time.sleep(0.2)
+        cap.stop()
+    packets = [f[14:] for f in cap.packets() if struct.unpack_from("!H", f, 12)[0] == 0x0800]
+    assert {p[9] for p in packets} == {AH}, "nothing but AH from A"
+    fragments = [p for p in packets if struct.unpack_from("!H", p, 6)[0] & 0x3FFF]
+    assert len(fragments) >= 11 and all(len(p) <= 1500 for p in packets)
+    after = pair.b.query()["drops"]
+    assert {r: n for r, n in after.items() if n != before.get(r, 0)} == {}
 
 
 def test_tunnel_ping_between_the_sites_over_ah(gws: Gateways, tmp_path: Path) -> None:

@@ -4,9 +4,9 @@
 the HOWTO's transport mode (daemon_harness.transport_script, IPv4 and
 IPv6, AES-GCM-16), and on B one more SA, ESP in UDP (RFC 3948) from A.
 A's side of the link has an MTU of 1280, the path whose MTU is smaller
-than the peer's ESP packets.  Our own datapath never fragments its outer
-packets (it answers with ICMP instead), so the fragmented ESP is made
-here: scapy (an ESP implementation we did not write) encrypts with the
+than the peer's ESP packets.  Our own datapath fragments its outer
+packets in transport mode only (test_daemon_transport.py), for datagrams
+without DF, so the fragmented ESP is made here: scapy (an ESP implementation we did not write) encrypts with the
 SA's real key, scapy's ``fragment()`` (IPv4) or the small splitter below
 (IPv6) cuts the ESP packet into fragments that fit A's MTU, and a raw
 socket in A's namespace, with the daemons' routing mark so it skips A's

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import Daemon, start, wait_ready
 from netns import Lab, Netns, host_to_host, needs_root, remove_stale, site_to_site
-from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet import ICMP, IP, UDP, defragment
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.ipsec import AH, ESP
 from scapy.layers.ipsec import SecurityAssociation as ScapySA
@@ -246,3 +246,57 @@ def test_nothing_reached_the_peer_in_clear(setup: Setup, tmp_path: Path) -> None
         tx.close()
         cap.stop()
     assert cap.packets() == []
+
+
+TRANSPORT_CASES = [c for c in CASES if c[0] == "transport"]
+
+
+# Transport mode only (tunnel mode fragments the inner packet: test_daemon_tunnel.py).
+@pytest.mark.parametrize("setup", TRANSPORT_CASES, indirect=True,
+                         ids=[f"{m}-{a}" for m, a in TRANSPORT_CASES])
+def test_scapy_decrypts_a_big_transport_datagram(setup: Setup) -> None:
+    """Transport mode, a UDP datagram bigger than the path (no DF) sent by the gateway's host.
+
+    RFC 4303 §3.3.4 / RFC 4302 §3.3.4: ipsecd applies ESP or AH to the whole
+    datagram, then fragments the outer IPv4 packet.  scapy reassembles the
+    fragments it sees on the wire (its own ``defragment``) and decrypts (or, for
+    AH, checks the ICV of) the datagram: the payload comes back exactly.
+    """
+    assert setup.mode == "transport"
+    peer, me, _, _ = setup.addrs[4]
+    sa_in = setup.alg.scapy(1, SPI_OUT, None)  # ipsecd -> scapy
+    proto = 51 if setup.alg.protocol == "ah" else 50
+    payload = os.urandom(3000)
+    with setup.scapy_ns.enter():
+        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        rx.bind((setup.scapy_if, 0))
+    with setup.gateway.ns.enter():
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fragments: list[Packet] = []
+    whole: list[Packet] = []
+    try:
+        tx.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+        tx.sendto(payload, (peer, 9700))
+        deadline = time.monotonic() + 5
+        while not whole and time.monotonic() < deadline:
+            if not select.select([rx], [], [], 0.1)[0]:
+                continue
+            data, address = rx.recvfrom(65535)
+            if address[2] == PACKET_OUTGOING or data[0] >> 4 != 4:
+                continue
+            packet = IP(data)
+            if (packet.src, packet.dst, packet.proto) != (me, peer, proto):
+                continue
+            assert packet.flags.MF or packet.frag, "a fragment, not one too-big packet"
+            assert not packet.flags.DF and len(data) <= 1500
+            fragments.append(packet)
+            whole = [p for p in defragment(fragments)
+                     if not p.flags.MF and not p.frag]  # type: ignore[no-untyped-call]
+    finally:
+        tx.close()
+        rx.close()
+    assert whole, (len(fragments), setup.gateway.status()["drops"])
+    assert len(fragments) == 3  # 3028 bytes of datagram + ESP or AH, 1500-byte path
+    clear = IP(bytes(sa_in.decrypt(whole[0])))  # type: ignore[no-untyped-call]
+    assert (clear.src, clear.dst) == (me, peer)
+    assert clear[UDP].dport == 9700 and bytes(clear[UDP].payload) == payload

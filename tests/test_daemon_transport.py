@@ -278,3 +278,85 @@ def test_cleartext_the_policy_requires_protected_is_dropped(pair: Pair, tmp_path
     listing = topo.a.ns.run("nft", "list", "table", "inet", "ipsecd_tr_a_policy").stdout.decode()
     assert "ip saddr 192.0.2.2 ip daddr 192.0.2.1 counter packets 3" in listing
     assert ping(topo.b.ns, topo.a.v4, count=1) == 1  # through ESP it still works
+
+
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_PROBE, IP_MTU = 10, 0, 3, 14
+INNER_MTU_V4 = 1466  # 1500 less ESP (SPI, sequence number, IV: 16), trailer (2) and ICV (16)
+CLEAR_MARK = b"transport-plaintext-"
+
+
+def _ipv4_frames(frames: list[bytes]) -> list[bytes]:
+    return [f[14:] for f in frames if struct.unpack_from("!H", f, 12)[0] == 0x0800]
+
+
+def test_big_datagrams_without_df_arrive_whole(pair: Pair, tmp_path: Path) -> None:
+    """RFC 4303 §3.3.4: encapsulated whole, then the outer ESP packet goes in fragments.
+
+    1460 bytes of UDP payload fit the TUN but not the SA once encapsulated; 3000
+    and 8000 do not fit the TUN either (A's kernel cuts them before the worker,
+    which reassembles them first).  On the wire: ESP fragments only.
+    """
+    topo, a = pair.topo, pair.a
+    before = a.query()["drops"]
+    cap = topo.b.ns.capture("eth0", tmp_path / "frag.pcap", f"ip and src host {topo.a.v4}")
+    with topo.b.ns.enter():
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with topo.a.ns.enter():
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sizes = (500, 1460, 3000, 8000, 1400)
+    try:
+        rx.bind((topo.b.v4, 9700))
+        rx.settimeout(3)
+        tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        for size in sizes:
+            payload = (CLEAR_MARK + bytes(range(256))) * (size // 276 + 1)
+            payload = payload[:size]
+            tx.sendto(payload, (topo.b.v4, 9700))
+            assert rx.recv(65535) == payload, size
+    finally:
+        rx.close()
+        tx.close()
+        time.sleep(0.2)
+        cap.stop()
+    packets = _ipv4_frames(cap.packets())
+    assert packets and {p[9] for p in packets} == {ESP}, "nothing but ESP from A"
+    assert not any(CLEAR_MARK in p for p in packets), "no payload in clear"
+    assert all(len(p) <= 1500 for p in packets)
+    fragments = [p for p in packets if struct.unpack_from("!H", p, 6)[0] & 0x3FFF]
+    # 1460: 2 fragments, 3000: 3, 8000: 6; every one with DF clear.
+    assert len(fragments) >= 11, len(fragments)
+    assert all(not p[6] & 0x40 for p in fragments)
+    assert len({struct.unpack_from("!H", p, 4)[0] for p in fragments}) == 3
+    after = a.query()["drops"]
+    for reason in ("malformed", "mtu", "fragment_timeout", "fragment_malformed"):
+        assert after.get(reason, 0) == before.get(reason, 0), (reason, after)
+
+
+def test_df_set_datagrams_still_get_fragmentation_needed(pair: Pair, tmp_path: Path) -> None:
+    """DF set: no fragmentation, ICMP "fragmentation needed" with the SA's inner MTU."""
+    topo = pair.topo
+    before = pair.a.sa(0x1001)["drops"].get("mtu", 0)
+    cap = topo.a.ns.capture("ipsec0", tmp_path / "icmp.pcap", "icmp")
+    with topo.a.ns.enter():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # PROBE: DF set, and sent at the interface's MTU even if an earlier test (TCP)
+        # already taught the kernel the path MTU.
+        s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        s.connect((topo.b.v4, 9701))
+        s.send(bytes(1472))
+
+        def mtu() -> int:
+            return int(s.getsockopt(socket.IPPROTO_IP, IP_MTU))
+
+        assert wait_until(lambda: mtu() < 1500, 3)
+        assert mtu() == INNER_MTU_V4
+        assert wait_until(lambda: pair.a.sa(0x1001)["drops"].get("mtu", 0) == before + 1, 3)
+    finally:
+        s.close()
+        time.sleep(0.2)
+        cap.stop()
+    errors = [f for f in cap.packets() if f[:1] == b"\x45"]  # the TUN has no link header
+    assert errors, "an ICMP error into the TUN"
+    assert (errors[-1][20], errors[-1][21]) == (3, 4)
+    assert struct.unpack_from("!H", errors[-1], 26)[0] == INNER_MTU_V4

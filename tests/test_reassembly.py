@@ -44,7 +44,7 @@ from workers.reassembly import (
     spi_claim,
 )
 
-ESP, UDP, TCP, FRAG = 50, 17, 6, 44
+ESP, UDP, TCP, FRAG, AH = 50, 17, 6, 44, 51
 SRC4, DST4 = socket.inet_aton("192.0.2.1"), socket.inet_aton("192.0.2.2")
 SRC6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
 DST6 = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
@@ -497,6 +497,10 @@ def test_spi_claim() -> None:
     assert claim(UDP, memoryview(udp)) == Claim.KEEP
     assert claim(UDP, memoryview(struct.pack("!HHHH", 500, 500, 9, 0) + b"abcd")) == Claim.OTHERS
     assert claim(TCP, memoryview(bytes(20))) == Claim.OTHERS
+    # AH (RFC 4302 §2): the SPI is the second word.
+    assert claim(AH, memoryview(struct.pack("!BBHII", 6, 4, 0, 5, 1))) == Claim.MINE
+    assert claim(AH, memoryview(struct.pack("!BBHII", 6, 4, 0, 6, 1))) == Claim.OTHERS
+    assert claim(AH, memoryview(bytes(6))) == Claim.KEEP
 
 
 def _broken(fragment: bytes) -> bytes:

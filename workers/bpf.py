@@ -210,14 +210,14 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
       fragment that may belong to ESP, and the first fragment's SPI decides
       which one keeps the datagram (:mod:`workers.reassembly`); a filter
       built with one fixed index sends them all to that worker instead.
-      IPv4: ESP fragments, first UDP fragments to the NAT-T
-      port, and (``udp_fragments``) non-first UDP fragments, which carry no
-      port and so may include unrelated UDP (the worker drops those after
-      reassembly; the kernel reassembles and delivers them anyway).  IPv6:
-      the fragment header names the upper protocol in every fragment.
-      AH fragments are not taken: AH is verified over whole datagrams only
-      (RFC 4302 §3.4.1), and the kernel's reassembly hands them to the nft
-      drop rule (:mod:`ipsecd.nft`), not to a worker.
+      IPv4: ESP fragments, AH fragments (``ah``), first UDP fragments to
+      the NAT-T port, and (``udp_fragments``) non-first UDP fragments, which
+      carry no port and so may include unrelated UDP (the worker drops those
+      after reassembly; the kernel reassembles and delivers them anyway).
+      IPv6: the fragment header names the upper protocol in every fragment.
+      AH, like ESP, is verified over the reassembled datagram (RFC 4302
+      §3.4.1): a transport-mode peer (ipsecd too) fragments its AH packets
+      after AH processing (§3.3.4).
 
     Everything else (including IPv4 with options is fine: the header length
     is computed) is dropped by this socket; the kernel stack is unaffected.
@@ -258,6 +258,8 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
         p += [ld(BPF_B, 9)]
         if raw_esp:
             p += [jmp(BPF_JEQ, IPPROTO_ESP, "accept", 0)]
+        if ah:
+            p += [jmp(BPF_JEQ, IPPROTO_AH, "accept", 0)]
         if nat_t_port is not None:
             p += [jmp(BPF_JEQ, IPPROTO_UDP, 0, "drop"),
                   ld(BPF_H, 6), jmp(BPF_JSET, 0x1FFF,
@@ -289,6 +291,8 @@ def spi_steering(n_workers: int, k: int, *, nat_t_port: int | None = NAT_T_PORT,
         p += [ld(BPF_B, 40)]
         if raw_esp:
             p += [jmp(BPF_JEQ, IPPROTO_ESP, "accept", 0)]
+        if ah:
+            p += [jmp(BPF_JEQ, IPPROTO_AH, "accept", 0)]
         if nat_t_port is not None:
             p += [jmp(BPF_JEQ, IPPROTO_UDP, 0, "drop"),
                   ld(BPF_H, 42), jmp(BPF_JSET, 0xFFF8, "accept", 0),

@@ -3,13 +3,16 @@
 When an inner packet would not fit the path once encapsulated, the worker
 either tells its sender (a DF-set IPv4 packet: ICMP "fragmentation needed",
 RFC 792 / RFC 1191; any IPv6 packet: ICMPv6 "packet too big", RFC 4443
-§3.2 - routers never fragment IPv6) or, for IPv4 without DF, fragments the
-*inner* packet before encapsulation (:func:`fragment_ipv4`, RFC 791), so
-each fragment travels in its own ESP packet and the final destination
-reassembles.  The outer ESP packet is never fragmented: the peer would have
-to reassemble before it can even read the SPI, which breaks the per-SPI
-steering of its workers and costs it memory (RFC 4459 §3 and §5 discuss
-the trade-off).
+§3.2 - routers never fragment IPv6) or, for IPv4 without DF, fragments
+with :func:`fragment_ipv4` (RFC 791).  In tunnel mode that is the *inner*
+packet, before encapsulation: each fragment travels in its own ESP packet
+and the final destination reassembles, and the outer packet is never
+fragmented (the peer would have to reassemble before it can even read the
+SPI, which costs it memory and per-SPI steering; RFC 4459 §3 and §5 discuss
+the trade-off).  In transport mode the datagram must not be cut first: ESP
+and AH are applied to whole datagrams only and fragmentation comes after (RFC 4303
+§3.3.4, RFC 4302 §3.3.4), so there the worker fragments the *outer* ESP or
+AH packet (``Worker._send_whole``).
 
 The error goes back into the TUN device towards the sender, as if a router
 beyond the tunnel had sent it.  Its source address is the original

@@ -2,11 +2,13 @@
 
 Why a worker reassembles at all
 -------------------------------
-Our own datapath never fragments the ESP it sends (docs/architecture.md,
-"MTU"), but a peer behind a path whose MTU is smaller than its ESP packets,
-or a NAT-T peer behind such a path, may send its outer packets fragmented.
-ESP is applied to whole datagrams (RFC 4303 §3.4.1), so the receiver must
-reassemble before it can look at the SPI.  The kernel reassembles its copy
+A peer behind a path whose MTU is smaller than its ESP packets, or a NAT-T
+peer behind such a path, may send its outer packets fragmented; and a
+transport-mode peer fragments ESP and AH packets bigger than its path, as
+our own datapath does in transport mode (RFC 4303 §3.3.4, RFC 4302 §3.3.4;
+docs/architecture.md, "MTU").  ESP and AH are verified over whole datagrams
+(RFC 4303 §3.4.1, RFC 4302 §3.4.1), so the receiver must reassemble before
+it can look at the SPI.  The kernel reassembles its copy
 too, but that copy is dropped by the daemon's nftables rule; the workers see
 the original fragments on their packet sockets, below the IP layer.
 
@@ -26,7 +28,7 @@ first fragment's worker.  The options were:
   and that worker's poll loop must watch it;
 * steering fragments by identification spreads the reassembly but needs the
   same hand-over for ``n - 1`` of ``n`` datagrams;
-* **every worker takes every fragment that may be ESP** (each worker's
+* **every worker takes every fragment that may be ESP or AH** (each worker's
   filter is built with ``fragments_to=k``), and the SPI in the first
   fragment decides, in each worker, whether it keeps the datagram.  That is
   what we do: the owner reassembles and decrypts, and the other workers
@@ -249,7 +251,8 @@ def is_fragment(buf: bytes | bytearray | memoryview, end: int) -> bool:
 def spi_claim(n: int, k: int, udp_port: int | None = 4500) -> ClaimHook:
     """The claim of worker ``k`` of ``n`` (socket filter ``spi % n == k``, :mod:`workers.bpf`).
 
-    ESP: the SPI (RFC 4303 §2.1).  UDP to ``udp_port``: the SPI after the UDP
+    ESP: the SPI (RFC 4303 §2.1).  AH: its SPI, the second word (RFC 4302
+    §2; AH SPIs are a space of their own, steered by the same rule).  UDP to ``udp_port``: the SPI after the UDP
     header, unless it is IKE's zero non-ESP marker (RFC 3948 §2.2), which is
     the kernel's to reassemble for the IKE daemon.  A first fragment too
     short to show the SPI is kept; the whole datagram decides.
@@ -260,6 +263,10 @@ def spi_claim(n: int, k: int, udp_port: int | None = 4500) -> ClaimHook:
             if len(data) < 4:
                 return Claim.KEEP
             spi = _U32.unpack_from(data)[0]
+        elif proto == _AH:
+            if len(data) < 8:
+                return Claim.KEEP
+            spi = _U32.unpack_from(data, 4)[0]
         elif proto == _UDP and udp_port is not None:
             if len(data) < 12:
                 return Claim.KEEP

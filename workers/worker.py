@@ -8,7 +8,8 @@ The control process forks one worker per core and calls :func:`main` with a
 * one TPACKET_V3 RX ring per outside interface, each with the socket filter
   ``bpf.spi_steering(n, k)``: this worker sees exactly the ESP and AH whose
   ``spi % n == k``, so the anti-replay window of each inbound SA is used by
-  one process (docs/architecture.md), and every IP fragment that may be ESP;
+  one process (docs/architecture.md), and every IP fragment that may be ESP
+  or AH;
 * one queue of the multi-queue TUN device: the kernel hands it the
   plaintext of some flows (a flow always lands on one queue);
 * a :class:`workers.rings.TxSender` per outside interface (with the policy
@@ -28,7 +29,7 @@ The loop waits in ``poll`` on the ring and TUN descriptors (at most
    the SPI's context, ``decap_into`` in the ring frame itself (no copy), the
    inbound policy check (cached per SA and flow), one ``write`` to the TUN.
    A fragmented outer packet goes to :mod:`workers.reassembly` first: every
-   worker's filter takes every fragment that may be ESP, the SPI in the
+   worker's filter takes every fragment that may be ESP or AH, the SPI in the
    first fragment decides which worker keeps the datagram, and a whole one
    continues as if it had arrived so (see that module for why).
 3. **Outbound.**  Up to :data:`BATCH` packets are read from the TUN, each
@@ -56,8 +57,14 @@ number seen since the last line.
 MTU: a packet that would not fit the SA's path MTU once encapsulated gets
 ICMP "fragmentation needed" / "packet too big" back through the TUN when
 DF is set (IPv6: always), announcing the largest inner packet that fits
-*that* SA; an IPv4 packet without DF is fragmented before encapsulation
-(:mod:`workers.icmp`).  The outer packet is never fragmented.
+*that* SA.  In tunnel mode an IPv4 packet without DF is fragmented before
+encapsulation (:mod:`workers.icmp`: each inner fragment in its own tunnel
+packet), and the outer packet is never fragmented.  Transport mode protects
+whole datagrams only (RFC 4303 §3.3.4, RFC 4302 §3.3.4), so there the
+datagram is encapsulated whole and the outer ESP / AH packet is fragmented
+(``_send_whole``); fragments the host made of a datagram bigger than the
+TUN MTU are reassembled first (``_outbound_fragment``, a
+:class:`workers.reassembly.Reassembler` of its own, created on first use).
 """
 
 from __future__ import annotations
@@ -228,6 +235,10 @@ class _Out:
         room -= room % ctx.align
         return room - 2 + h
 
+    def outer_length(self, length: int, header: int) -> int:
+        """The length of the packet ``encap`` makes of an inner packet of ``length`` bytes."""
+        return self.ctx.encapsulated_length(length, 0 if self.tunnel else header)
+
 
 class _AhOut(_Out):
     """An outbound AH SA (RFC 4302): ``encap`` has ESP's ``encap_into`` signature.
@@ -254,6 +265,9 @@ class _AhOut(_Out):
 
     def max_inner(self, path_mtu: int, header: int) -> int:
         return path_mtu - self.overhead
+
+    def outer_length(self, length: int, header: int) -> int:
+        return length + self.overhead
 
     def _encap(self, buf: Any, start: int, end: int, seq: int) -> tuple[Drop, int, int]:
         drop, packet = self.ah.encap(buf[start:end], seq)
@@ -314,6 +328,11 @@ class Worker:
         # 40 more: a reassembled IPv6 packet is its header plus up to 65535 (RFC 8200 §4.5).
         self.rx_view = memoryview(bytearray(RX_CAPACITY + 40 + TAILROOM))
         self.reassembler = Reassembler(claim=spi_claim(spec.count, spec.index, spec.nat_t_port))
+        # Transport mode only, and rare: datagrams the host fragmented before the TUN
+        # (bigger than its MTU) are reassembled here, in a 64 KiB buffer of their own;
+        # both are made on first use (_outbound_fragment, _big_buffer).
+        self.tun_reassembler: Reassembler | None = None
+        self._big: memoryview | None = None
 
         # SA and policy state, rebuilt on generation changes.
         self.sa_generation = -1
@@ -379,6 +398,10 @@ class Worker:
                 if self.reassembler.pending:  # timeouts counted without waiting for a fragment
                     self.reassembler.expire(time.monotonic())
                     self._fragment_drops()
+                tun_reassembler = self.tun_reassembler
+                if tun_reassembler is not None and tun_reassembler.pending:
+                    tun_reassembler.expire(time.monotonic())
+                    self._tun_fragment_drops()
                 if os.getppid() != ppid:  # the control process is gone
                     log.error("worker %d: control process gone, exiting", self.k)
                     break
@@ -509,11 +532,13 @@ class Worker:
             else:
                 kind, spi, _, _, _ = peek(rx, 0, end, udp_port=port)
                 if kind is not esp_kind:
-                    if rx[9 if rx[0] >> 4 == 4 else 6] == _AH and end >= 28:
-                        # AH (RFC 4302), never a fragment (socket filter): ESP pays nothing.
+                    v4 = rx[0] >> 4 == 4
+                    if rx[9 if v4 else 6] == _AH and end >= 28 and not (
+                            v4 and (rx[6] & 0x3F or rx[7])):
+                        # AH (RFC 4302), not a fragment: ESP pays nothing.
                         self._inbound_ah(rx, end)
                         continue
-                    # peek calls every fragment malformed: it may be ESP once whole.
+                    # peek calls every fragment malformed: it may be ESP or AH once whole.
                     end, spi = defragment(rx, end)
                     if not end:
                         continue
@@ -613,7 +638,9 @@ class Worker:
         Returns ``(end, spi)`` when ``rx[:end]`` now holds a whole ESP datagram
         this worker must decrypt, else ``(0, 0)``: not a fragment (counted
         malformed, as before), a fragment held or dropped (counted by
-        :meth:`_fragment_drops`), or a datagram that is another worker's.
+        :meth:`_fragment_drops`), or a datagram that is another worker's.  A
+        whole AH datagram this worker must verify goes to :meth:`_inbound_ah`
+        from here (also ``(0, 0)``).
         """
         if not is_fragment(rx, end):
             self._wk_drop(Drop.MALFORMED, "malformed")
@@ -627,8 +654,16 @@ class Worker:
         packet = whole.packet
         end = len(packet)
         rx[:end] = packet
-        kind, spi, _, _, _ = peek(rx, 0, end, udp_port=self.spec.nat_t_port)
         n = self.spec.count
+        v4 = rx[0] >> 4 == 4
+        if rx[9 if v4 else 6] == _AH and end >= 28:
+            # AH fragmented after AH processing (RFC 4302 §3.3.4), verified whole (§3.4.1)
+            # by the worker its SPI steers to (the first fragment holds it: reassembly.py).
+            at = ((rx[0] & 15) << 2) + 4 if v4 else 44
+            if at + 4 > end or _U32.unpack_from(rx, at)[0] % n == self.k:
+                self._inbound_ah(rx, end)
+            return 0, 0
+        kind, spi, _, _, _ = peek(rx, 0, end, udp_port=self.spec.nat_t_port)
         if kind is not Inbound.ESP:
             # IKE or another port in UDP is the kernel's (it has its own copy); a broken
             # header is counted, by one worker.
@@ -750,8 +785,16 @@ class Worker:
             version = buf[h] >> 4
             if version == 4 and length >= 20:
                 b0, frag_hi, frag_lo, proto, addrs = _V4_KEY.unpack_from(buf, h)
-                ports = 0 if (frag_hi & 0x1F or frag_lo) else _ports(
-                    proto, buf, h + ((b0 & 15) << 2), h + length)
+                if frag_hi & 0x3F or frag_lo:
+                    # A fragment (MF or an offset, RFC 791): the host cut a datagram
+                    # bigger than the TUN MTU.  Transport mode reassembles it first.
+                    ports = 0 if (frag_hi & 0x1F or frag_lo) else _ports(
+                        proto, buf, h + ((b0 & 15) << 2), h + length)
+                    if self._outbound_fragment(buf, h, length, addrs, proto, ports,
+                                               pending, need):
+                        continue
+                else:
+                    ports = _ports(proto, buf, h + ((b0 & 15) << 2), h + length)
             elif version == 6 and length >= 40:
                 proto, addrs = _V6_KEY.unpack_from(buf, h)
                 at = h + 40
@@ -909,18 +952,25 @@ class Worker:
             except ValueError:
                 header = 40
         return (OUT_ESP, chosen.slot, chosen.encap, chosen.max_inner(path_mtu, header), tx,
-                version)
+                version, path_mtu)
 
     def _too_big(self, buf: memoryview, h: int, length: int, d: tuple[Any, ...],
                  pending: list[tuple[memoryview, int, tuple[Any, ...]]],
                  need: dict[int, int]) -> None:
         slot, max_inner, version = d[1], d[3], d[5]
         packet = buf[h:h + length]
-        out = self.outbound.get(slot)
-        # Transport-mode AH covers whole datagrams only (RFC 4302 §3.3.4), and the
-        # outer packet is never fragmented here: too big is too big, DF or not.
-        whole_only = isinstance(out, _AhOut) and not out.tunnel
-        if version == 4 and not packet[6] & 0x40 and not whole_only:
+        if version == 4 and not packet[6] & 0x40:
+            out = self.outbound.get(slot)
+            if out is None or not out.tunnel:
+                # Transport mode, ESP (RFC 4303 §3.3.4) and AH (RFC 4302 §3.3.4), is
+                # applied to whole datagrams only, and fragmentation comes after it:
+                # encapsulated whole, the outer packet goes in fragments.
+                big = self._big_buffer()
+                if buf is not big:
+                    big[h:h + length] = packet
+                self._send_whole(d, big, h, length)
+                return
+            # Tunnel mode: each inner fragment rides in a tunnel packet of its own.
             frags = fragment_ipv4(packet, max_inner)
             if frags:
                 size = HEADROOM + max_inner + TAILROOM
@@ -938,6 +988,141 @@ class Worker:
                     self.tun.write(error)
                 except OSError as exc:
                     self._note("tun_write", f"TUN write failed: {exc.strerror}")
+
+    def _send_whole(self, d: tuple[Any, ...], buf: memoryview, h: int, length: int) -> None:
+        """One whole datagram ``buf[h:h + length]`` in one ESP / AH packet, sent at once.
+
+        It takes a sequence number of its own (not the batch's).  A transport-mode
+        packet bigger than the SA's path MTU leaves in outer IPv4 fragments (RFC
+        791; DF is clear, the identification is the datagram's own, kept in the
+        header transport mode moves): the peer reassembles before it decrypts
+        (RFC 4303 §3.4.1), as :mod:`workers.reassembly` does for ours.  ``buf``
+        has :data:`HEADROOM` bytes before ``h`` and :data:`TAILROOM` after the end.
+        """
+        slot, tx, path_mtu = d[1], d[4], d[6]
+        out = self.outbound.get(slot)
+        if out is None:
+            self._sa_drop(slot, Drop.NO_SA, 0)
+            return
+        if out.outer_length(length, (buf[h] & 15) << 2) > 0xFFFF:
+            self._sa_drop(slot, Drop.MTU, 0)  # no IPv4 packet holds it once encapsulated
+            return
+        seq = self.table.alloc_seq(slot, 1, out.limit, out.uid)
+        if seq <= 0:  # 0: exhausted; SEQ_GONE: the SA was removed (as in _encrypt)
+            self._sa_drop(slot, Drop.SEQ_OVERFLOW if seq == 0 else Drop.NO_SA, 0)
+            return
+        drop, s, e = d[2](buf, h, h + length, seq)
+        if drop:
+            self._sa_drop(slot, drop, 0)
+            return
+        outer = buf[s:e]
+        packets: list[bytes] | list[memoryview] = [outer]
+        if e - s > path_mtu:
+            fragments = fragment_ipv4(outer, path_mtu)
+            if not fragments:  # cannot happen: DF is clear, and a path MTU is >= 68 + 8
+                self._sa_drop(slot, Drop.MTU, 0)
+                return
+            packets = fragments
+        sent = True
+        for packet in packets:
+            if not tx.send(packet):
+                sent = False
+                break
+        tx.flush()
+        if not sent:
+            self._sa_drop(slot, Drop.RING_FULL, 0)  # the rest is useless without it
+            return
+        self._count(self.acc, slot, 1, length)
+
+    def _outbound_fragment(self, buf: memoryview, h: int, length: int, addrs: bytes, proto: int,
+                           ports: int, pending: list[tuple[memoryview, int, tuple[Any, ...]]],
+                           need: dict[int, int]) -> bool:
+        """An IPv4 fragment read from the TUN; True if transport mode took it.
+
+        The host fragments a datagram bigger than the TUN MTU before the TUN
+        sees it; transport mode must not encapsulate the pieces (RFC 4303
+        §3.3.4, RFC 4302 §3.3.4), so it reassembles them and sends the whole
+        datagram on (:meth:`_outbound_whole`).  The fragments of one datagram
+        all come through this worker's queue: the TUN hashes fragments by
+        their addresses.  Tunnel mode, bypass and drops take fragments as
+        they take any packet (False).  The decision is the fragment's own, as
+        for any packet (a later fragment has no ports to match).
+        """
+        if length >= self.capacity:
+            return False  # truncated: the caller counts it
+        key = (addrs, proto, ports)
+        flows = self.out_flows
+        d = flows.get(key)
+        if d is None:
+            d = self._outbound_decide(4, addrs, proto, ports, buf, h, length)
+            if len(flows) > 65536:
+                flows.clear()
+            flows[key] = d
+        if d[0] != OUT_ESP:
+            return False
+        out = self.outbound.get(d[1])
+        if out is None or out.tunnel:
+            return False
+        reassembler = self.tun_reassembler
+        if reassembler is None:
+            reassembler = self.tun_reassembler = Reassembler()  # no claim: every datagram is ours
+        whole = reassembler.push(buf[h:h + length], time.monotonic())
+        if reassembler.discards:
+            self._tun_fragment_drops()
+        if whole is not None:
+            self._outbound_whole(whole.packet, pending, need)
+        return True
+
+    def _outbound_whole(self, packet: bytes, pending: list[tuple[memoryview, int, tuple[Any, ...]]],
+                        need: dict[int, int]) -> None:
+        """A datagram reassembled from the TUN's fragments: decided on again, with its ports."""
+        h = HEADROOM
+        length = len(packet)
+        big = self._big_buffer()
+        big[h:h + length] = packet
+        b0, _, _, proto, addrs = _V4_KEY.unpack_from(big, h)
+        ports = _ports(proto, big, h + ((b0 & 15) << 2), h + length)
+        key = (addrs, proto, ports)
+        flows = self.out_flows
+        d = flows.get(key)
+        if d is None:
+            d = self._outbound_decide(4, addrs, proto, ports, big, h, length)
+            if len(flows) > 65536:
+                flows.clear()
+            flows[key] = d
+        kind = d[0]
+        if kind == OUT_ESP:
+            if length > d[3]:
+                self._too_big(big, h, length, d, pending, need)
+            else:
+                self._send_whole(d, big, h, length)
+        elif kind == OUT_BYPASS:
+            # A port-selective policy lets the whole datagram pass in clear: as the host cut it.
+            for frag in fragment_ipv4(big[h:h + length], self.spec.tun_mtu) or ():
+                self._bypass(memoryview(frag), 4, addrs)
+        elif d[2] is not None:
+            self._sa_drop(d[2], d[1], 0)
+        else:
+            self._wk_drop(d[1], d[1].label)
+
+    def _big_buffer(self) -> memoryview:
+        """The buffer for whole datagrams beyond the TUN MTU (made on first use, kept)."""
+        big = self._big
+        if big is None:
+            big = self._big = memoryview(bytearray(HEADROOM + 0xFFFF + TAILROOM))
+        return big
+
+    def _tun_fragment_drops(self) -> None:
+        """Count the TUN reassembler's discards (only this worker saw those fragments)."""
+        reassembler = self.tun_reassembler
+        if reassembler is None:
+            return
+        drops = self.wk_drops
+        for d in reassembler.discards:
+            r = int(d.reason)
+            drops[r] = drops.get(r, 0) + d.fragments
+            self._note(d.reason.label, f"from the TUN: id {d.ident:#x} protocol {d.proto}")
+        reassembler.discards.clear()
 
     def _bypass(self, packet: memoryview, version: int, addrs: bytes) -> None:
         """Traffic the SPD lets pass in clear (``none``, or no policy): out by the main table."""
