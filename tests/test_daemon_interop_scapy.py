@@ -34,7 +34,13 @@ import pytest
 from daemon_harness import Daemon, start, wait_ready
 from netns import Lab, Netns, host_to_host, needs_root, remove_stale, site_to_site
 from scapy.layers.inet import ICMP, IP, UDP, defragment
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.inet6 import (
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrFragment,
+    defragment6,
+)
 from scapy.layers.ipsec import AH, ESP
 from scapy.layers.ipsec import SecurityAssociation as ScapySA
 from scapy.packet import Packet, Raw
@@ -298,5 +304,59 @@ def test_scapy_decrypts_a_big_transport_datagram(setup: Setup) -> None:
     assert whole, (len(fragments), setup.gateway.status()["drops"])
     assert len(fragments) == 3  # 3028 bytes of datagram + ESP or AH, 1500-byte path
     clear = IP(bytes(sa_in.decrypt(whole[0])))  # type: ignore[no-untyped-call]
+    assert (clear.src, clear.dst) == (me, peer)
+    assert clear[UDP].dport == 9700 and bytes(clear[UDP].payload) == payload
+
+
+@pytest.mark.parametrize("setup", TRANSPORT_CASES, indirect=True,
+                         ids=[f"{m}-{a}" for m, a in TRANSPORT_CASES])
+def test_scapy_decrypts_a_big_ipv6_transport_datagram(setup: Setup) -> None:
+    """IPv6 transport mode: the gateway's host sends 3000 bytes of UDP, bigger than the TUN.
+
+    Its kernel fragments the datagram, the worker reassembles it, applies ESP or
+    AH to the whole, and fragments the outer packet with a Fragment header of
+    its own (RFC 8200 §4.5, the originating host may).  scapy puts the
+    fragments together (``defragment6``) and decrypts or verifies the datagram.
+    """
+    assert setup.mode == "transport"
+    peer, me, _, _ = setup.addrs[6]
+    sa_in = setup.alg.scapy(1, SPI_OUT + 0x100, None)  # ipsecd -> scapy, the IPv6 SA
+    proto = 51 if setup.alg.protocol == "ah" else 50
+    payload = os.urandom(3000)
+    with setup.scapy_ns.enter():
+        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        rx.bind((setup.scapy_if, 0))
+    with setup.gateway.ns.enter():
+        tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    fragments: list[Packet] = []
+    whole: Packet | None = None
+    try:
+        tx.setsockopt(socket.IPPROTO_IPV6, 23, 0)  # IPV6_MTU_DISCOVER: IPV6_PMTUDISC_DONT
+        tx.sendto(payload, (peer, 9700))
+        deadline = time.monotonic() + 5
+        while whole is None and time.monotonic() < deadline:
+            if not select.select([rx], [], [], 0.1)[0]:
+                continue
+            data, address = rx.recvfrom(65535)
+            if address[2] == PACKET_OUTGOING or data[0] >> 4 != 6:
+                continue
+            packet = IPv6(data)
+            if (packet.src, packet.dst) != (me, peer) or IPv6ExtHdrFragment not in packet:
+                continue
+            assert packet[IPv6ExtHdrFragment].nh == proto, "fragments of ESP / AH"
+            assert len(data) <= 1500
+            fragments.append(packet)
+            if any(not f[IPv6ExtHdrFragment].m for f in fragments):
+                total = max(f[IPv6ExtHdrFragment].offset * 8 + len(f[IPv6ExtHdrFragment].payload)
+                            for f in fragments)
+                have = sum(len(f[IPv6ExtHdrFragment].payload) for f in fragments)
+                if have >= total:
+                    whole = defragment6(fragments)  # type: ignore[no-untyped-call]
+    finally:
+        tx.close()
+        rx.close()
+    assert whole is not None, (len(fragments), setup.gateway.status()["drops"])
+    assert len(fragments) == 3  # 3048 bytes of datagram + ESP or AH, 1500-byte path
+    clear = IPv6(bytes(sa_in.decrypt(IPv6(bytes(whole)))))  # type: ignore[no-untyped-call]
     assert (clear.src, clear.dst) == (me, peer)
     assert clear[UDP].dport == 9700 and bytes(clear[UDP].payload) == payload

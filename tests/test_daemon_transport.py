@@ -360,3 +360,58 @@ def test_df_set_datagrams_still_get_fragmentation_needed(pair: Pair, tmp_path: P
     assert errors, "an ICMP error into the TUN"
     assert (errors[-1][20], errors[-1][21]) == (3, 4)
     assert struct.unpack_from("!H", errors[-1], 26)[0] == INNER_MTU_V4
+
+
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT = 23, 0
+
+
+def test_big_ipv6_datagrams_go_whole_into_esp_then_in_our_fragments(
+        pair: Pair, tmp_path: Path) -> None:
+    """IPv6: the host fragments (RFC 8200 §4.5), the worker reassembles, ESP takes the whole.
+
+    3000 and 8000 bytes do not fit the TUN: A's kernel cuts them, the worker puts
+    them together, encapsulates the datagram whole and, as the originating host
+    in transport mode, fragments the outer packet itself (a Fragment header in
+    front of ESP).  1440 bytes fit the TUN but not the SA: the first is answered
+    with packet-too-big (the host learns the path MTU and cuts the next ones),
+    so it is sent until one arrives.  On the wire: ESP, in fragments, only.
+    """
+    topo, a = pair.topo, pair.a
+    before = a.query()["drops"]
+    cap = topo.b.ns.capture("eth0", tmp_path / "frag6.pcap", f"ip6 and src host {topo.a.v6}")
+    with topo.b.ns.enter():
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    with topo.a.ns.enter():
+        tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        rx.bind((topo.b.v6, 9702))
+        tx.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT)
+        for size in (3000, 8000, 1440):
+            payload = ((CLEAR_MARK + bytes(range(256))) * (size // 276 + 1))[:size]
+            got = b""
+            for _ in range(3):
+                tx.sendto(payload, (topo.b.v6, 9702))
+                rx.settimeout(1.5)
+                try:
+                    got = rx.recv(65535)
+                    break
+                except TimeoutError:
+                    continue
+            assert got == payload, size
+    finally:
+        rx.close()
+        tx.close()
+        time.sleep(0.2)
+        cap.stop()
+    packets = [f[14:] for f in cap.packets() if struct.unpack_from("!H", f, 12)[0] == 0x86DD]
+    assert packets and all(len(p) <= 1500 for p in packets)
+    assert not any(CLEAR_MARK in p for p in packets), "no payload in clear"
+    fragments = [p for p in packets if p[6] == 44]  # a Fragment header after the IPv6 header
+    assert {p[6] for p in packets} <= {ESP, 44, ICMPV6}
+    assert {p[40] for p in fragments} == {ESP}  # what they are fragments of: ESP
+    # 3000: 3 fragments, 8000: 6, 1440: 2 (once the host cut it, ESP makes it too big).
+    assert len(fragments) >= 11, len(fragments)
+    after = a.query()["drops"]
+    for reason in ("malformed", "fragment_timeout", "fragment_malformed"):
+        assert after.get(reason, 0) == before.get(reason, 0), (reason, after)
+    assert after.get("mtu", 0) - before.get("mtu", 0) <= 1  # the first 1440 only

@@ -175,3 +175,28 @@ def test_rate_limit() -> None:
     assert [limit.allow(t) for _ in range(5)] == [True, True, True, False, False]
     assert limit.allow(t + 0.1) and not limit.allow(t + 0.1)
     assert limit.allow(t + 10)
+
+
+@pytest.mark.parametrize("size", [1300, 3000, 65000])
+@pytest.mark.parametrize("hop_by_hop", [False, True])
+def test_fragment_ipv6_is_what_scapy_reassembles(size: int, hop_by_hop: bool) -> None:
+    from scapy.layers.inet import UDP as ScapyUDP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, defragment6
+
+    from workers.icmp import fragment_ipv6
+
+    ip = IPv6(src="2001:db8::1", dst="2001:db8::2")
+    if hop_by_hop:
+        ip = ip / IPv6ExtHdrHopByHop()
+    packet = bytes(ip / ScapyUDP(sport=1, dport=2) / (bytes(range(256)) * (size // 256 + 1))[:size])
+    pieces = fragment_ipv6(packet, 1280, 0xABCDEF01)
+    assert pieces is not None and len(pieces) > 1
+    assert all(len(p) <= 1280 for p in pieces)
+    parsed = [IPv6(p) for p in pieces]
+    assert {f[IPv6ExtHdrFragment].id for f in parsed} == {0xABCDEF01}
+    assert [f[IPv6ExtHdrFragment].m for f in parsed] == [1] * (len(pieces) - 1) + [0]
+    if hop_by_hop:  # the per-fragment part comes first, in every fragment
+        assert all(IPv6ExtHdrHopByHop in f and f.nh == 0 for f in parsed)
+    assert bytes(defragment6(parsed)) == packet  # type: ignore[no-untyped-call]
+    assert fragment_ipv6(pieces[0], 1280, 1) is None  # a fragment is not cut again
+    assert fragment_ipv6(packet, 40 + 8 + 7, 1) is None  # no room for 8 bytes of data

@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 import time
 
-from ipsecd.packet import checksum
+from ipsecd.packet import PacketError, checksum, ipv6_ipsec_offset
 
 Buffer = bytes | bytearray | memoryview
 
@@ -183,6 +183,50 @@ def fragment_ipv4(packet: Buffer, mtu: int) -> list[bytes] | None:
     return out
 
 
+IPV6_FRAGMENT = 44
+
+
+def fragment_ipv6(packet: Buffer, mtu: int, ident: int) -> list[bytes] | None:
+    """Source fragmentation of an IPv6 packet into pieces of at most ``mtu`` bytes (RFC 8200 §4.5).
+
+    Only the originating host may do this, as ipsecd is in transport mode.
+    The per-fragment part is the IPv6 header and the extension headers that
+    go before ESP/AH (hop-by-hop, routing, destination options in front of a
+    routing header: the place :func:`ipsecd.packet.ipv6_ipsec_offset` finds);
+    a Fragment header with ``ident`` follows it in every fragment.  ``None``
+    if the packet cannot be fragmented (not IPv6, already a fragment,
+    inconsistent lengths, ``mtu`` too small).
+    """
+    if len(packet) < 40 or packet[0] >> 4 != 6:
+        return None
+    try:
+        off, nh, nh_field = ipv6_ipsec_offset(packet)
+    except PacketError:
+        return None
+    total = 40 + (packet[4] << 8 | packet[5])
+    if total > len(packet) or total < off:
+        return None
+    walk, at = packet[6], 40
+    while at < off:  # a Fragment header among them: already a fragment
+        if walk == IPV6_FRAGMENT:
+            return None
+        walk, at = packet[at], at + (packet[at + 1] + 1) * 8
+    room = (mtu - off - 8) & ~7
+    if room < 8:
+        return None
+    unfragmentable = bytearray(packet[:off])
+    unfragmentable[nh_field] = IPV6_FRAGMENT
+    payload = bytes(packet[off:total])
+    out: list[bytes] = []
+    for at in range(0, len(payload), room):
+        chunk = payload[at:at + room]
+        more = 1 if at + room < len(payload) else 0
+        piece = unfragmentable + struct.pack("!BBHI", nh, 0, at | more, ident & 0xFFFFFFFF) + chunk
+        struct.pack_into("!H", piece, 4, len(piece) - 40)
+        out.append(bytes(piece))
+    return out
+
+
 class RateLimit:
     """A token bucket: ``rate`` events per second, bursts of ``burst``."""
 
@@ -209,6 +253,7 @@ __all__ = [
     "RateLimit",
     "frag_needed",
     "fragment_ipv4",
+    "fragment_ipv6",
     "packet_too_big",
     "too_big_error",
 ]

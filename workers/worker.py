@@ -98,7 +98,7 @@ from ipsecd.satable import (
     WorkerCounter,
 )
 from workers import bpf
-from workers.icmp import RateLimit, fragment_ipv4, too_big_error
+from workers.icmp import RateLimit, fragment_ipv4, fragment_ipv6, too_big_error
 from workers.offload import VNET_HDR_LEN, Coalescer
 from workers.policy import (
     ACTION_DISCARD,
@@ -138,6 +138,7 @@ _U16 = struct.Struct("!H")
 _PORT_PROTOS = frozenset((6, 17, 132, 136))
 _ICMP_PROTOS = frozenset((1, 58))
 _IPV6_EXT = frozenset((0, 43, 60))
+_IPV6_FRAG = 44
 _M32 = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
 
@@ -333,6 +334,7 @@ class Worker:
         # both are made on first use (_outbound_fragment, _big_buffer).
         self.tun_reassembler: Reassembler | None = None
         self._big: memoryview | None = None
+        self._ident = int.from_bytes(os.urandom(3), "big")  # IPv6 fragment ids (_next_ident)
 
         # SA and policy state, rebuilt on generation changes.
         self.sa_generation = -1
@@ -801,6 +803,15 @@ class Worker:
                 end = h + length
                 while proto in _IPV6_EXT and at + 8 <= end:
                     proto, at = buf[at], at + ((buf[at + 1] + 1) << 3)
+                if proto == _IPV6_FRAG and at + 8 <= end:
+                    # The host's own fragment (RFC 8200 §4.5), after a packet-too-big:
+                    # transport mode reassembles it first, as for IPv4.
+                    proto = buf[at]
+                    first = not (buf[at + 2] << 8 | buf[at + 3]) & 0xFFF8
+                    ports = _ports(proto, buf, at + 8, end) if first else 0
+                    if self._outbound_fragment(buf, h, length, addrs, proto, ports,
+                                               pending, need, version=6):
+                        continue
                 ports = _ports(proto, buf, at, end)
             else:
                 self._wk_drop(Drop.MALFORMED, "malformed")
@@ -1004,8 +1015,17 @@ class Worker:
         if out is None:
             self._sa_drop(slot, Drop.NO_SA, 0)
             return
-        if out.outer_length(length, (buf[h] & 15) << 2) > 0xFFFF:
-            self._sa_drop(slot, Drop.MTU, 0)  # no IPv4 packet holds it once encapsulated
+        v6 = buf[h] >> 4 == 6
+        if v6:
+            try:
+                header = ipv6_ipsec_offset(buf[h:h + length])[0]
+            except ValueError:
+                self._sa_drop(slot, Drop.MALFORMED, 0)
+                return
+        else:
+            header = (buf[h] & 15) << 2
+        if out.outer_length(length, header) > 0xFFFF + (40 if v6 else 0):
+            self._sa_drop(slot, Drop.MTU, 0)  # no IP packet holds it once encapsulated
             return
         seq = self.table.alloc_seq(slot, 1, out.limit, out.uid)
         if seq <= 0:  # 0: exhausted; SEQ_GONE: the SA was removed (as in _encrypt)
@@ -1018,7 +1038,8 @@ class Worker:
         outer = buf[s:e]
         packets: list[bytes] | list[memoryview] = [outer]
         if e - s > path_mtu:
-            fragments = fragment_ipv4(outer, path_mtu)
+            fragments = (fragment_ipv6(outer, path_mtu, self._next_ident()) if v6
+                         else fragment_ipv4(outer, path_mtu))
             if not fragments:  # cannot happen: DF is clear, and a path MTU is >= 68 + 8
                 self._sa_drop(slot, Drop.MTU, 0)
                 return
@@ -1036,8 +1057,8 @@ class Worker:
 
     def _outbound_fragment(self, buf: memoryview, h: int, length: int, addrs: bytes, proto: int,
                            ports: int, pending: list[tuple[memoryview, int, tuple[Any, ...]]],
-                           need: dict[int, int]) -> bool:
-        """An IPv4 fragment read from the TUN; True if transport mode took it.
+                           need: dict[int, int], version: int = 4) -> bool:
+        """An IPv4 or IPv6 fragment read from the TUN; True if transport mode took it.
 
         The host fragments a datagram bigger than the TUN MTU before the TUN
         sees it; transport mode must not encapsulate the pieces (RFC 4303
@@ -1054,7 +1075,7 @@ class Worker:
         flows = self.out_flows
         d = flows.get(key)
         if d is None:
-            d = self._outbound_decide(4, addrs, proto, ports, buf, h, length)
+            d = self._outbound_decide(version, addrs, proto, ports, buf, h, length)
             if len(flows) > 65536:
                 flows.clear()
             flows[key] = d
@@ -1080,26 +1101,40 @@ class Worker:
         length = len(packet)
         big = self._big_buffer()
         big[h:h + length] = packet
-        b0, _, _, proto, addrs = _V4_KEY.unpack_from(big, h)
-        ports = _ports(proto, big, h + ((b0 & 15) << 2), h + length)
+        version = big[h] >> 4
+        if version == 4:
+            b0, _, _, proto, addrs = _V4_KEY.unpack_from(big, h)
+            ports = _ports(proto, big, h + ((b0 & 15) << 2), h + length)
+        else:
+            proto, addrs = _V6_KEY.unpack_from(big, h)
+            at, end = h + 40, h + length
+            while proto in _IPV6_EXT and at + 8 <= end:
+                proto, at = big[at], at + ((big[at + 1] + 1) << 3)
+            ports = _ports(proto, big, at, end)
         key = (addrs, proto, ports)
         flows = self.out_flows
         d = flows.get(key)
         if d is None:
-            d = self._outbound_decide(4, addrs, proto, ports, big, h, length)
+            d = self._outbound_decide(version, addrs, proto, ports, big, h, length)
             if len(flows) > 65536:
                 flows.clear()
             flows[key] = d
         kind = d[0]
         if kind == OUT_ESP:
-            if length > d[3]:
+            if length > d[3] and version == 4:
                 self._too_big(big, h, length, d, pending, need)
             else:
+                # IPv6: the host fragmented it, so it may go in fragments (after a
+                # packet-too-big, this is how the host's datagrams come).
                 self._send_whole(d, big, h, length)
         elif kind == OUT_BYPASS:
             # A port-selective policy lets the whole datagram pass in clear: as the host cut it.
-            for frag in fragment_ipv4(big[h:h + length], self.spec.tun_mtu) or ():
-                self._bypass(memoryview(frag), 4, addrs)
+            if version == 4:
+                frags = fragment_ipv4(big[h:h + length], self.spec.tun_mtu)
+            else:
+                frags = fragment_ipv6(big[h:h + length], self.spec.tun_mtu, self._next_ident())
+            for frag in frags or ():
+                self._bypass(memoryview(frag), version, addrs)
         elif d[2] is not None:
             self._sa_drop(d[2], d[1], 0)
         else:
@@ -1109,8 +1144,14 @@ class Worker:
         """The buffer for whole datagrams beyond the TUN MTU (made on first use, kept)."""
         big = self._big
         if big is None:
-            big = self._big = memoryview(bytearray(HEADROOM + 0xFFFF + TAILROOM))
+            # 40 more: an IPv6 datagram is its header plus up to 65535 (RFC 8200 §4.5).
+            big = self._big = memoryview(bytearray(HEADROOM + 0xFFFF + 40 + TAILROOM))
         return big
+
+    def _next_ident(self) -> int:
+        """An IPv6 fragment identification: a counter per worker, the worker's index below it."""
+        self._ident = (self._ident + 1) & 0xFFFFFF
+        return self._ident << 8 | (self.k & 0xFF)
 
     def _tun_fragment_drops(self) -> None:
         """Count the TUN reassembler's discards (only this worker saw those fragments)."""
