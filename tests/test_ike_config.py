@@ -176,7 +176,7 @@ life_bytes = 1000
 rekey_packets = 10
 life_packets = 20
 replay_window = 0
-ipcomp = true
+ipcomp = false
 [connections."a.b_c-1".children.two]
 start_action = "trap"
 [connections.second]
@@ -215,7 +215,7 @@ cacerts = "ca.pem"
     assert (one.rekey_time, one.life_time) == (1800, 2400)
     assert (one.rekey_bytes, one.life_bytes, one.rekey_packets, one.life_packets) == (
         1000, 1000, 10, 20)
-    assert one.replay_window == 0 and one.ipcomp
+    assert one.replay_window == 0 and not one.ipcomp
     assert two.name == "two" and two.start_action == "trap"
     assert second.responder_only and second.remote_addrs == ("%any",)
     assert second.remote == AuthConfig("pubkey", None, cacerts=(tmp_path / "ca.pem",))
@@ -243,6 +243,7 @@ def test_parse_duration_refuses(text: str | int | float) -> None:
 # --- mistakes ----------------------------------------------------------------------------
 
 BAD = [
+    (ONE + "ipcomp = true\n", 8, "connections.gw.children.net.ipcomp: IPComp is not negotiated"),
     # [ike]
     (BASE + "prot = 1\n", 5, "ike.prot: unknown key (known: cookie_threshold, half_open_max,"),
     (BASE + "port = 0\n", 5, "ike.port: 0 is out of range 1..65535"),

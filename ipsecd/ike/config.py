@@ -498,8 +498,19 @@ def _child(c: _Checker, raw: dict[str, Any], path: str, name: str, allow_legacy:
         rekey_packets=counts["rekey_packets"],
         life_packets=counts["life_packets"],
         replay_window=window,
-        ipcomp=c.boolean(t, f"{path}.ipcomp", False),
+        ipcomp=_ipcomp(c, t, path),
     )
+
+
+def _ipcomp(c: _Checker, t: dict[str, Any], path: str) -> bool:
+    """``ipcomp``: only false for now.  IKE does not offer IPCOMP_SUPPORTED (RFC 7296
+    §2.22), and as responder it declines a peer's offer by not answering it, which the
+    RFC allows; the datapath does not decompress.  ``true`` is refused rather than
+    silently ignored."""
+    if c.boolean(t, f"{path}.ipcomp", False):
+        raise c.fail(f"{path}.ipcomp", "IPComp is not negotiated by this version of ipsecd: "
+                     "set it to false (a peer's offer is declined)")
+    return False
 
 
 __all__ = [
