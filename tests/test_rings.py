@@ -11,7 +11,7 @@ import pytest
 from netns import Injector, Lab, collect, host_to_host, lab_fixture, needs_root, wait_until
 
 from workers import bpf
-from workers.rings import ETH_P_IP, RingConfig, RingTx, RxRing, TxSender
+from workers.rings import ETH_P_IP, NextHops, RingConfig, RingTx, RxRing, TxSender
 
 pytestmark = [pytest.mark.netns, needs_root()]
 ESP = 50
@@ -247,3 +247,24 @@ def test_ring_tx_flushes_by_itself_when_full(lab: Lab) -> None:
     finally:
         tx.close()
         ring.close()
+
+
+def test_an_unusable_next_hop_is_asked_again_after_50_ms_not_after_the_ttl(lab: Lab) -> None:
+    """The raw path is half as fast: the ring takes over soon after the kernel resolved."""
+    h = host_to_host(lab)
+    dst = socket.inet_aton(h.b.v4)
+    with h.a.ns.enter():
+        hops = NextHops("eth0", ttl=60.0)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert hops.header(dst) is None  # no neighbour entry yet
+        udp.sendto(b"x", (h.b.v4, 9))  # the kernel's way: it resolves the neighbour
+        assert wait_until(lambda: hops.resolve(dst) is not None, 2)
+        t0 = time.monotonic()
+        assert wait_until(lambda: hops.header(dst) is not None, 2)
+        assert time.monotonic() - t0 < 0.5  # 50 ms, well before the 60 s of a usable header
+        header = hops.header(dst)
+        assert header is not None and header[6:12] == hops.mac and header[12:] == b"\x08\x00"
+    finally:
+        udp.close()
+        hops.close()

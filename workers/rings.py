@@ -69,7 +69,8 @@ with pyroute2 (route lookup with our firewall mark, then the neighbour table)
 and caches for ``ttl`` seconds.  A destination whose neighbour is not usable
 (unknown, INCOMPLETE, STALE, FAILED) or that routes out of another interface
 goes out by the raw method, which makes the kernel (re)validate the neighbour,
-so the next lookup finds it REACHABLE.  All sockets carry ``mark`` (SO_MARK),
+so the next lookup finds it REACHABLE; that "not usable" is remembered for
+50 ms only (the raw path is half as fast), a usable header for ``ttl``.  All sockets carry ``mark`` (SO_MARK),
 so the policy routing of :mod:`workers.tun` keeps our ESP out of the TUN.
 """
 
@@ -311,12 +312,17 @@ class NextHops:
     sees (the main table), not the route into the TUN.
     """
 
-    def __init__(self, ifname: str, *, mark: int = 0, ttl: float = 1.0) -> None:
+    def __init__(self, ifname: str, *, mark: int = 0, ttl: float = 1.0,
+                 negative_ttl: float = 0.05) -> None:
         from pyroute2 import IPRoute
 
         self.ifname = ifname
         self.mark = mark
         self.ttl = ttl
+        # "Not usable" is kept only briefly: the packets sent the kernel's way meanwhile
+        # make it resolve the neighbour, and the ring should take over as soon as it has.
+        self.negative_ttl = negative_ttl
+        self._negative: dict[bytes, float] = {}
         self._ipr = IPRoute()
         self.ifindex = socket.if_nametoindex(ifname)
         link = self._ipr.get_links(self.ifindex)[0]
@@ -325,17 +331,33 @@ class NextHops:
         self._expires = time.monotonic() + ttl
 
     def header(self, dst: bytes) -> bytes | None:
-        """The Ethernet header for ``dst``, looked up at most once per ``ttl``."""
+        """The Ethernet header for ``dst``, looked up at most once per ``ttl``.
+
+        None (send it the kernel's way) is looked up again after ``negative_ttl``.
+        """
         try:
             return self._cache[dst]
         except KeyError:
-            hdr = self._cache[dst] = self.resolve(dst)
-            return hdr
+            pass
+        now = time.monotonic()
+        until = self._negative.get(dst)
+        if until is not None and now < until:
+            return None
+        hdr = self.resolve(dst)
+        if hdr is None:
+            if len(self._negative) > 4096:
+                self._negative.clear()
+            self._negative[dst] = now + self.negative_ttl
+        else:
+            self._cache[dst] = hdr
+            self._negative.pop(dst, None)
+        return hdr
 
     def expire(self, now: float) -> None:
         """Forget every entry once ``ttl`` has passed (called once per batch)."""
         if now >= self._expires:
             self._cache.clear()
+            self._negative.clear()
             self._expires = now + self.ttl
 
     def resolve(self, dst: bytes) -> bytes | None:
