@@ -61,12 +61,14 @@ SIGHUP re-applies the configured setkey script as one transaction.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import ipaddress
 import logging
+import operator
 import os
 import secrets
 import signal
@@ -162,6 +164,20 @@ class _WorkerState:
     pending_restart: asyncio.TimerHandle | None = None
 
 
+_Changes = dict[Any, Any] | None  # an SPD journal (SPD.take_changes); None: anything changed
+
+
+def _merge(acc: _Changes, new: _Changes) -> _Changes:
+    """Two SPD journals, one after the other, as one (the first "before" entry wins)."""
+    if acc is None or new is None:
+        return None
+    if not acc:
+        return dict(new)
+    for key, old in new.items():
+        acc.setdefault(key, old)
+    return acc
+
+
 def _fingerprint(salt: bytes, sa: SecurityAssociation) -> bytes:
     h = hashlib.blake2b(key=salt, digest_size=16)
     h.update(sa.spi.to_bytes(4, "big") + int(sa.protocol).to_bytes(1, "big") + sa.dst.packed)
@@ -184,44 +200,148 @@ class CleartextFilter:
     only ``use`` requests accept.  Packets from the TUN were decapsulated by
     a worker, which checked them already.  IKE (UDP 500 and 4500) and IPv6
     neighbour discovery pass before any policy, as racoon's socket bypass
-    and ND would on a KAME host.  Replaced atomically after every change.
+    and ND would on a KAME host.
+
+    The policies' rules are kept in *chunks*: regular chains of about
+    :data:`CHUNK` rules each, consecutive in SPD order, that the hook's chain
+    jumps to in turn (a verdict in a chunk ends the hook's evaluation, no
+    match returns to the next jump: the same first-match order as one flat
+    list).  A chunk covers a range of SPD sort keys.  A change rewrites only
+    the chunks it touches (``flush chain`` and their rules again), and a
+    policy after all others opens a new chunk once the last is full, all in
+    one atomic ``nft`` batch - no rule handles, and nft need not read the
+    table back.  The table is written whole at the first change, after a
+    batch failed (a failed batch changes nothing), and when a chunk has
+    grown past four times its size.
     """
+
+    CHAINS = {PolicyDirection.IN: "input", PolicyDirection.FWD: "forward"}
 
     def __init__(self, name: str, tun: str) -> None:
         self.table = f"ipsecd_{name}_policy"
         self.tun = tun
         self.installed = False
+        # Per direction, in SPD order: the chunks and the lowest sort key each covers (the
+        # first one's is ignored: it covers everything below the second's).  None: not known
+        # (the next apply writes the table whole).
+        self._chunks: dict[PolicyDirection, list[_Chunk]] | None = None
+        self._lows: dict[PolicyDirection, list[tuple[int, int]]] = {}
+        self._next_chunk = 0
+        self.batches = 0  # changes applied chunk by chunk (tests)
+
+    def _fixed_rules(self, hook: str) -> list[str]:
+        rules = [f'iifname "{self.tun}" accept']
+        if hook == "input":
+            rules.append("udp dport { 500, 4500 } accept")
+        rules.append("icmpv6 type { nd-router-solicit, nd-router-advert, "
+                     "nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept")
+        return rules
+
+    def _new_chunk(self, hook: str) -> _Chunk:
+        self._next_chunk += 1
+        return _Chunk(f"{hook}_{self._next_chunk}", [], [], [])
 
     def script(self, spd: SPD) -> str:
-        chains = []
-        for hook, direction in (("input", PolicyDirection.IN), ("forward", PolicyDirection.FWD)):
-            rules = [f'iifname "{self.tun}" accept']
-            if hook == "input":
-                rules.append("udp dport { 500, 4500 } accept")
-            rules.append("icmpv6 type { nd-router-solicit, nd-router-advert, "
-                         "nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept")
-            for entry in spd.entries(direction):
-                rules.append(_cleartext_rule(entry.policy, entry.spid))
-            body = "\n".join("\t\t" + r for r in rules)
-            chains.append(f"\tchain {hook} {{\n\t\ttype filter hook {hook} priority -290; "
-                          f"policy accept;\n{body}\n\t}}\n")
-        return (f"add table inet {self.table}\ndelete table inet {self.table}\n"
-                f"table inet {self.table} {{\n{''.join(chains)}}}\n")
+        """The whole table for ``spd`` (and the chunks it makes, kept by :meth:`apply`)."""
+        return self._whole(spd)[0]
 
-    def apply(self, spd: SPD) -> None:
-        text = self.script(spd)
-        if self.installed and text == self._applied:
-            return  # nft is a process and a table rewrite: not for nothing
+    def _whole(self, spd: SPD) -> tuple[str, dict[PolicyDirection, list[_Chunk]],
+                                        dict[PolicyDirection, list[tuple[int, int]]]]:
+        chunks: dict[PolicyDirection, list[_Chunk]] = {}
+        lows: dict[PolicyDirection, list[tuple[int, int]]] = {}
+        parts = []
+        bases = []
+        for direction, hook in self.CHAINS.items():
+            entries = spd.entries(direction)
+            chunks[direction], lows[direction] = [], []
+            for i in range(0, len(entries), CHUNK):
+                chunk = self._new_chunk(hook)
+                for entry in entries[i:i + CHUNK]:
+                    chunk.append(entry)
+                chunks[direction].append(chunk)
+                lows[direction].append(chunk.keys[0])
+                body = "".join(f"\t\t{r}\n" for r in chunk.rules)
+                parts.append(f"\tchain {chunk.name} {{\n{body}\t}}\n")
+            rules = self._fixed_rules(hook) + [f"jump {c.name}" for c in chunks[direction]]
+            body = "".join(f"\t\t{r}\n" for r in rules)
+            bases.append(f"\tchain {hook} {{\n\t\ttype filter hook {hook} priority -290; "
+                         f"policy accept;\n{body}\t}}\n")
+        text = (f"add table inet {self.table}\ndelete table inet {self.table}\n"
+                f"table inet {self.table} {{\n{''.join(parts)}{''.join(bases)}}}\n")
+        return text, chunks, lows
+
+    def apply(self, spd: SPD, changes: _Changes = None) -> None:
+        """Make the table enforce ``spd``; ``changes``: the SPD's journal since the last
+        apply (None: unknown - the table is written whole)."""
+        if self.installed and self._chunks is not None and changes is not None:
+            self._apply_changes(spd, changes)
+            return
+        self._chunks = None
+        text, chunks, lows = self._whole(spd)
         self._nft(text)
-        self._applied = text
         self.installed = True
+        self._chunks, self._lows = chunks, lows
 
-    _applied = ""
+    def _apply_changes(self, spd: SPD, changes: dict[Any, Any]) -> None:
+        state, self._chunks = self._chunks, None  # unknown until nft has answered
+        assert state is not None
+        touched: set[str] = set()
+        created: list[tuple[str, _Chunk]] = []
+        for key, old in changes.items():
+            direction = key[1]
+            hook = self.CHAINS.get(direction)
+            if hook is None:
+                continue
+            entry = spd.get(*key)
+            if entry is old:
+                continue
+            chunks, lows = state[direction], self._lows[direction]
+            if old is not None:
+                k = _entry_key(old)
+                chunk = chunks[max(0, bisect.bisect_right(lows, k) - 1)] if chunks else None
+                if chunk is None or not chunk.remove(k):
+                    self.apply(spd)  # out of step: write it whole
+                    return
+                touched.add(chunk.name)
+            if entry is not None:
+                k = _entry_key(entry)
+                i = max(0, bisect.bisect_right(lows, k) - 1)
+                if not chunks or (i == len(chunks) - 1 and len(chunks[i].keys) >= CHUNK
+                                  and (not chunks[i].keys or k > chunks[i].keys[-1])):
+                    chunk = self._new_chunk(hook)  # after every other policy: a new chunk
+                    chunks.append(chunk)
+                    lows.append(k)
+                    created.append((hook, chunk))
+                    i = len(chunks) - 1
+                chunk = chunks[i]
+                chunk.insert(entry)
+                if len(chunk.keys) > 4 * CHUNK:
+                    self.apply(spd)  # grown in the middle: cut it up again
+                    return
+                touched.add(chunk.name)
+        new_names = {chunk.name for _, chunk in created}
+        lines: list[str] = []
+        for _, chunk in created:
+            lines.append(f"add chain inet {self.table} {chunk.name}")
+        for chunks in state.values():
+            for chunk in chunks:
+                if chunk.name not in touched and chunk.name not in new_names:
+                    continue
+                if chunk.name not in new_names:
+                    lines.append(f"flush chain inet {self.table} {chunk.name}")
+                lines += [f"add rule inet {self.table} {chunk.name} {r}" for r in chunk.rules]
+        for hook, chunk in created:  # appended: after every chunk there is
+            lines.append(f"add rule inet {self.table} {hook} jump {chunk.name}")
+        if lines:
+            self._nft("\n".join(lines) + "\n")
+            self.batches += 1
+        self._chunks = state
 
     def remove(self) -> None:
         if self.installed:
             self._nft(f"add table inet {self.table}\ndelete table inet {self.table}\n")
             self.installed = False
+            self._chunks = None
 
     @staticmethod
     def _nft(script: str) -> None:
@@ -231,6 +351,43 @@ class CleartextFilter:
                               timeout=10, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"nft: {proc.stderr.strip()}")
+
+
+CHUNK = 64  # policy rules per chain of the cleartext filter (CleartextFilter)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One chain of the cleartext filter: consecutive policies' rules in SPD order."""
+
+    name: str
+    keys: list[tuple[int, int]]  # SPD sort keys, ascending
+    entries: list[Any]
+    rules: list[str]
+
+    def append(self, entry: Any) -> None:
+        self.keys.append(_entry_key(entry))
+        self.entries.append(entry)
+        self.rules.append(_cleartext_rule(entry.policy, entry.spid))
+
+    def insert(self, entry: Any) -> None:
+        k = _entry_key(entry)
+        i = bisect.bisect_right(self.keys, k)
+        self.keys.insert(i, k)
+        self.entries.insert(i, entry)
+        self.rules.insert(i, _cleartext_rule(entry.policy, entry.spid))
+
+    def remove(self, k: tuple[int, int]) -> bool:
+        i = bisect.bisect_left(self.keys, k)
+        if i == len(self.keys) or self.keys[i] != k:
+            return False
+        del self.keys[i], self.entries[i], self.rules[i]
+        return True
+
+
+def _entry_key(entry: Any) -> tuple[int, int]:
+    """An SPD entry's place in lookup order (unique within a direction)."""
+    return (-entry.policy.priority, entry.order)
 
 
 def _cleartext_rule(policy: Any, spid: int) -> str:
@@ -309,6 +466,20 @@ class Daemon:
         self._draining: dict[int, tuple[_Slot, int]] = {}
         self._ike_children: dict[int, list[Any]] = {}  # reqid -> live ChildSa objects
         self._ike_policies: dict[int, list[Any]] = {}  # reqid -> policy keys installed for it
+        # Incremental state: what the last _sync made of the SAD's and SPD's journals.
+        self._synced_local: frozenset[IPAddress] | None = None  # None: no sync yet
+        self._outbound: dict[int, InstalledSA] = {}  # slot -> outbound SA, for the publisher
+        self._slot_info: dict[int, SlotInfo] = {}  # outbound slot -> path MTU, interface
+        self._dirty_slots: set[int] | None = set()  # not yet published (None: any)
+        self._pub_changes: _Changes = None  # SPD journal not yet published (None: any)
+        self._route_changes: _Changes = None  # ... not yet in _route_want
+        self._filter_changes: _Changes = None  # ... not yet in the nft cleartext filter
+        self._route_entries: dict[str, dict[Any, Any]] = {}  # prefix -> its out ipsec entries
+        self._route_want: dict[str, str | None] = {}  # prefix -> preferred source
+        self._route_local: frozenset[IPAddress] | None = None  # self.local _route_want is for
+        self._route_retry: set[str] = set()  # prefixes whose route could not be set
+        self._route_refresh_at = 0.0  # when the outbound slots' paths are asked again
+        self._slot_cursor = 0  # where the search for a free SA slot starts
         # pyroute2's synchronous API runs an asyncio loop of its own, which it cannot
         # do in a thread where ours runs: netlink work goes to this thread instead.
         self._netlink = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netlink")
@@ -482,7 +653,6 @@ class Daemon:
         When the whole batch does not fit, each child is tried on its own, so one that
         cannot be installed does not take the others with it.
         """
-        self._refresh_seq()
         now = time.monotonic()
         if now - self._local_at > 1.0:  # a netlink round trip: not once per install under load
             self.local = self._nl(self._local_addresses)
@@ -520,11 +690,11 @@ class Daemon:
         """A rekey responder's new outbound SA (installed larval) starts carrying traffic."""
         if child.outbound.state is SAState.LARVAL:
             child.outbound.state = SAState.MATURE
-            self._publish()
+            s = self.slots.get((child.outbound.key, Direction.OUT))
+            self._publish([s.slot] if s is not None and s.sa is child.outbound else ())
 
     def ike_remove_child(self, child: Any, linger: float) -> None:
         """Remove a Child SA pair: the outbound SA now, the inbound one after ``linger`` s."""
-        self._refresh_seq()
         with contextlib.suppress(Exception):
             self.sad.delete(child.outbound.spi, IpProto.ESP, child.outbound.dst)
         live = [c for c in self._ike_children.get(child.reqid, []) if c is not child]
@@ -807,13 +977,43 @@ class Daemon:
                 want[(sa.key, Direction.OUT)] = sa
         return want
 
+    def _plan(self, sad: SAD, changes: list[SAKey] | None,
+              ) -> list[tuple[tuple[SAKey, Direction], SecurityAssociation | None]]:
+        """(slot key, the SA it should hold or None) for every slot key that may differ from
+        self.slots: from the SAD's journal ``changes`` when the slots matched the SAD before
+        them (an earlier sync, same local addresses), else for all.  SAD order."""
+        if changes is None or self._synced_local != frozenset(self.local):
+            want = self._desired(sad)
+            plan: list[tuple[tuple[SAKey, Direction], SecurityAssociation | None]] = list(
+                want.items())
+            plan += [(key, None) for key in self.slots if key not in want]
+            return plan
+        plan = []
+        local = self.local
+        for key in changes:
+            sa = sad.get(*key)
+            if (sa is None or sa.state is SAState.DEAD
+                    or sa.protocol not in (IpProto.ESP, IpProto.AH)):
+                plan += [((key, Direction.IN), None), ((key, Direction.OUT), None)]
+                continue
+            plan.append(((key, Direction.IN), sa if sa.dst in local else None))
+            plan.append(((key, Direction.OUT), sa if sa.src in local else None))
+        return plan
+
     def _check_plan(self, spd: SPD, sad: SAD) -> None:
         """Refuse (RequestError) a result the datapath could not take; nothing is changed."""
         assert self.table is not None and self.policy_table is not None
-        want = self._desired(sad)
-        staying = sum(1 for key, s in self.slots.items() if want.get(key) is s.sa)
-        new = [sa for key, sa in want.items()
-               if key not in self.slots or self.slots[key].sa is not sa]
+        staying = len(self.slots)
+        n_out = len(self._outbound)
+        new: list[SecurityAssociation] = []
+        for key, sa in self._plan(sad, sad.changes()):
+            s = self.slots.get(key)
+            if s is not None and s.sa is not sa:
+                staying -= 1
+                n_out -= key[1] is Direction.OUT
+            if sa is not None and (s is None or s.sa is not sa):
+                new.append(sa)
+                n_out += key[1] is Direction.OUT
         if staying + len(new) > self.table.n_slots:
             raise RequestError(f"the SA table is full: {staying + len(new)} slots needed, "
                                f"{self.table.n_slots} configured (daemon.max_sas)")
@@ -837,9 +1037,11 @@ class Daemon:
             if not sa.legacy:  # a legacy SA is checked (and warned about) every time
                 self._good_kinds.add(kind)
         assert self.policy_publisher is not None
+        changes = self._pub_changes
+        if changes is not None:  # copied: the merge must not change what _publish will use
+            changes = _merge(dict(changes), spd.changes())
         try:
-            self.policy_publisher.check(
-                spd, sum(1 for (_, d) in want if d is Direction.OUT), self.local)
+            self.policy_publisher.check(spd, n_out, self.local, changes)
         except PolicyTableFull as exc:
             raise RequestError(str(exc)) from None
 
@@ -851,16 +1053,20 @@ class Daemon:
         """
         assert self.table is not None and self.policy_table is not None
         table = self.table
-        want = self._desired(self.sad)
+        plan = self._plan(self.sad, self.sad.take_changes())
+        self._synced_local = frozenset(self.local)
         self._settle()
         # Remove first: slots freed here may be reused below (once drained).
-        for key, s in list(self.slots.items()):
-            if want.get(key) is s.sa:
+        retired: list[SecurityAssociation] = []
+        for key, want in plan:
+            s = self.slots.get(key)
+            if s is None or s.sa is want:
                 continue
             self._retire(s)
             del self.slots[key]
-        for key, sa in want.items():
-            if key in self.slots:
+            retired.append(s.sa)
+        for key, sa in plan:
+            if sa is None or key in self.slots:
                 continue
             direction = key[1]
             fp = _fingerprint(self._salt, sa)
@@ -870,12 +1076,19 @@ class Daemon:
             uid = table.install(slot, sa, direction)
             self._order += 1
             self.slots[key] = _Slot(sa, slot, uid, direction, self._order, fp)
+            if direction is Direction.OUT:
+                self._outbound[slot] = InstalledSA(sa, slot, self._order)
+                self._mark_dirty(slot)
             self.accounting.install(slot, uid, sa, direction.name.lower(), self.sad.created(sa))
-            log.info("SA %s spi %#x %s -> %s installed in slot %d (%s)",
-                     sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
-                     direction.name.lower())
-        live = {id(s.sa) for s in self.slots.values()}
-        self.usage = {k: v for k, v in self.usage.items() if k in live}
+            # IKE's SAs: its "CHILD_SA ... established" line names them already
+            log.log(logging.DEBUG if "ike" in sa.extra else logging.INFO,
+                    "SA %s spi %#x %s -> %s installed in slot %d (%s)",
+                    sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
+                    direction.name.lower())
+        for sa in retired:  # lifetime bookkeeping is per SA: gone with its last slot
+            if all(getattr(self.slots.get((sa.key, d)), "sa", None) is not sa
+                   for d in Direction):
+                self.usage.pop(id(sa), None)
         self._publish()
         self._sync_routes()
         if not filters_now:
@@ -894,10 +1107,13 @@ class Daemon:
             self._filters_pending.cancel()
             self._filters_pending = None
         if self.cleartext is not None and not self._stopping:
+            self._take_spd_changes()
+            changes, self._filter_changes = self._filter_changes, {}
             try:
-                self.cleartext.apply(self.spd)
+                self.cleartext.apply(self.spd, changes)
             except Exception as exc:
                 log.error("inbound policy filter (nft): %s", exc)
+                self._filter_changes = None  # written whole next time
 
     def _retire(self, s: _Slot) -> None:
         assert self.table is not None
@@ -909,8 +1125,12 @@ class Daemon:
         # count for the child, it is not reused - until _settle sees them final.
         self.accounting.drain(s.slot)
         self._draining[s.slot] = (s, self.table.generation)
-        log.info("SA spi %#x %s -> %s removed from slot %d", s.sa.spi, s.sa.src, s.sa.dst,
-                 s.slot)
+        if s.direction is Direction.OUT:
+            self._outbound.pop(s.slot, None)
+            self._slot_info.pop(s.slot, None)
+            self._mark_dirty(s.slot)
+        log.log(logging.DEBUG if "ike" in s.sa.extra else logging.INFO,
+                "SA spi %#x %s -> %s removed from slot %d", s.sa.spi, s.sa.src, s.sa.dst, s.slot)
 
     def _remember_seq(self, s: _Slot, last: int) -> None:
         if s.direction is Direction.OUT and "ike" not in s.sa.extra:  # IKE keys never return
@@ -935,7 +1155,10 @@ class Daemon:
         """A free slot for a new SA; one still draining only when the table has no other."""
         assert self.table is not None
         try:
-            return self.table.free_slot(exclude=self._draining)
+            # from the last one taken on: the slots below it are most likely in use
+            slot = self._slot_cursor = self.table.free_slot(exclude=self._draining,
+                                                            start=self._slot_cursor)
+            return slot
         except TableFull:
             if not self._draining:
                 raise
@@ -945,27 +1168,71 @@ class Daemon:
         self._settled(slot)
         return slot
 
-    def _publish(self) -> None:
-        assert self.policy_table is not None
-        outbound = [InstalledSA(s.sa, s.slot, s.order) for s in self.slots.values()
-                    if s.direction is Direction.OUT]
-        info: dict[int, SlotInfo] = {}
+    def _mark_dirty(self, slot: int) -> None:
+        if self._dirty_slots is not None:
+            self._dirty_slots.add(slot)
+
+    def _take_spd_changes(self) -> None:
+        """Hand the SPD's journal to the publisher and the routes (each takes its share when
+        it runs)."""
+        changes = self.spd.take_changes()
+        if changes is None or changes:
+            self._pub_changes = _merge(self._pub_changes, changes)
+            self._route_changes = _merge(self._route_changes, changes)
+            self._filter_changes = _merge(self._filter_changes, changes)
+
+    def _publish(self, dirty: Iterable[int] | None = ()) -> None:
+        """Publish the policy table: the SPD's changes and those of the ``dirty`` slots (and
+        of slots installed or removed since the last publication); ``None``: every slot."""
+        assert self.policy_table is not None and self.policy_publisher is not None
+        self._take_spd_changes()
+        if dirty is None or self._dirty_slots is None:
+            self._dirty_slots = None
+        else:
+            self._dirty_slots.update(dirty)
+        outbound = self._outbound
+        if self._dirty_slots is None:
+            missing = list(outbound)
+        else:
+            missing = [slot for slot in self._dirty_slots
+                       if slot in outbound and slot not in self._slot_info]
+        if missing:
+            now = time.monotonic()
+            stale = list({outbound[slot].sa.dst for slot in missing
+                          if self._route_cache.get(outbound[slot].sa.dst, (0.0,))[0] < now})
+            if stale:  # one netlink exchange for all of them
+                found = self._route_infos(stale)
+                for dst, got in zip(stale, found, strict=True):
+                    self._route_cache[dst] = (now + ROUTE_CACHE_SECONDS, got)
+            for slot in missing:
+                self._slot_info[slot] = self._route_cache[outbound[slot].sa.dst][1]
+            if len(self._route_cache) > 4 * len(outbound) + 64:
+                self._route_cache = {k: v for k, v in self._route_cache.items() if v[0] >= now}
+        try:
+            self.policy_publisher.publish(self.spd, outbound, self.local, self._slot_info,
+                                          policy_changes=self._pub_changes,
+                                          dirty_slots=self._dirty_slots)
+        except BaseException:
+            self._pub_changes = self._dirty_slots = None  # the next one diffs everything
+            raise
+        self._pub_changes, self._dirty_slots = {}, set()
+
+    def _refresh_paths(self) -> None:
+        """Every ROUTE_CACHE_SECONDS: the path (MTU, interface) of every outbound slot asked
+        again, and published where it changed."""
         now = time.monotonic()
-        stale = list({inst.sa.dst for inst in outbound
-                      if self._route_cache.get(inst.sa.dst, (0.0,))[0] < now})
-        if stale:  # one trip to the netlink thread for all of them
-            found = self._nl(self._route_infos, stale)
-            for dst, got in zip(stale, found, strict=True):
-                self._route_cache[dst] = (now + ROUTE_CACHE_SECONDS, got)
-        for inst in outbound:
-            info[inst.slot] = self._route_cache[inst.sa.dst][1]
-        if len(self._route_cache) > 4 * len(outbound) + 64:
-            self._route_cache = {k: v for k, v in self._route_cache.items() if v[0] >= now}
-        assert self.policy_publisher is not None
-        self.policy_publisher.publish(self.spd, outbound, self.local, info)
+        if now < self._route_refresh_at or self.policy_publisher is None:
+            return
+        self._route_refresh_at = now + ROUTE_CACHE_SECONDS
+        if not self._outbound:
+            return
+        self._slot_info.clear()  # _publish asks for each again (the expired ones by netlink)
+        self._publish(list(self._outbound))
 
     def _route_infos(self, dsts: list[IPAddress]) -> list[SlotInfo]:
-        """Path MTU and outside interface of the routes to ``dsts`` (the netlink thread)."""
+        """Path MTU and outside interface of the routes to ``dsts`` (our own rtnetlink client,
+        plain sockets: in the calling thread; the interfaces not cached, through pyroute2
+        in the netlink thread)."""
         from ipsecd.rtnl import Rtnl
 
         try:
@@ -973,10 +1240,16 @@ class Daemon:
                 routes = rtnl.get_routes(dsts, self.config.datapath.mark)
         except OSError:
             return [SlotInfo(self.tun_mtu, "")] * len(dsts)
+        now = time.monotonic()
+        oifs = {route.oif for route in routes.values() if route is not None and route.oif}
+        unknown = [oif for oif in oifs if self._link_cache.get(oif, (0.0,))[0] < now]
+        if unknown:
+            self._nl(lambda: [self._link_info(oif) for oif in unknown])
         out = []
         for dst in dsts:
             route = routes.get(dst)
-            link = self._link_info(route.oif) if route is not None and route.oif else None
+            cached = self._link_cache.get(route.oif) if route is not None and route.oif else None
+            link = (cached[1], cached[2]) if cached is not None else None
             if route is None or link is None:
                 out.append(SlotInfo(self.tun_mtu, ""))
                 continue
@@ -1009,12 +1282,64 @@ class Daemon:
     def _sync_routes(self) -> None:
         if self.routing is None:
             return
-        want = self._wanted_routes()
-        if want == self.routes:
-            return  # the common case under IKE load: no netlink round trip at all
-        self._nl(self._apply_routes, want)
+        self._take_spd_changes()
+        changed = self._update_route_want()
+        want = self._route_want
+        prefixes: Iterable[str] = (want.keys() | self.routes.keys() if changed is None
+                                   else changed | self._route_retry)
+        gone = [p for p in prefixes if p not in want and p in self.routes]
+        add = [(p, want[p]) for p in prefixes if p in want and self.routes.get(p, "-") != want[p]]
+        if gone or add:  # else (the common case under IKE load) no netlink round trip at all
+            self._apply_routes(add, gone)  # our own rtnetlink client: plain sockets
+
+    def _update_route_want(self) -> set[str] | None:
+        """Bring ``_route_want`` (what :meth:`_wanted_routes` gives) up to date from the
+        SPD's journal; the prefixes whose route changed, None when all were recomputed."""
+        changes, self._route_changes = self._route_changes, {}
+        local = frozenset(self.local)
+        if changes is None or local != self._route_local:
+            self._route_local = local
+            self._route_entries = {}
+            for entry in self.spd.entries(PolicyDirection.OUT):
+                if entry.policy.action is Action.IPSEC:
+                    self._route_entries.setdefault(str(entry.policy.selector.dst), {})[
+                        entry.policy.key] = entry
+            self._route_want = self._wanted_routes()
+            return None
+        touched: set[str] = set()
+        for key, old in changes.items():
+            if key[1] is not PolicyDirection.OUT:
+                continue
+            new = self.spd.get(*key)
+            if new is old:
+                continue
+            prefix = str(key[0].dst)
+            if old is not None and old.policy.action is Action.IPSEC:
+                group = self._route_entries.get(prefix)
+                if group is not None and group.get(key) is old:
+                    del group[key]
+                touched.add(prefix)
+            if new is not None and new.policy.action is Action.IPSEC:
+                self._route_entries.setdefault(prefix, {})[key] = new
+                touched.add(prefix)
+        for prefix in touched:
+            group = self._route_entries.get(prefix)
+            if group:
+                first = min(group.values(), key=lambda e: (-e.policy.priority, e.order))
+                self._route_want[prefix] = self._route_source(first.policy)
+            else:
+                self._route_entries.pop(prefix, None)
+                self._route_want.pop(prefix, None)
+        return touched
+
+    def _route_source(self, policy: Any) -> str | None:
+        """The preferred source of the route for an out policy: a local address of its
+        selector's source prefix (the lowest, as text)."""
+        return min((str(a) for a in self.local if a.version == policy.selector.version
+                    and a in policy.selector.src), default=None)
 
     def _wanted_routes(self) -> dict[str, str | None]:
+        """Prefix -> preferred source of the routes into the TUN, from the whole SPD."""
         want: dict[str, str | None] = {}
         local = sorted(self.local, key=str)
         for entry in self.spd.entries(PolicyDirection.OUT):
@@ -1028,15 +1353,11 @@ class Daemon:
                                  and a in policy.selector.src), None)
         return want
 
-    def _apply_routes(self, want: dict[str, str | None]) -> None:
+    def _apply_routes(self, add: list[tuple[str, str | None]], gone: list[str]) -> None:
         assert self.routing is not None
-        gone = [prefix for prefix in self.routes if prefix not in want]
         for prefix in gone:
             del self.routes[prefix]
-        add = [(prefix, src) for prefix, src in want.items()
-               if self.routes.get(prefix, "-") != src]
-        if not gone and not add:
-            return
+            self._route_retry.discard(prefix)
         # One netlink socket for the whole change (IKE adds a route per Child SA).
         failed: dict[str, Exception]
         try:
@@ -1047,8 +1368,10 @@ class Daemon:
             if prefix in failed:
                 log.error("route %s into %s: %s", prefix, self.config.datapath.tun,
                           failed[prefix])
+                self._route_retry.add(prefix)  # tried again at the next change
             else:
                 self.routes[prefix] = src
+                self._route_retry.discard(prefix)
 
     # -- setkey ----------------------------------------------------------------------------
 
@@ -1352,18 +1675,31 @@ class Daemon:
                     os.kill(w.pid, signal.SIGKILL)
         self._settle()
         self._lifetimes(now)
+        try:
+            self._refresh_paths()
+        except Exception:
+            log.exception("refreshing the outbound paths")
         self._acquires()
         self._save_seq_file()
 
     def _lifetimes(self, now: float) -> None:
         assert self.table is not None
+        table = self.table
+        # Two columns of every worker's counters, each in one strided copy (in C): this runs
+        # every tick over every slot.
+        slot_packets = [0] * table.n_slots
+        slot_bytes = [0] * table.n_slots
+        for w in range(table.n_workers):
+            with table.sa_counters(w) as view:  # released: the segment must stay closable
+                slot_packets = list(map(operator.add, slot_packets,
+                                        view[SACounter.PACKETS::SA_COUNTER_COLUMNS].tolist()))
+                slot_bytes = list(map(operator.add, slot_bytes,
+                                      view[SACounter.BYTES::SA_COUNTER_COLUMNS].tolist()))
         per_sa: dict[int, tuple[SecurityAssociation, int, int, int]] = {}
         for s in self.slots.values():
-            row = self.table.sum_sa_counters(s.slot)
-            sa, packets, nbytes, last = per_sa.get(id(s.sa), (s.sa, 0, 0, 0))
-            per_sa[id(s.sa)] = (sa, packets + row[SACounter.PACKETS],
-                                nbytes + row[SACounter.BYTES],
-                                max(last, row[SACounter.LAST_USED_NS]))
+            sa, packets, nbytes, _ = per_sa.get(id(s.sa), (s.sa, 0, 0, 0))
+            per_sa[id(s.sa)] = (sa, packets + slot_packets[s.slot], nbytes + slot_bytes[s.slot],
+                                0)
         expired: list[SecurityAssociation] = []
         changed = False
         for key, (sa, packets, nbytes, _) in per_sa.items():
@@ -1382,6 +1718,9 @@ class Daemon:
                   and _reached(sa.soft, age, used, nbytes, packets, usage.first_used is not None)):
                 usage.soft_fired = True
                 sa.state = SAState.DYING
+                out = self.slots.get((sa.key, Direction.OUT))
+                if out is not None and out.sa is sa:
+                    self._mark_dirty(out.slot)  # its rank among the candidates changes
                 changed = True
                 self._ike_lifetime_event(sa, hard=False)
                 log.log(25, "SA %s spi %#x %s -> %s reached its soft lifetime: dying",
@@ -1399,7 +1738,7 @@ class Daemon:
             for sa in expired:
                 self._ike_lifetime_event(sa, hard=True)
         elif changed:
-            self._publish()
+            self._publish()  # SAs became dying (their slots are marked): candidate lists change
 
     # -- run --------------------------------------------------------------------------------------
 

@@ -124,9 +124,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+_iso_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def _iso(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + \
-        f".{int(created % 1 * 1000):03d}Z"
+    global _iso_second
+    second = int(created)
+    last = _iso_second  # one read: threads (the exporter's) may log too
+    if second != last[0]:  # strftime once a second, not once a line
+        last = _iso_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{last[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 def setup(level: str = "info", fmt: str = "text",
@@ -135,6 +142,12 @@ def setup(level: str = "info", fmt: str = "text",
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r}: expected one of {', '.join(FORMATS)}")
     logging.addLevelName(NOTIFY, "NOTIFY")
+    # The formats use neither the caller's file and line nor thread or process names:
+    # not gathering them makes a record cheaper (the logging HOWTO's "Optimization"), and
+    # the daemon logs a few lines per IKE SA set up.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     default = LEVELS[level]
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json"

@@ -16,6 +16,14 @@ protocol of it.  Every SA that leaves the SAD is wiped
 :attr:`SAD.generation` grows on every change; the datapath watches it to
 know when to re-read the table.
 
+Change journal
+    The SAD remembers which keys changed (an SA added, replaced or removed)
+    since the control process last took the list (:meth:`SAD.take_changes`),
+    so that it brings the SA table in line in time proportional to the
+    change, not to the SAD.  Copies carry the journal; a commit takes the
+    copy's.  Past :data:`JOURNAL_LIMIT` keys it gives up (``None``: anything
+    may have changed, recompute everything).
+
 Transactions
     A setkey script is applied all or nothing (:mod:`ipsecd.setkey.ops`).
     It runs on :meth:`SAD.copy`, a shallow copy that shares the SA objects
@@ -45,6 +53,9 @@ from ipsecd.iana import IpProto
 from ipsecd.sa import IPAddress, Mode, SAState, SecurityAssociation
 
 SAKey = tuple[int, IpProto, IPAddress]
+
+#: Changed keys the journal holds before it reports "everything" (None).
+JOURNAL_LIMIT = 4096
 
 #: The protocols an SAD entry can have.
 SA_PROTOCOLS = (IpProto.ESP, IpProto.AH, IpProto.IPCOMP)
@@ -79,6 +90,12 @@ class SAD:
     _next_order: int = 0
     # Inside a transaction: SAs removed so far, wiped only at commit.
     _deferred: list[SecurityAssociation] | None = None
+    # ids of the _by_pair lists this SAD made since it was last copied (the others are
+    # shared with a copy and replaced, not changed, when they change).
+    _owned: set[int] = field(default_factory=set, compare=False, repr=False)
+    # Keys changed since take_changes() (a dict as an ordered set); None: too many.
+    _changed: dict[SAKey, None] | None = field(default_factory=dict, compare=False,
+                                                     repr=False)
 
     # -- changes ---------------------------------------------------------------
 
@@ -175,6 +192,22 @@ class SAD:
                 best, best_rank = sa, rank
         return best
 
+    def changes(self) -> list[SAKey] | None:
+        """The keys whose SA was added, replaced or removed since :meth:`take_changes` (the
+        present ones in SAD order, then the absent ones); None when there were more than
+        :data:`JOURNAL_LIMIT`: anything may have changed."""
+        if self._changed is None:
+            return None
+        slots = self._slots
+        present = sorted((k for k in self._changed if k in slots), key=lambda k: slots[k].order)
+        return present + [k for k in self._changed if k not in slots]
+
+    def take_changes(self) -> list[SAKey] | None:
+        """:meth:`changes`, and start a new journal."""
+        out = self.changes()
+        self._changed = {}
+        return out
+
     def __len__(self) -> int:
         return len(self._slots)
 
@@ -188,15 +221,20 @@ class SAD:
 
     def copy(self) -> SAD:
         """A shallow copy for a transaction: shares the SAs, defers their wiping."""
-        new = SAD(generation=self.generation, _next_order=self._next_order, _deferred=[])
+        new = SAD(generation=self.generation, _next_order=self._next_order, _deferred=[],
+                  _changed=None if self._changed is None else dict(self._changed))
         new._slots = dict(self._slots)
-        new._by_pair = {k: list(v) for k, v in self._by_pair.items()}
+        # The lists are copied when the copy changes them (_insert, _remove), not here.
+        new._by_pair = dict(self._by_pair)
+        self._owned = set()  # both now share every list
         return new
 
     def replace_with(self, other: SAD) -> None:
         """Commit a transaction made on :meth:`copy`: take its contents, wipe what it removed."""
         self._slots = other._slots
         self._by_pair = other._by_pair
+        self._owned = other._owned
+        self._changed = other._changed
         self._next_order = other._next_order
         self.generation = max(self.generation, other.generation)
         removed = other._deferred or []
@@ -204,29 +242,47 @@ class SAD:
         if self._deferred is not None:  # committing into an outer transaction
             self._deferred.extend(removed)
             return
-        live = {id(slot.sa) for slot in self._slots.values()}
         for sa in removed:
-            if id(sa) not in live:
+            slot = self._slots.get(sa.key)  # an SA is only ever under its own key
+            if slot is None or slot.sa is not sa:
                 sa.wipe()
 
     # -- internals -------------------------------------------------------------
 
+    def _journal(self, key: SAKey) -> None:
+        if self._changed is not None:
+            self._changed[key] = None
+            if len(self._changed) > JOURNAL_LIMIT:
+                self._changed = None
+
     def _insert(self, sa: SecurityAssociation, created: float) -> None:
-        self._slots[sa.key] = _Slot(sa, created, self._next_order)
+        key = sa.key
+        self._slots[key] = _Slot(sa, created, self._next_order)
         self._next_order += 1
-        self._by_pair.setdefault((sa.src, sa.dst, sa.protocol), []).append(sa)
+        pair = (sa.src, sa.dst, sa.protocol)
+        siblings = self._by_pair.get(pair)
+        if siblings is not None and id(siblings) in self._owned:
+            siblings.append(sa)
+        else:  # none yet, or a list shared with a copy: a new one
+            siblings = self._by_pair[pair] = [*(siblings or ()), sa]
+            self._owned.add(id(siblings))
         self.generation += 1
+        self._journal(key)
 
     def _remove(self, key: SAKey) -> SecurityAssociation:
         slot = self._slots.pop(key)
         sa = slot.sa
         pair = (sa.src, sa.dst, sa.protocol)
-        siblings = [s for s in self._by_pair.get(pair, ()) if s is not sa]
+        old = self._by_pair.get(pair, [])
+        self._owned.discard(id(old))
+        siblings = [s for s in old if s is not sa]
         if siblings:
             self._by_pair[pair] = siblings
+            self._owned.add(id(siblings))
         else:
             self._by_pair.pop(pair, None)
         self.generation += 1
+        self._journal(key)
         if self._deferred is not None:
             self._deferred.append(sa)
         else:

@@ -268,18 +268,25 @@ class SATable:
             raise IndexError(slot)
         return self._slots_off + slot * SLOT_SIZE
 
-    def free_slot(self, exclude: Container[int] = ()) -> int:
-        """The lowest free slot not in ``exclude``; raises :class:`TableFull`."""
-        # Every slot's state byte in one strided copy, searched in C: IKE installs SAs
-        # one after another into a table of thousands of slots.
-        start = self._slots_off + 4
-        states = self.buf[start:start + self.n_slots * SLOT_SIZE:SLOT_SIZE].tobytes()
+    def free_slot(self, exclude: Container[int] = (), start: int = 0) -> int:
+        """The lowest free slot not in ``exclude`` from ``start`` on, else the lowest below it;
+        raises :class:`TableFull`."""
+        # The slots' state bytes in strided copies, searched in C, a block at a time from
+        # ``start`` (one state byte per slot, each in a cache line of its own): IKE installs
+        # SAs one after another into a table of thousands of slots.
         free = bytes((SlotState.FREE,))
-        slot = states.find(free)
-        while slot >= 0:
-            if slot not in exclude:
-                return slot
-            slot = states.find(free, slot + 1)
+        base = self._slots_off + 4
+        start = start if 0 <= start < self.n_slots else 0
+        for lo, hi in ((start, self.n_slots), (0, start)):
+            while lo < hi:
+                end = min(hi, lo + 256)
+                states = self.buf[base + lo * SLOT_SIZE:base + end * SLOT_SIZE:SLOT_SIZE].tobytes()
+                at = states.find(free)
+                while at >= 0:
+                    if lo + at not in exclude:
+                        return lo + at
+                    at = states.find(free, at + 1)
+                lo = end
         raise TableFull(f"all {self.n_slots} SA slots are in use")
 
     def install(self, slot: int, sa: SecurityAssociation, direction: Direction) -> int:

@@ -46,6 +46,15 @@ Speed
     the tail (O(n) memmove), so loading n policies is not quadratic in
     Python work.
 
+Change journal
+    The SPD remembers, for every policy key (selector, direction) changed
+    since the control process last took the journal (:meth:`SPD.take_changes`),
+    the entry it had before (None: none).  The control process brings its
+    routes, the workers' policy table and the nft filter in line from it, in
+    time proportional to the change.  Copies carry the journal; a commit
+    takes the copy's.  Past :data:`JOURNAL_LIMIT` keys it gives up (``None``:
+    anything may have changed).
+
 Only the control process changes the SPD.
 """
 
@@ -73,6 +82,9 @@ PRIORITY_LOW = -(1 << 30)
 #: 2147483648" (the kernel keeps 2**31 - priority in a u32).
 PRIORITY_MIN = -(2**31) + 1
 PRIORITY_MAX = 2**31
+
+#: Changed policies the journal holds before it reports "everything" (None).
+JOURNAL_LIMIT = 4096
 
 #: setkey(8): "number must be between 1 and 32767" for ``unique:number``.
 MAX_MANUAL_REQID = 32767
@@ -313,8 +325,18 @@ class SPD:
     _index: dict[tuple[Direction, int], _Bucket] = field(default_factory=dict)
     _next_spid: int = 1
     _next_order: int = 0
+    # key -> the entry before the first change since take_changes(); None: too many.
+    _changed: dict[tuple[Selector, Direction], SPDEntry | None] | None = field(
+        default_factory=dict, compare=False, repr=False)
 
     # -- changes ---------------------------------------------------------------
+
+    def _journal(self, key: tuple[Selector, Direction], old: SPDEntry | None) -> None:
+        changed = self._changed
+        if changed is not None and key not in changed:
+            changed[key] = old
+            if len(changed) > JOURNAL_LIMIT:
+                self._changed = None
 
     def add(self, policy: Policy, *, now: float | None = None, auto: bool = False) -> SPDEntry:
         """Install a new policy; :class:`SPDError` if one with its selector and direction exists."""
@@ -325,6 +347,7 @@ class SPD:
         entry = SPDEntry(policy, self._next_spid, _now(now), self._next_order, auto)
         self._next_spid += 1
         self._next_order += 1
+        self._journal(policy.key, None)
         self._entries[policy.key] = entry
         self._bucket(policy).insert(entry)
         self.generation += 1
@@ -343,6 +366,7 @@ class SPD:
         bucket = self._bucket(policy)
         bucket.remove(old)
         bucket.insert(entry)
+        self._journal(policy.key, old)
         self._entries[policy.key] = entry
         self.generation += 1
         return entry
@@ -352,6 +376,7 @@ class SPD:
         entry = self._entries.pop((selector, direction), None)
         if entry is None:
             raise SPDError(f"no {direction.value} policy for {_describe(selector)}")
+        self._journal((selector, direction), entry)
         self._bucket(entry.policy).remove(entry)
         self.generation += 1
         return entry.policy
@@ -359,7 +384,11 @@ class SPD:
     def flush(self) -> int:
         """Remove every policy; returns how many there were."""
         count = len(self._entries)
-        self._entries.clear()
+        if self._changed is not None and count + len(self._changed) > JOURNAL_LIMIT:
+            self._changed = None
+        for key, entry in self._entries.items():
+            self._journal(key, entry)
+        self._entries = {}
         self._index.clear()
         self.generation += 1
         return count
@@ -399,6 +428,19 @@ class SPD:
                 return c.policy
         return None
 
+    def changes(self) -> dict[tuple[Selector, Direction], SPDEntry | None] | None:
+        """Policy key -> its entry before the first change since :meth:`take_changes` (None:
+        there was none), for every key added, updated or deleted since (the present entry is
+        :meth:`get`'s); None when there were more than :data:`JOURNAL_LIMIT`: anything may
+        have changed.  Not to be changed by the caller."""
+        return self._changed
+
+    def take_changes(self) -> dict[tuple[Selector, Direction], SPDEntry | None] | None:
+        """:meth:`changes`, and start a new journal."""
+        out = self._changed
+        self._changed = {}
+        return out
+
     def entries(self, direction: Direction | None = None) -> list[SPDEntry]:
         """Installed policies in dump order: by direction (in, out, fwd), then lookup order."""
         dirs = list(Direction) if direction is None else [direction]
@@ -428,7 +470,8 @@ class SPD:
     def copy(self) -> SPD:
         """An independent SPD with the same policies (policies are immutable, so shared)."""
         new = SPD(
-            generation=self.generation, _next_spid=self._next_spid, _next_order=self._next_order
+            generation=self.generation, _next_spid=self._next_spid, _next_order=self._next_order,
+            _changed=None if self._changed is None else dict(self._changed),
         )
         new._entries = dict(self._entries)
         new._index = {k: v.copy() for k, v in self._index.items()}
@@ -438,6 +481,7 @@ class SPD:
         """Take over ``other``'s contents (commit of a transaction built on :meth:`copy`)."""
         self._entries = other._entries
         self._index = other._index
+        self._changed = other._changed
         self._next_spid = other._next_spid
         self._next_order = other._next_order
         self.generation = max(self.generation, other.generation)

@@ -145,8 +145,8 @@ def test_rekeying_under_a_long_tcp_transfer(lab: Lab, tmp_path: Path) -> None:
 def test_simultaneous_rekeys_collide_and_resolve(lab: Lab, tmp_path: Path) -> None:
     """Both gateways rekey the same child at once (§2.8.1).  To make the collision certain,
     gwB's WAN drops everything from gwA for a moment: gwA's request is lost (it is
-    retransmitted 0.5 s later), gwB's request reaches gwA while gwA's own is outstanding,
-    and gwA's retransmission reaches gwB while gwB's is."""
+    retransmitted 0.5 s later), gwB's request reaches gwA while gwA's own is outstanding
+    (gwA's answer is lost too), and gwA's retransmission reaches gwB while gwB's is."""
     topo = site_to_site(lab, routed=False)
     a, b = pair(topo, tmp_path)
     gwb = topo.gw_b_wan.ns
@@ -158,9 +158,12 @@ def test_simultaneous_rekeys_collide_and_resolve(lab: Lab, tmp_path: Path) -> No
             f"  ip saddr {topo.gw_a_wan.v4} udp dport {{ 500, 4500 }} drop\n }}\n}}\n").encode())
         try:
             assert a.query("rekey", name="s2s")["rekeying"] == 1
-            time.sleep(0.05)
-            assert b.query("rekey", name="s2s")["rekeying"] == 1
+            # gwB's request 0.2 s later: gwA's retransmission (0.5 s after its request,
+            # on a 0.1 s tick) then reaches gwB well before gwB's own retransmission
+            # (0.7 s) could complete gwB's exchange and retire the old child.
             time.sleep(0.2)
+            assert b.query("rekey", name="s2s")["rekeying"] == 1
+            time.sleep(0.15)
         finally:
             gwb.run("nft", "delete", "table", "netdev", "hold")
         assert wait_until(lambda: len(ipsecd_children(a)) == 1 and len(ipsecd_children(b)) == 1,

@@ -262,6 +262,9 @@ def test_to_prefixes_cover_exactly(selector: TrafficSelector) -> None:
     assert sum(p.num_addresses for p in prefixes) == int(selector.end_address) - int(selector.start_address) + 1
     for before, after in itertools.pairwise(prefixes):
         assert int(before.broadcast_address) + 1 == int(after.network_address)
+    # the quick path for a single block gives what the library's summary gives
+    assert prefixes == list(ipaddress.summarize_address_range(selector.start_address,
+                                                              selector.end_address))
 
 
 @pytest.mark.parametrize(("selector", "text"), [

@@ -330,3 +330,70 @@ def test_deltas_follow_a_snapshot_and_the_log_starts_over() -> None:
     finally:
         reader.close()
         table.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps(), st.sampled_from([2 << 10, 64 << 10]), st.lists(st.booleans(), min_size=12,
+                                                                max_size=12))
+def test_journal_publication_equals_a_full_one(
+        plan: list[tuple[list[Policy], list[int], list[tuple[int, int, bool]], bool]],
+        size: int, told: list[bool]) -> None:
+    """Told what changed (the SPD's journal, the dirty slots) - or, now and then, not told -
+    the publisher gives the workers what a snapshot of the whole state gives."""
+    from workers.policy import PolicyPublisher
+
+    table = PolicyTable(f"ipsecd-test-{uuid.uuid4().hex[:8]}-policy", size=size)
+    reader = PolicyReader(table.name)
+    publisher = PolicyPublisher(table)
+    worker = PolicySet()
+    spd = SPD()
+    sas = {spi: _sa(spi, dst=f"192.0.2.{spi % 3 + 2}", mode=Mode.TRANSPORT, reqid=spi % 2)
+           for spi in range(1, 7)}
+    local = [A]
+    before: dict[int, tuple[int, SAState]] = {}  # slot -> (order, state) last published
+    journal: dict[object, object] | None = {}
+    try:
+        for n, (changes, deletes, outbound, new_local) in enumerate(plan):
+            for p in changes:
+                spd.update(p)
+            entries = spd.entries()
+            for i in deletes:
+                if entries and entries[i % len(entries)].policy.key in \
+                        {e.policy.key for e in spd.entries()}:
+                    spd.delete(*entries[i % len(entries)].policy.key)
+            installed: dict[int, InstalledSA] = {}
+            for spi, order, dying in {spi: (spi, o, d) for spi, o, d in outbound}.values():
+                sas[spi].state = SAState.DYING if dying else SAState.MATURE
+                installed[spi] = InstalledSA(sas[spi], slot=spi, order=order)
+            if new_local:
+                local = [A] if local != [A] else [A, B]
+            info = {inst.slot: SlotInfo(1400 + inst.order, "eth0") for inst in installed.values()}
+            now = {slot: (inst.order, inst.sa.state) for slot, inst in installed.items()}
+            dirty = {slot for slot in now.keys() | before.keys() if now.get(slot) != before.get(slot)}
+            taken = spd.take_changes()
+            if journal is not None and taken is not None:
+                for key, old in taken.items():
+                    journal.setdefault(key, old)
+            else:
+                journal = None
+            try:
+                if told[n]:
+                    gen = publisher.publish(spd, installed, local, info, policy_changes=journal,
+                                            dirty_slots=dirty)
+                else:
+                    gen = publisher.publish(spd, list(installed.values()), local, info)
+            except PolicyTableFull:
+                journal = None  # not published: the next one is told nothing
+                before = {}
+                continue
+            journal, before = {}, now
+            want = PolicySet.from_document(
+                gen, build_document(spd, installed.values(), local, info))
+            assert reader.refresh(worker)
+            _same(worker, want)
+            got = reader.read()
+            assert got is not None
+            _same(PolicySet.from_document(*got), want)
+    finally:
+        reader.close()
+        table.close()

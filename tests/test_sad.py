@@ -232,3 +232,63 @@ def test_find_outbound_forgets_deleted_sas() -> None:
     sad.add(sa(0x1000))
     sad.delete(0x1000, ESP, B)
     assert sad.find_outbound(A, B, ESP, Mode.TRANSPORT) is None
+
+
+# --- the change journal ------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["add", "update", "delete", "take", "copy", "commit",
+                                           "drop"]),
+                          st.integers(1, 5), st.sampled_from([A, C])), max_size=40))
+def test_journal_names_every_changed_key_and_copies_share_nothing(
+        ops: list[tuple[str, int, ipaddress.IPv4Address]]) -> None:
+    live = SAD()
+    db = live
+    seen: dict[object, SecurityAssociation] = {}  # key -> SA when the journal was last taken
+
+    def state(d: SAD) -> dict[object, SecurityAssociation]:
+        return {x.key: x for x in d.dump()}
+
+    def check(d: SAD) -> None:
+        changes = d.changes()
+        assert changes is not None and len(set(changes)) == len(changes)
+        now = state(d)
+        for key in now.keys() | seen.keys():
+            if key not in changes:
+                assert now.get(key) is seen.get(key)
+        present = [k for k in changes if k in now]
+        assert present == [x.key for x in d.dump() if x.key in set(present)]  # SAD order first
+        assert changes[:len(present)] == present
+        for x in d.dump():  # outbound selection sees exactly this SAD's SAs
+            assert d.find_outbound(x.src, x.dst, x.protocol, Mode.TRANSPORT) is not None
+        pairs = {(x.src, x.dst, x.protocol) for x in now.values()}
+        assert set(d._by_pair) == pairs
+        for pair, lst in d._by_pair.items():
+            assert sorted(id(x) for x in lst) == sorted(
+                id(x) for x in now.values() if (x.src, x.dst, x.protocol) == pair)
+
+    spi_next = 0x100
+    for op, n, src in ops:
+        spi_next += 1
+        if op == "add" and (n, ESP, B) not in db:
+            db.add(sa(n, src, B))
+        elif op == "update" and (n, ESP, B) in db:
+            db.update(sa(n, src, B))
+        elif op == "delete" and (n, ESP, B) in db:
+            db.delete(n, ESP, B)
+        elif op == "take" and db is live:
+            live.take_changes()
+            seen = state(live)
+        elif op == "copy" and db is live:
+            db = live.copy()
+        elif op == "commit" and db is not live:
+            live.replace_with(db)
+            db = live
+        elif op == "drop":
+            db = live
+        check(db)
+        check(live)

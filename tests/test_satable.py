@@ -223,3 +223,30 @@ def test_counters_are_per_worker_and_summed(table: SATable) -> None:
     c1.release()
     table.install(3, make_sa(4, 4), Direction.IN)  # a new SA in the slot starts from zero
     assert table.sum_sa_counters(3)[SACounter.PACKETS] == 0
+
+
+def test_free_slot_searches_from_start_then_wraps_around() -> None:
+    """free_slot(start=k): the lowest free slot from k on, else the lowest below k; across the
+    blocks it reads the state bytes in (600 slots), and never one in ``exclude``."""
+    import random
+
+    t = SATable.create(None, n_slots=600, n_workers=1, max_replay_window=64)
+    try:
+        rnd = random.Random(7)
+        used: set[int] = set()
+        for i in range(560):
+            start = rnd.randrange(0, 700)  # past the end: from 0
+            exclude = set(rnd.sample(range(600), 5))
+            free = [s for s in range(600) if s not in used and s not in exclude]
+            s0 = start if start < 600 else 0
+            want = next((s for s in free if s >= s0), free[0] if free else None)
+            slot = t.free_slot(exclude=exclude, start=start)
+            assert slot == want
+            t.install(slot, make_sa(0x1000 + i, i % 256, replay_window=0), Direction.IN)
+            used.add(slot)
+            if rnd.random() < 0.2:
+                gone = rnd.choice(sorted(used))
+                t.remove(gone)
+                used.discard(gone)
+    finally:
+        t.close()

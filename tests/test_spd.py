@@ -286,3 +286,57 @@ def test_lookup_is_linear_and_quick_with_many_policies() -> None:
         assert spd.lookup(OUT, ip("192.0.2.1"), ip("198.51.100.1"), TCP, 1, 2) is last  # full scan
     elapsed = time.perf_counter() - t0
     assert elapsed < 2.0, elapsed  # ~2000 integer compares per lookup
+
+
+# --- the change journal: what changed since take_changes(), through copies and commits ------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JOURNAL_SELECTORS = [Selector.make(f"10.0.{k}.0/24", "10.9.0.0/16") for k in range(5)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["update", "delete", "flush", "take", "copy",
+                                           "commit", "drop"]),
+                          st.integers(0, 4), st.sampled_from(list(Direction)),
+                          st.sampled_from([0, 5])), max_size=40))
+def test_journal_names_every_change_with_the_entry_before(ops: list[tuple[str, int, Direction,
+                                                                          int]]) -> None:
+    live = SPD()
+    spd = live  # the one changed: live, or a copy of it (a transaction)
+    seen = {}  # key -> entry when the journal was last taken (of the live SPD)
+
+    def check(db: SPD) -> None:
+        changes = db.changes()
+        assert changes is not None
+        for e in db.entries():
+            key = e.policy.key
+            if key not in changes:
+                assert seen.get(key) is e
+        for key, e in seen.items():
+            if key not in changes:
+                assert db.get(*key) is e
+        for key, old in changes.items():
+            assert seen.get(key) is old
+
+    for op, k, direction, prio in ops:
+        sel = _JOURNAL_SELECTORS[k]
+        if op == "update":
+            spd.update(Policy(sel, direction, Action.DISCARD, priority=prio))
+        elif op == "delete" and spd.get(sel, direction) is not None:
+            spd.delete(sel, direction)
+        elif op == "flush":
+            spd.flush()
+        elif op == "take" and spd is live:
+            live.take_changes()
+            seen = {e.policy.key: e for e in live.entries()}
+        elif op == "copy" and spd is live:
+            spd = live.copy()
+        elif op == "commit" and spd is not live:
+            live.replace_with(spd)
+            spd = live
+        elif op == "drop":
+            spd = live  # the transaction is thrown away: the live journal is as it was
+        check(spd)
+        check(live)

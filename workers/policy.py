@@ -23,7 +23,9 @@ a direction), the SA candidate lists and slots that changed, the local
 addresses if they did.  IKE changes a few policies per Child SA while the
 document grows with every one of them: a worker applies a delta in time
 proportional to the change, not to the SPD.  When the log would not fit, or
-outgrows the snapshot, the writer starts over with a new snapshot.
+outgrows four times the snapshot (plus 1 MB), the writer starts over with a
+new snapshot: a snapshot costs the writer and every worker time in
+proportion to the SPD, so the deltas between two pay for it.
 
 ``seq`` is a seqlock: odd while the writer changes the header or rewrites
 the log from the start; appended records are written past ``length`` before
@@ -61,7 +63,7 @@ from typing import Any
 import orjson
 
 from ipsecd.sa import Mode, SAState, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Level, Policy
+from ipsecd.spd import SPD, Action, Direction, Level, Policy, Selector
 
 _HEADER = struct.Struct("<IIQQQ")  # seq, pad, generation, length, base (snapshot generation)
 HEADER_SIZE = 64
@@ -353,8 +355,9 @@ def _sa_groups(outbound: Iterable[InstalledSA],
                ) -> dict[tuple[int, str, str], list[list[int]]]:
     """(protocol, src, dst) -> candidates ``[slot, mode, reqid]``, best first: mature before
     dying, then newest (the rule of SAD.find_outbound; the worker filters by mode and
-    reqid).  ``cache``: id(sa) -> (sa, key, mode), kept from call to call."""
-    groups: dict[tuple[int, str, str], list[tuple[tuple[int, int], list[int]]]] = {}
+    reqid; the higher slot first between equals).  ``cache``: id(sa) -> (sa, key, mode), kept
+    from call to call."""
+    groups: dict[tuple[int, str, str], list[tuple[tuple[int, int, int], list[int]]]] = {}
     for inst in outbound:
         sa = inst.sa
         state = sa.state
@@ -364,7 +367,7 @@ def _sa_groups(outbound: Iterable[InstalledSA],
         if hit is None or hit[0] is not sa:
             hit = cache[id(sa)] = (sa, (int(sa.protocol), sa.src.packed.hex(),
                                         sa.dst.packed.hex()), _MODE_OF[sa.mode])
-        rank = (1 if state is SAState.MATURE else 0, inst.order)
+        rank = (1 if state is SAState.MATURE else 0, inst.order, inst.slot)
         groups.setdefault(hit[1], []).append((rank, [inst.slot, hit[2], sa.reqid]))
     return {key: [c for _, c in sorted(cands, key=lambda x: x[0], reverse=True)]
             for key, cands in groups.items()}
@@ -444,40 +447,52 @@ _LOCAL_BYTES = 40
 class PolicyPublisher:
     """Publishes the control process's state to a :class:`PolicyTable` as deltas.
 
-    It remembers what it published: per SPD lookup list the items (by identity,
-    see :meth:`ipsecd.spd.SPD.index_view`) with their sort keys, the SA
-    candidate lists, slots and local addresses.  :meth:`publish` diffs the new
-    state against that - the policies by item identity (set operations that run
-    in C, so that a change costs little more than its own size even with
-    thousands of policies) - and appends a delta, or writes a snapshot when the
-    log is full or has outgrown the snapshot.
+    It remembers what it published: the policies with their sort keys, the SA
+    candidate lists (and which slot is a candidate in which list), slots and
+    local addresses.  :meth:`publish` works out what changed and appends a
+    delta, or writes a snapshot when the log is full or has outgrown the
+    snapshot.  Told what changed - ``policy_changes``, the SPD's journal
+    (:meth:`ipsecd.spd.SPD.take_changes`), and ``dirty_slots``, the outbound
+    slots added, removed or whose SA changed state - it costs the size of the
+    change, whatever the number of policies and SAs.  Not told, it diffs
+    everything: the policies by item identity (see
+    :meth:`ipsecd.spd.SPD.index_view`; set operations that run in C), every
+    slot's SA and path.
     """
 
     def __init__(self, table: PolicyTable) -> None:
         self.table = table
         self._items: dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]] = {}
+        # False once a publication followed a journal: the next full diff cannot use _items
+        # and writes a snapshot instead.
+        self._items_valid = True
         self._policy_bytes = 0  # the policies' share of a snapshot (estimated)
         self._sas: dict[tuple[int, str, str], list[list[int]]] = {}
-        self._sa_cache: dict[int, tuple[SecurityAssociation, tuple[int, str, str], int]] = {}
+        # group -> slot -> (rank, candidate); slot -> the group it is a candidate in
+        self._members: dict[tuple[int, str, str], dict[int, tuple[tuple[int, int, int],
+                                                                  list[int]]]] = {}
+        self._group_of: dict[int, tuple[int, str, str]] = {}
         self._slots: dict[int, tuple[int, str]] = {}
         self._local: list[str] = []
         self._snapshot_bytes = 0
         self._log_bytes = 0
+        self._lost = False  # a publication failed half-way: start over with a snapshot
         self.snapshots = 0  # how many were written (tests, status)
 
     def _diff(self, spd: SPD) -> tuple[dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]],
                                        list[tuple[Direction, int, tuple[int, int]]],
-                                       list[tuple[Direction, int, tuple[int, int], Any]], int]:
+                                       list[tuple[Direction, int, tuple[int, int], Policy]], int]:
         """(new items per list, removed (direction, version, key), added (direction, version,
-        key, item), the policies' estimated snapshot bytes)."""
+        key, policy), the policies' estimated snapshot bytes)."""
         view = spd.index_view()
         new_items: dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]] = {}
         removed: list[tuple[Direction, int, tuple[int, int]]] = []
-        added: list[tuple[Direction, int, tuple[int, int], Any]] = []
-        size = self._policy_bytes
+        added: list[tuple[Direction, int, tuple[int, int], Policy]] = []
+        valid = self._items_valid
+        size = self._policy_bytes if valid else 0
         for bucket in view.keys() | self._items.keys():
             keys, items = view.get(bucket, ([], []))
-            old = self._items.get(bucket, {})
+            old = self._items.get(bucket, {}) if valid else {}
             new = dict(zip(map(id, items), zip(keys, items, strict=True), strict=True))
             new_items[bucket] = new
             for gone in old.keys() - new.keys():
@@ -486,63 +501,181 @@ class PolicyPublisher:
                 size -= _row_entry(item.policy)[2]
             for came in new.keys() - old.keys():
                 key, item = new[came]
-                added.append((bucket[0], bucket[1], key, item))
+                added.append((bucket[0], bucket[1], key, item.policy))
                 size += _row_entry(item.policy)[2]
         return new_items, removed, added, size
 
+    def _journal_diff(self, spd: SPD, changes: Mapping[tuple[Selector, Direction], Any],
+                      ) -> tuple[list[tuple[Direction, int, tuple[int, int]]],
+                                 list[tuple[Direction, int, tuple[int, int], Policy]], int]:
+        """(removed, added, bytes) as :meth:`_diff`, from the SPD's journal."""
+        removed: list[tuple[Direction, int, tuple[int, int]]] = []
+        added: list[tuple[Direction, int, tuple[int, int], Policy]] = []
+        size = self._policy_bytes
+        for key, old in changes.items():
+            new = spd.get(*key)
+            if new is old:
+                continue
+            new_key = None
+            if new is not None:
+                policy = new.policy
+                new_key = (-policy.priority, new.order)
+                added.append((policy.direction, policy.selector.version, new_key, policy))
+                size += _row_entry(policy)[2]
+            if old is not None:
+                policy = old.policy
+                old_key = (-policy.priority, old.order)
+                if old_key != new_key:  # else the new row replaces it
+                    removed.append((policy.direction, policy.selector.version, old_key))
+                size -= _row_entry(policy)[2]
+        return removed, added, size
+
     def check(self, spd: SPD, n_outbound: int,
-              local: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
+              local: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address],
+              policy_changes: Mapping[tuple[Selector, Direction], Any] | None = None) -> None:
         """:class:`PolicyTableFull` unless a snapshot of this state (``n_outbound`` outbound
-        SAs) would fit the segment - estimated, not built: the row sizes are known."""
-        size = self._diff(spd)[3] + n_outbound * _SA_BYTES + len(set(local)) * _LOCAL_BYTES + 256
+        SAs) would fit the segment - estimated, not built: the row sizes are known.
+        ``policy_changes``: the SPD's changes since the last publication, if known."""
+        if policy_changes is not None and not self._lost:
+            policy_bytes = self._journal_diff(spd, policy_changes)[2]
+        else:
+            policy_bytes = self._diff(spd)[3]
+        size = policy_bytes + n_outbound * _SA_BYTES + len(set(local)) * _LOCAL_BYTES + 256
         if size > self.table.capacity:
             raise PolicyTableFull(
                 f"the policy table needs about {size} bytes; the segment holds "
                 f"{self.table.capacity}")
 
-    def publish(self, spd: SPD, outbound: Sequence[InstalledSA],
+    def _sa_rows(self, outbound: Mapping[int, InstalledSA], dirty: Iterable[int],
+                 ) -> list[list[Any]]:
+        """Bring the candidate lists of the groups ``dirty`` slots were or are in up to date;
+        the delta rows of those that changed."""
+        touched: set[tuple[int, str, str]] = set()
+        members, group_of = self._members, self._group_of
+        for slot in dirty:
+            group = group_of.pop(slot, None)
+            if group is not None:
+                members[group].pop(slot, None)
+                touched.add(group)
+            inst = outbound.get(slot)
+            if inst is None:
+                continue
+            sa = inst.sa
+            state = sa.state
+            if state is not SAState.MATURE and state is not SAState.DYING:
+                continue
+            group = (int(sa.protocol), sa.src.packed.hex(), sa.dst.packed.hex())
+            rank = (1 if state is SAState.MATURE else 0, inst.order, slot)
+            members.setdefault(group, {})[slot] = (rank, [slot, _MODE_OF[sa.mode], sa.reqid])
+            group_of[slot] = group
+            touched.add(group)
+        rows: list[list[Any]] = []
+        for group in touched:
+            cands = members.get(group)
+            if cands:
+                ranked = [c for _, c in sorted(cands.values(), key=_first, reverse=True)]
+                if self._sas.get(group) != ranked:
+                    self._sas[group] = ranked
+                    rows.append([*group, ranked])
+            else:
+                members.pop(group, None)
+                if self._sas.pop(group, None) is not None:
+                    rows.append([*group, []])
+        return rows
+
+    def publish(self, spd: SPD, outbound: Mapping[int, InstalledSA] | Sequence[InstalledSA],
                 local: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address],
-                slot_info: Mapping[int, SlotInfo]) -> int:
-        """Publish the current state; returns its generation."""
-        new_items, removed, added, policy_bytes = self._diff(spd)
-        live = {id(inst.sa) for inst in outbound}
-        if len(self._sa_cache) > 2 * len(live) + 64:
-            self._sa_cache = {k: v for k, v in self._sa_cache.items() if k in live}
-        sas = _sa_groups(outbound, self._sa_cache)
-        slots = {slot: (info.path_mtu, info.ifname) for slot, info in slot_info.items()}
+                slot_info: Mapping[int, SlotInfo], *,
+                policy_changes: Mapping[tuple[Selector, Direction], Any] | None = None,
+                dirty_slots: Iterable[int] | None = None) -> int:
+        """Publish the current state; returns its generation.
+
+        ``outbound``: the outbound SAs by slot (or a sequence of them);
+        ``policy_changes``: the SPD's journal since the last publication (None: unknown,
+        diff every policy); ``dirty_slots``: the slots whose SA or path may have changed
+        since the last publication (None: any)."""
+        if not isinstance(outbound, Mapping):
+            outbound = {inst.slot: inst for inst in outbound}
+        if self._lost:  # forget everything: a snapshot follows (_items_valid False)
+            self._members, self._group_of, self._sas, self._slots = {}, {}, {}, {}
+            self._items, self._items_valid, self._policy_bytes = {}, False, 0
+            policy_changes = dirty_slots = None
+        if policy_changes is not None:
+            removed, added, policy_bytes = self._journal_diff(spd, policy_changes)
+            new_items = None
+        else:
+            new_items, removed, added, policy_bytes = self._diff(spd)
+        if dirty_slots is None:
+            dirty_slots = (outbound.keys() | self._group_of.keys() | slot_info.keys()
+                           | self._slots.keys())
+        try:
+            gen = self._publish(spd, outbound, local, slot_info, set(dirty_slots), new_items,
+                                removed, added, policy_bytes)
+        except BaseException:
+            # What is published and what we remember may differ now: start over next time.
+            self._lost = True
+            raise
+        self._lost = False
+        return gen
+
+    def _publish(self, spd: SPD, outbound: Mapping[int, InstalledSA],
+                 local: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address],
+                 slot_info: Mapping[int, SlotInfo], dirty: set[int],
+                 new_items: dict[tuple[Direction, int], dict[int, tuple[tuple[int, int], Any]]]
+                 | None, removed: list[tuple[Direction, int, tuple[int, int]]],
+                 added: list[tuple[Direction, int, tuple[int, int], Policy]],
+                 policy_bytes: int) -> int:
         local_hex = sorted({a.packed.hex() for a in local})
         delta: dict[str, Any] = {}
         rows: list[Any] = [[d.value, v, k[0], k[1], None] for d, v, k in removed]
-        rows += [[d.value, v, k[0], k[1], _policy_row(item.policy)] for d, v, k, item in added]
+        rows += [[d.value, v, k[0], k[1], _policy_row(policy)] for d, v, k, policy in added]
         if rows:
             delta["policies"] = rows
-        old_sas = self._sas
-        changed = [[*k, c] for k, c in sas.items() if old_sas.get(k) != c]
-        changed += [[*k, []] for k in old_sas.keys() - sas.keys()]
+        changed = self._sa_rows(outbound, dirty)
         if changed:
             delta["sas"] = changed
         old_slots = self._slots
-        slot_rows: list[list[Any]] = [[s, *v] for s, v in slots.items() if old_slots.get(s) != v]
-        slot_rows += [[s] for s in old_slots.keys() - slots.keys()]
+        slots_after: dict[int, tuple[int, str] | None] = {}
+        slot_rows: list[list[Any]] = []
+        for slot in dirty:
+            info = slot_info.get(slot)
+            value = None if info is None else (info.path_mtu, info.ifname)
+            if old_slots.get(slot) != value:
+                slots_after[slot] = value
+                slot_rows.append([slot] if value is None else [slot, *value])
         if slot_rows:
             delta["slots"] = slot_rows
         if local_hex != self._local:
             delta["local"] = local_hex
         data = orjson.dumps(delta)
         table = self.table
-        if (table.generation and len(data) <= table.room()
-                and self._log_bytes + len(data) <= 2 * self._snapshot_bytes + (256 << 10)):
+        full_needed = new_items is not None and not self._items_valid
+        if (not full_needed and table.generation and len(data) <= table.room()
+                and self._log_bytes + len(data) <= 4 * self._snapshot_bytes + (1 << 20)):
             gen = table.append(data)
             self._log_bytes += len(data)
         else:
-            doc = build_document(spd, outbound, local, slot_info)
+            doc = build_document(spd, outbound.values(), local, slot_info)
             encoded = table.encode(doc)  # PolicyTableFull: nothing changes
             gen = table.publish(encoded)
             self._snapshot_bytes, self._log_bytes = len(encoded), 0
             self.snapshots += 1
-        self._items, self._policy_bytes = new_items, policy_bytes
-        self._sas, self._slots, self._local = sas, slots, local_hex
+        if new_items is not None:
+            self._items, self._items_valid = new_items, True
+        else:
+            self._items, self._items_valid = {}, False
+        self._policy_bytes = policy_bytes
+        for slot, value in slots_after.items():
+            if value is None:
+                old_slots.pop(slot, None)
+            else:
+                old_slots[slot] = value
+        self._local = local_hex
         return gen
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
 
 
 # --- the workers' lookup structure -------------------------------------------------------------

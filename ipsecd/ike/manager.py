@@ -32,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import hmac
 import ipaddress
+import itertools
 import logging
 import os
 import socket
@@ -82,6 +84,7 @@ NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 KEEPALIVE_INTERVAL = 20.0
 COOKIE_ROTATE = 300.0
 TICK = 0.1
+TIMER_SCAN = 1.0  # every IKE SA's timer is read again this often (see _tick)
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 ACQUIRE_HOLD = 2.0  # an acquire for a reqid within this many seconds of the last is ignored
 REPLACE_GRACE = 10.0  # unique = replace: seconds an older duplicate IKE SA may still live
@@ -218,6 +221,10 @@ class IkeManager:
         self._trust: dict[str, list[Any]] = {}
         self._restart: dict[str, tuple[float, int]] = {}  # conn -> (when, attempt)
         self._replace_at: dict[bytes, tuple[float, IkeSa]] = {}  # old SPI -> (when, new SA)
+        # Timers: a heap of (due, n, SA) hints, and per SA (by id) its earliest entry's due.
+        self._timers: list[tuple[float, int, IkeSa]] = []
+        self._timer_at: dict[int, float] = {}
+        self._timer_seq = itertools.count()
         self.traps: dict[int, tuple[str, Any]] = {}  # reqid -> (connection, child config)
         self._acquired: dict[int, float] = {}  # reqid -> when last acted on
         self._pending_acquires: set[int] = set()
@@ -438,6 +445,7 @@ class IkeManager:
 
     _metrics_at = 0.0
     _half_open: tuple[int, dict[IPAddress, int]] | None = None
+    _scan_at = 0.0  # next full scan of the SAs' timers (_tick)
 
     last_metrics: dict[str, Any] | None = None
 
@@ -445,14 +453,42 @@ class IkeManager:
         if name == "dpd_sent":
             self.stats.dpd["sent"] += 1
 
+    def _schedule(self, ike: IkeSa) -> None:
+        """Put ``ike``'s next timer into the heap, unless an entry at or before it is there.
+
+        Entries are hints: one that comes due is checked against the SA's timer then (it
+        may have moved later, or the SA be gone), so an SA only needs scheduling whenever
+        its timer may have moved earlier - after each of its events (:meth:`_process`)."""
+        due = ike.next_timer()
+        if due is not None and due < self._timer_at.get(id(ike), float("inf")):
+            heapq.heappush(self._timers, (due, next(self._timer_seq), ike))
+            self._timer_at[id(ike)] = due
+
     def _tick(self, now: float) -> None:
         self._replace_due(now)
         self._run_acquires(now)
-        for ike in list(self.sas.values()):
-            due = ike.next_timer()
-            if due is not None and due <= now:
+        # The SAs whose timer is due, from the heap: a tick costs what is due, not a scan of
+        # every SA.  Once every TIMER_SCAN seconds each SA is scheduled again anyway (a
+        # safety net for a change of timer that no event followed).
+        if now >= self._scan_at:
+            self._scan_at = now + TIMER_SCAN
+            for ike in self.sas.values():
+                self._schedule(ike)
+        due_now: dict[int, IkeSa] = {}
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            due, _, ike = heapq.heappop(heap)
+            if self._timer_at.get(id(ike)) == due:
+                del self._timer_at[id(ike)]
+            if self.sas.get(ike.local_spi) is ike:
+                due_now[id(ike)] = ike
+        for ike in due_now.values():  # once each per tick, as the timers are handled
+            when = ike.next_timer()
+            if when is not None and when <= now:
                 ike.handle_timer(now)
                 self._process(ike)
+            else:
+                self._schedule(ike)  # moved later since it was scheduled
         for key, ike in list(self.half_open_init.items()):
             if ike.state is State.DEAD or not ike.half_open:
                 del self.half_open_init[key]
@@ -852,12 +888,13 @@ class IkeManager:
     def _process(self, ike: IkeSa) -> None:
         if self._batch is not None:
             self._batch.extend(ike.events())
-            return
-        for event in ike.events():
-            try:
-                self._handle(event)
-            except Exception:
-                log.exception("%s: handling %s failed", ike.describe(), type(event).__name__)
+        else:
+            for event in ike.events():
+                try:
+                    self._handle(event)
+                except Exception:
+                    log.exception("%s: handling %s failed", ike.describe(), type(event).__name__)
+        self._schedule(ike)  # whatever happened to it may have brought its timer forward
 
     def _handle(self, event: Any) -> None:
         if isinstance(event, Send):

@@ -37,8 +37,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, TypeVar
 
@@ -172,17 +171,34 @@ class Reader:
         """Everything up to the current limit."""
         return self.pull_bytes(self.remaining)
 
-    @contextmanager
-    def limit(self, length: int, what: str) -> Iterator[None]:
-        """Read exactly ``length`` octets inside the block, no more, no fewer."""
+    def limit(self, length: int, what: str) -> _Limit:
+        """Read exactly ``length`` octets inside the block, no more, no fewer (a context
+        manager: the check is made when the block ends without an exception)."""
         if length < 0 or length > self.remaining:
             raise invalid_syntax(f"{what}: length {length} runs past the {self.remaining} octets left")
         outer_end = self._end
         self._end = self._pos + length
-        yield
-        if self._pos != self._end:
-            raise invalid_syntax(f"{what}: {self._end - self._pos} octets left over")
-        self._end = outer_end
+        return _Limit(self, outer_end, what)
+
+
+class _Limit:
+    """:meth:`Reader.limit`'s block (a class, not a generator: it runs for every payload)."""
+
+    __slots__ = ("outer_end", "reader", "what")
+
+    def __init__(self, reader: Reader, outer_end: int, what: str) -> None:
+        self.reader, self.outer_end, self.what = reader, outer_end, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            return  # the error goes on; the reader is not used after it
+        reader = self.reader
+        if reader._pos != reader._end:
+            raise invalid_syntax(f"{self.what}: {reader._end - reader._pos} octets left over")
+        reader._end = self.outer_end
 
 
 def _check_uint(value: int, size: int, what: str) -> int:

@@ -82,6 +82,7 @@ NO_ESN and no PFS (RFC 8221 §5-§6).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -351,7 +352,8 @@ def _well_formed(transform: Transform) -> bool:
 
 def _same(a: Transform, b: Transform) -> bool:
     """Same type, id and key length, and nothing else attached (RFC 7296 §3.3.6)."""
-    return (_well_formed(a) and _well_formed(b) and a.type == b.type and a.id == b.id
+    # type and id first: the cheap tests that rule out most pairs
+    return (a.type == b.type and a.id == b.id and _well_formed(a) and _well_formed(b)
             and a.key_length == b.key_length)
 
 
@@ -708,8 +710,10 @@ _DH_NAMES: dict[int, str] = {
 _ESN_NAMES: dict[int, str] = {EsnId.NO_ESN: "NO_EXT_SEQ", EsnId.ESN: "EXT_SEQ"}
 
 
+@functools.cache
 def _enum_name(enum: type[EncrId] | type[IntegId] | type[PrfId] | type[DhGroup], ident: int) -> str | None:
-    """The registry name of ``ident``, None for a value without one (an open enum's pseudo member)."""
+    """The registry name of ``ident``, None for a value without one (an open enum's pseudo member).
+    Cached: a scan of the registry, asked for every SA set up (its suite is logged)."""
     return next((m.name for m in enum if m.value == ident), None)
 
 

@@ -254,6 +254,11 @@ def to_prefixes(ts: TrafficSelector) -> list[ipaddress.IPv4Network | ipaddress.I
     version, first, last = _range(ts)
     if first > last:
         return []
+    size = last - first + 1
+    if not size & (size - 1) and not first & (size - 1):  # one block (the common case): quick
+        bits = (32 if version == 4 else 128) - size.bit_length() + 1
+        return [ipaddress.IPv4Network((first, bits)) if version == 4
+                else ipaddress.IPv6Network((first, bits))]
     return list(ipaddress.summarize_address_range(_address(version, first), _address(version, last)))
 
 
