@@ -80,7 +80,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ipsecd.ah import AhContext
 from ipsecd.drops import Drop
@@ -342,12 +342,14 @@ class Worker:
         # Inbound SAs by SPI - the hot-path lookup - and, for the rare SPIs
         # that several SAs share (the SAD key is SPI, protocol and destination),
         # by (SPI, destination): then the SPI maps to None here.
-        self.inbound: dict[int, _In | None] = {}
-        self.inbound_by_dst: dict[tuple[int, bytes], _In] = {}
+        self.in_index: _SpiIndex[_In] = _SpiIndex()
+        self.inbound: dict[int, _In | None] = self.in_index.by_spi
+        self.inbound_by_dst: dict[tuple[int, bytes], _In] = self.in_index.by_dst
         # AH SAs the same way: their SPIs are a space of their own (the SAD key
         # includes the protocol), and only AH packets look here.
-        self.inbound_ah: dict[int, _AhIn | None] = {}
-        self.inbound_ah_by_dst: dict[tuple[int, bytes], _AhIn] = {}
+        self.ah_index: _SpiIndex[_AhIn] = _SpiIndex()
+        self.inbound_ah: dict[int, _AhIn | None] = self.ah_index.by_spi
+        self.inbound_ah_by_dst: dict[tuple[int, bytes], _AhIn] = self.ah_index.by_dst
         self.outbound: dict[int, _Out] = {}
         self.policy_generation = -1
         self.policies = PolicySet()
@@ -478,18 +480,18 @@ class Worker:
             ctx = AhContext(sa, allow_legacy=self.spec.allow_legacy)
             window = ReplayWindow(sa.replay_window, esn=sa.esn,
                                   buffer=self.table.replay_buffer(slot), initialize=False)
-            _index_add(self.inbound_ah, self.inbound_ah_by_dst, _AhIn(slot, uid, ctx, window, sa))
+            self.ah_index.add(_AhIn(slot, uid, ctx, window, sa))
         else:
             ctx = AhContext(sa, allow_legacy=self.spec.allow_legacy)
             self.outbound[slot] = _AhOut(slot, uid, ctx, sa)
 
     def _add_inbound(self, e: _In) -> None:
-        _index_add(self.inbound, self.inbound_by_dst, e)
+        self.in_index.add(e)
 
     def _forget(self, slot: int) -> None:
         self.outbound.pop(slot, None)
-        _index_forget(self.inbound, self.inbound_by_dst, slot)
-        _index_forget(self.inbound_ah, self.inbound_ah_by_dst, slot)
+        self.in_index.forget(slot)
+        self.ah_index.forget(slot)
 
     def _shared_spi(self, spi: int, pkt: memoryview) -> _In | None:
         """The SA of a shared SPI, by the packet's destination address."""
@@ -1252,31 +1254,59 @@ class Worker:
             self.tun.close()
         with contextlib.suppress(Exception):
             self.policy_reader.close()
-        self.inbound.clear()
-        self.inbound_by_dst.clear()
-        self.inbound_ah.clear()
-        self.inbound_ah_by_dst.clear()
+        self.in_index.clear()
+        self.ah_index.clear()
         self.outbound.clear()
         self.out_flows.clear()
 
 
-def _index_add(by_spi: dict[int, _E | None], by_dst: dict[tuple[int, bytes], _E], e: _E) -> None:
-    """Index an inbound SA by SPI, and by (SPI, destination) for SPIs that several SAs share."""
-    by_dst[(e.spi, e.dst)] = e
-    shared = [x for (s, _), x in by_dst.items() if s == e.spi]
-    by_spi[e.spi] = e if len(shared) == 1 else None
+class _SpiIndex(Generic[_E]):
+    """Inbound SAs by SPI (the hot-path dict), and by (SPI, destination) for shared SPIs.
 
+    ``by_spi`` maps an SPI to its SA, or to None when several SAs share it (the
+    SAD key is SPI, protocol and destination): then ``by_dst`` decides.  Adding
+    and forgetting cost the same whatever the number of SAs (IKE installs
+    thousands, one after another).
+    """
 
-def _index_forget(by_spi: dict[int, _E | None], by_dst: dict[tuple[int, bytes], _E],
-                  slot: int) -> None:
-    for key, e in list(by_dst.items()):
-        if e.slot == slot:
-            del by_dst[key]
-            rest = [x for (s, _), x in by_dst.items() if s == key[0]]
-            if not rest:
-                by_spi.pop(key[0], None)
-            else:
-                by_spi[key[0]] = rest[0] if len(rest) == 1 else None
+    def __init__(self) -> None:
+        self.by_spi: dict[int, _E | None] = {}
+        self.by_dst: dict[tuple[int, bytes], _E] = {}
+        self._key_of_slot: dict[int, tuple[int, bytes]] = {}
+        self._dsts: dict[int, set[bytes]] = {}  # SPI -> destinations of its SAs
+
+    def add(self, e: _E) -> None:
+        key = (e.spi, e.dst)
+        self.by_dst[key] = e
+        self._key_of_slot[e.slot] = key
+        dsts = self._dsts.setdefault(e.spi, set())
+        dsts.add(e.dst)
+        self.by_spi[e.spi] = e if len(dsts) == 1 else None
+
+    def forget(self, slot: int) -> None:
+        key = self._key_of_slot.pop(slot, None)
+        if key is None:
+            return
+        e = self.by_dst.get(key)
+        if e is None or e.slot != slot:
+            return  # the key now belongs to another slot's SA
+        del self.by_dst[key]
+        spi, dst = key
+        dsts = self._dsts[spi]
+        dsts.discard(dst)
+        if not dsts:
+            del self._dsts[spi]
+            self.by_spi.pop(spi, None)
+        elif len(dsts) == 1:
+            self.by_spi[spi] = self.by_dst[(spi, next(iter(dsts)))]
+        else:
+            self.by_spi[spi] = None
+
+    def clear(self) -> None:
+        self.by_spi.clear()
+        self.by_dst.clear()
+        self._key_of_slot.clear()
+        self._dsts.clear()
 
 
 def _ports(proto: int, buf: memoryview, at: int, end: int) -> int:
