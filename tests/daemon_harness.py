@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,17 +241,21 @@ class Gateways:
 
 
 @contextlib.contextmanager
-def tunnel_pair(workdir: Path, tag: str) -> Iterator[Gateways]:
-    """The HOWTO's site-to-site picture with both daemons up; both must exit cleanly."""
+def tunnel_pair(workdir: Path, tag: str,
+                script: Callable[[SiteToSite, str], str] = tunnel_script) -> Iterator[Gateways]:
+    """The HOWTO's site-to-site picture with both daemons up; both must exit cleanly.
+
+    ``script(topo, side)`` is each gateway's setkey script (ESP tunnel mode by default).
+    """
     from netns import Lab, remove_stale, site_to_site
 
     remove_stale()
     with Lab(tag) as lab:
         topo = site_to_site(lab, routed=False)
         a = start(topo.gw_a_wan.ns, workdir, f"{tag}-a", outside=["wan0"],
-                  script=tunnel_script(topo, "a"), wait=False)
+                  script=script(topo, "a"), wait=False)
         b = start(topo.gw_b_wan.ns, workdir, f"{tag}-b", outside=["wan0"],
-                  script=tunnel_script(topo, "b"), wait=False)
+                  script=script(topo, "b"), wait=False)
         try:
             wait_ready(a, b)
             yield Gateways(topo, a, b)

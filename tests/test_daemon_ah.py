@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import Daemon, Gateways, start, wait_ready
+from daemon_harness import Daemon, Gateways, start, tunnel_pair, wait_ready
 from netns import (
     HostToHost,
     Injector,
@@ -40,7 +40,6 @@ from netns import (
     needs_root,
     ping,
     remove_stale,
-    site_to_site,
     wait_until,
 )
 from scapy.layers.inet import ICMP, IP
@@ -115,20 +114,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 @pytest.fixture(scope="module")
 def gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    remove_stale()
-    workdir = tmp_path_factory.mktemp("ah-tunnel")
-    with Lab("ahu") as lab:
-        topo = site_to_site(lab, routed=False)
-        a = start(topo.gw_a_wan.ns, workdir, "ahu-a", outside=["wan0"],
-                  script=tunnel_script(topo, "a"), wait=False)
-        b = start(topo.gw_b_wan.ns, workdir, "ahu-b", outside=["wan0"],
-                  script=tunnel_script(topo, "b"), wait=False)
-        try:
-            wait_ready(a, b)
-            yield Gateways(topo, a, b)
-        finally:
-            status = [a.stop(), b.stop()]
-        assert status == [0, 0], a.log_text() + b.log_text()
+    with tunnel_pair(tmp_path_factory.mktemp("ah-tunnel"), "ahu", script=tunnel_script) as g:
+        yield g
 
 
 def _v6_upper(f: bytes) -> tuple[int, int]:

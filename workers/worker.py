@@ -1073,14 +1073,7 @@ class Worker:
         """
         if length >= self.capacity:
             return False  # truncated: the caller counts it
-        key = (addrs, proto, ports)
-        flows = self.out_flows
-        d = flows.get(key)
-        if d is None:
-            d = self._outbound_decide(version, addrs, proto, ports, buf, h, length)
-            if len(flows) > 65536:
-                flows.clear()
-            flows[key] = d
+        d = self._decision(version, addrs, proto, ports, buf, h, length)
         if d[0] != OUT_ESP:
             return False
         out = self.outbound.get(d[1])
@@ -1095,6 +1088,20 @@ class Worker:
         if whole is not None:
             self._outbound_whole(whole.packet, pending, need)
         return True
+
+    def _decision(self, version: int, addrs: bytes, proto: int, ports: int, buf: memoryview,
+                  h: int, length: int) -> tuple[Any, ...]:
+        """The flow's cached SPD decision, made on a miss (the rare paths; ``_outbound``
+        has the same lookup inline)."""
+        key = (addrs, proto, ports)
+        flows = self.out_flows
+        d = flows.get(key)
+        if d is None:
+            d = self._outbound_decide(version, addrs, proto, ports, buf, h, length)
+            if len(flows) > 65536:
+                flows.clear()
+            flows[key] = d
+        return d
 
     def _outbound_whole(self, packet: bytes, pending: list[tuple[memoryview, int, tuple[Any, ...]]],
                         need: dict[int, int]) -> None:
@@ -1113,14 +1120,7 @@ class Worker:
             while proto in _IPV6_EXT and at + 8 <= end:
                 proto, at = big[at], at + ((big[at + 1] + 1) << 3)
             ports = _ports(proto, big, at, end)
-        key = (addrs, proto, ports)
-        flows = self.out_flows
-        d = flows.get(key)
-        if d is None:
-            d = self._outbound_decide(version, addrs, proto, ports, big, h, length)
-            if len(flows) > 65536:
-                flows.clear()
-            flows[key] = d
+        d = self._decision(version, addrs, proto, ports, big, h, length)
         kind = d[0]
         if kind == OUT_ESP:
             if length > d[3] and version == 4:
