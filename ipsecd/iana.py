@@ -8,6 +8,7 @@ and we must be able to carry them, log them and refuse them by name.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Self, cast
 
 
 class _OpenEnum(IntEnum):
@@ -21,6 +22,15 @@ class _OpenEnum(IntEnum):
         member._name_ = f"{cls.__name__.upper()}_{value}"
         member._value_ = value
         return member
+
+    @classmethod
+    def of(cls, value: int) -> Self:
+        """``cls(value)``, a dict lookup when ``value`` has a name (the IKE decoder's hot
+        path calls this for every payload, transform and notify)."""
+        try:
+            return cast("Self", cls._value2member_map_[value])
+        except KeyError:
+            return cls(value)
 
 
 class IpProto(_OpenEnum):

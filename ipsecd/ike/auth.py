@@ -61,6 +61,7 @@ Nothing here logs, and no error message contains key material.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -701,7 +702,14 @@ def describe_identity(ident: Identification) -> str:
     string types of the values are not shown.  Malformed identities from a
     peer are shown in hex.
     """
-    id_type, data = ident.id_type, ident.data
+    return _describe(ident.id_type, bytes(ident.data))
+
+
+@functools.lru_cache(maxsize=1024)
+def _describe(id_type: IdType, data: bytes) -> str:
+    """:func:`describe_identity`, remembered: every IKE SA setup asks it for the peer's
+    identity (the PSK lookup, the logs), and an FQDN's round trip through
+    :func:`parse_identity` costs more than the rest of that lookup."""
     if (id_type, len(data)) in ((IdType.ID_IPV4_ADDR, 4), (IdType.ID_IPV6_ADDR, 16)):
         return str(ipaddress.ip_address(data))
     if id_type == IdType.ID_DER_ASN1_DN:

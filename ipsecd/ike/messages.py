@@ -302,7 +302,7 @@ class Transform:
     attributes: list[TransformAttribute] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.type = TransformType(self.type)
+        self.type = TransformType.of(self.type)
         self.id = transform_id(self.type, self.id)
 
     @property
@@ -348,7 +348,7 @@ class Transform:
             attributes = []
             while buf.remaining:
                 attributes.append(TransformAttribute.pull(buf))
-        return cls(TransformType(kind), ident, attributes), last == 0
+        return cls(TransformType.of(kind), ident, attributes), last == 0
 
 
 @dataclass(slots=True)
@@ -361,7 +361,7 @@ class Proposal:
     transforms: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.protocol = ProtocolId(self.protocol)
+        self.protocol = ProtocolId.of(self.protocol)
 
     def push(self, buf: bytearray, last: bool) -> None:
         """Append the substructure; ``last`` is False when another proposal follows."""
@@ -388,7 +388,7 @@ class Proposal:
             raise invalid_syntax(f"proposal length {length} < 8")
         with buf.limit(length - 4, "proposal"):
             number = buf.pull_uint8("proposal number")
-            protocol = ProtocolId(buf.pull_uint8("protocol id"))
+            protocol = ProtocolId.of(buf.pull_uint8("protocol id"))
             spi_size = buf.pull_uint8("SPI size")
             count = buf.pull_uint8("number of transforms")
             spi = buf.pull_bytes(spi_size, "proposal SPI")
@@ -460,7 +460,7 @@ class Identification(Payload):
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
-        id_type = IdType(buf.pull_uint8("ID type"))
+        id_type = IdType.of(buf.pull_uint8("ID type"))
         buf.pull_bytes(3, "ID reserved")
         return cls(id_type, buf.pull_rest())
 
@@ -608,9 +608,9 @@ class Notify(Payload):
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
-        protocol = ProtocolId(buf.pull_uint8("protocol id"))
+        protocol = ProtocolId.of(buf.pull_uint8("protocol id"))
         spi_size = buf.pull_uint8("SPI size")
-        notify_type = NotifyType(buf.pull_uint16("notify type"))
+        notify_type = NotifyType.of(buf.pull_uint16("notify type"))
         spi = buf.pull_bytes(spi_size, "notify SPI")
         return cls(notify_type, buf.pull_rest(), protocol, spi)
 
@@ -623,12 +623,12 @@ class Notify(Payload):
     @classmethod
     def status(cls, notify_type: NotifyType, data: bytes = b"") -> Notify:
         """A notify about the IKE SA (no SPI): INITIAL_CONTACT, MOBIKE_SUPPORTED, ..."""
-        return cls(NotifyType(notify_type), data)
+        return cls(NotifyType.of(notify_type), data)
 
     @classmethod
     def error(cls, code: NotifyType, data: bytes = b"") -> Notify:
         """An error notify, e.g. from an IkeProtocolError's ``code`` and ``data``."""
-        return cls(NotifyType(code), data)
+        return cls(NotifyType.of(code), data)
 
     @classmethod
     def invalid_ke_payload(cls, group: DhGroup) -> Notify:
@@ -650,12 +650,12 @@ class Notify(Payload):
         """NAT_DETECTION_SOURCE_IP or NAT_DETECTION_DESTINATION_IP (§2.23)."""
         if notify_type not in (NotifyType.NAT_DETECTION_SOURCE_IP, NotifyType.NAT_DETECTION_DESTINATION_IP):
             raise IkeLocalError(f"{notify_type!r} is not a NAT detection notify")
-        return cls(NotifyType(notify_type), nat_detection_hash(spi_i, spi_r, address, port))
+        return cls(NotifyType.of(notify_type), nat_detection_hash(spi_i, spi_r, address, port))
 
     @classmethod
     def rekey_sa(cls, protocol: ProtocolId, spi: bytes) -> Notify:
         """REKEY_SA (§1.3.3) naming the Child SA (or IKE SA) being rekeyed."""
-        return cls(NotifyType.REKEY_SA, b"", ProtocolId(protocol), spi)
+        return cls(NotifyType.REKEY_SA, b"", ProtocolId.of(protocol), spi)
 
     @classmethod
     def ipcomp_supported(cls, cpi: int, transform: IpcompId) -> Notify:
@@ -731,7 +731,7 @@ class Delete(Payload):
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
-        protocol = ProtocolId(buf.pull_uint8("protocol id"))
+        protocol = ProtocolId.of(buf.pull_uint8("protocol id"))
         size = buf.pull_uint8("SPI size")
         count = buf.pull_uint16("number of SPIs")
         if size * count != buf.remaining:
@@ -1002,7 +1002,7 @@ def _pull_chain(buf: Reader, first: int, *, inner: bool) -> list[Payload]:
     payloads: list[Payload] = []
     next_type = first
     while next_type != PayloadType.NONE:
-        kind = PayloadType(next_type)
+        kind = PayloadType.of(next_type)
         next_type, flags, length = (
             buf.pull_uint8("next payload"), buf.pull_uint8("critical"), buf.pull_uint16("payload length"))
         critical = bool(flags & _CRITICAL)
@@ -1032,12 +1032,12 @@ def _pull_chain(buf: Reader, first: int, *, inner: bool) -> list[Payload]:
 
 def _pull_encrypted(buf: Reader, kind: PayloadType, next_type: int, critical: bool) -> Payload:
     if kind == PayloadType.SK:
-        return SK(PayloadType(next_type), buf.pull_rest(), critical=critical)
+        return SK(PayloadType.of(next_type), buf.pull_rest(), critical=critical)
     number = buf.pull_uint16("fragment number")
     total = buf.pull_uint16("total fragments")
     if not 1 <= number <= total:  # RFC 7383 §2.5
         raise invalid_syntax(f"fragment {number} of {total}")
-    return SKF(PayloadType(next_type), number, total, buf.pull_rest(), critical=critical)
+    return SKF(PayloadType.of(next_type), number, total, buf.pull_rest(), critical=critical)
 
 
 def decode_payloads(first: int, data: bytes | bytearray | memoryview) -> list[Payload]:
@@ -1108,8 +1108,8 @@ def decode_header(data: bytes | bytearray | memoryview) -> Header:
     if length != len(data):
         raise invalid_syntax(f"header says {length} octets, message has {len(data)}")
     return Header(
-        spi_i, spi_r, PayloadType(next_payload), version >> 4, version & 0x0F,
-        ExchangeType(exchange), HeaderFlag(flags & (HeaderFlag.INITIATOR | HeaderFlag.VERSION | HeaderFlag.RESPONSE)),
+        spi_i, spi_r, PayloadType.of(next_payload), version >> 4, version & 0x0F,
+        ExchangeType.of(exchange), HeaderFlag(flags & (HeaderFlag.INITIATOR | HeaderFlag.VERSION | HeaderFlag.RESPONSE)),
         message_id, length,
     )
 
@@ -1132,7 +1132,7 @@ class Message:
     minor_version: int = 0  # §3.1: sent as zero, ignored on receipt
 
     def __post_init__(self) -> None:
-        self.exchange_type = ExchangeType(self.exchange_type)
+        self.exchange_type = ExchangeType.of(self.exchange_type)
 
     @property
     def flags(self) -> HeaderFlag:
