@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netns import Netns, SiteToSite, wait_until
+from netns import HostToHost, Netns, SiteToSite, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -259,6 +259,37 @@ def tunnel_pair(workdir: Path, tag: str,
         try:
             wait_ready(a, b)
             yield Gateways(topo, a, b)
+        finally:
+            status = [a.stop(), b.stop()]
+        assert status == [0, 0], a.log_text() + b.log_text()
+
+
+@dataclass
+class Hosts:
+    """Two hosts on one link, an ipsecd daemon on each (transport mode)."""
+
+    topo: HostToHost
+    a: Daemon
+    b: Daemon
+
+
+@contextlib.contextmanager
+def transport_pair(workdir: Path, tag: str,
+                   script: Callable[[HostToHost, str], str]) -> Iterator[Hosts]:
+    """Host-to-host with both daemons up (``script(topo, side)`` each one's setkey script);
+    both must exit cleanly."""
+    from netns import Lab, host_to_host, remove_stale
+
+    remove_stale()
+    with Lab(tag) as lab:
+        topo = host_to_host(lab)
+        a = start(topo.a.ns, workdir, f"{tag}-a", outside=["eth0"],
+                  script=script(topo, "a"), wait=False)
+        b = start(topo.b.ns, workdir, f"{tag}-b", outside=["eth0"],
+                  script=script(topo, "b"), wait=False)
+        try:
+            wait_ready(a, b)
+            yield Hosts(topo, a, b)
         finally:
             status = [a.stop(), b.stop()]
         assert status == [0, 0], a.log_text() + b.log_text()

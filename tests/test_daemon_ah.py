@@ -28,18 +28,17 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from daemon_harness import Daemon, Gateways, start, tunnel_pair, wait_ready
+from daemon_harness import Daemon, Gateways, transport_pair, tunnel_pair
+from daemon_harness import Hosts as Pair
 from netns import (
     HostToHost,
     Injector,
-    Lab,
     SiteToSite,
-    host_to_host,
     needs_root,
     ping,
-    remove_stale,
     wait_until,
 )
 from scapy.layers.inet import ICMP, IP
@@ -89,27 +88,11 @@ def tunnel_script(topo: SiteToSite, side: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Pair:
-    def __init__(self, topo: HostToHost, a: Daemon, b: Daemon) -> None:
-        self.topo, self.a, self.b = topo, a, b
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    remove_stale()
-    workdir = tmp_path_factory.mktemp("ah-transport")
-    with Lab("aht") as lab:
-        topo = host_to_host(lab)
-        a = start(topo.a.ns, workdir, "aht-a", outside=["eth0"],
-                  script=transport_script(topo, "a"), wait=False)
-        b = start(topo.b.ns, workdir, "aht-b", outside=["eth0"],
-                  script=transport_script(topo, "b"), wait=False)
-        try:
-            wait_ready(a, b)
-            yield Pair(topo, a, b)
-        finally:
-            status = [a.stop(), b.stop()]
-        assert status == [0, 0], a.log_text() + b.log_text()
+    with transport_pair(tmp_path_factory.mktemp("ah-transport"), "aht",
+                        script=transport_script) as hosts:
+        yield hosts
 
 
 @pytest.fixture(scope="module")
@@ -162,21 +145,30 @@ def _ah_spis(frames: list[bytes]) -> set[int]:
     return out
 
 
-def test_transport_ping_over_ah_both_ways_ipv4_and_ipv6(pair: Pair, tmp_path: Path) -> None:
-    topo = pair.topo
-    before = {spi: pair.b.sa(spi)["packets"] for spi in (SPI_AB,)}
-    cap = topo.b.ns.capture("eth0", tmp_path / "wire.pcap")
-    assert ping(topo.a.ns, topo.b.v4, count=3) == 3
-    assert ping(topo.b.ns, topo.a.v4, count=3) == 3
-    assert ping(topo.a.ns, topo.b.v6, count=3) == 3
-    assert ping(topo.b.ns, topo.a.v6, count=3) == 3
+def _pings_only_in_ah(cap: Any, one: tuple[Any, str, str], other: tuple[Any, str, str]
+                      ) -> list[bytes]:
+    """Three pings each way over IPv4 and IPv6 between ``(namespace, v4, v6)`` ends; the
+    frames ``cap`` saw, checked to hold all of them in AH and nothing else but IPv6
+    neighbour discovery in clear."""
+    for (src, _, _), (_, v4, v6) in ((one, other), (other, one)):
+        assert ping(src, v4, count=3) == 3
+        assert ping(src, v6, count=3) == 3
     cap.stop()
-    frames = cap.packets()
+    frames: list[bytes] = cap.packets()
     protocols = _protocols(frames)
     # 4 x 3 echo requests and replies, each in AH: 12 per family.
     assert protocols.count((4, AH)) >= 12 and protocols.count((6, AH)) >= 12, protocols
     assert {p for _, p in protocols} <= {AH, ICMPV6, -1}, protocols  # no ESP, no clear ICMP
     assert _icmpv6_types(frames) <= ND  # IPv6: only neighbour discovery in clear
+    return frames
+
+
+def test_transport_ping_over_ah_both_ways_ipv4_and_ipv6(pair: Pair, tmp_path: Path) -> None:
+    topo = pair.topo
+    before = {spi: pair.b.sa(spi)["packets"] for spi in (SPI_AB,)}
+    cap = topo.b.ns.capture("eth0", tmp_path / "wire.pcap")
+    frames = _pings_only_in_ah(cap, (topo.a.ns, topo.a.v4, topo.a.v6),
+                               (topo.b.ns, topo.b.v4, topo.b.v6))
     assert _ah_spis(frames) == {SPI_AB, SPI_BA}
     # Counted on B's inbound SA (both families share the SPI: both SAs moved).
     st = pair.b.status()
@@ -225,16 +217,8 @@ def test_transport_big_datagrams_without_df_over_ah(pair: Pair, tmp_path: Path) 
 def test_tunnel_ping_between_the_sites_over_ah(gws: Gateways, tmp_path: Path) -> None:
     topo = gws.topo
     cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "wan.pcap")
-    assert ping(topo.net_a.ns, topo.net_b.v4, count=3) == 3
-    assert ping(topo.net_b.ns, topo.net_a.v4, count=3) == 3
-    assert ping(topo.net_a.ns, topo.net_b.v6, count=3) == 3
-    assert ping(topo.net_b.ns, topo.net_a.v6, count=3) == 3
-    cap.stop()
-    frames = cap.packets()
-    protocols = _protocols(frames)
-    assert protocols.count((4, AH)) >= 12 and protocols.count((6, AH)) >= 12, protocols
-    assert {p for _, p in protocols} <= {AH, ICMPV6, -1}, protocols
-    assert _icmpv6_types(frames) <= ND
+    frames = _pings_only_in_ah(cap, (topo.net_a.ns, topo.net_a.v4, topo.net_a.v6),
+                               (topo.net_b.ns, topo.net_b.v4, topo.net_b.v6))
     assert _ah_spis(frames) == {SPI_AB, SPI_AB + 1, SPI_AB + 0x600, SPI_AB + 0x601}
     # Every AH packet on the WAN is gateway to gateway, with the inner packet whole
     # behind AH (next header 4 or 41, RFC 4302 §3.1.2).

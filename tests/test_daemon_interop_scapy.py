@@ -257,106 +257,90 @@ def test_nothing_reached_the_peer_in_clear(setup: Setup, tmp_path: Path) -> None
 TRANSPORT_CASES = [c for c in CASES if c[0] == "transport"]
 
 
+def _our_fragment(data: bytes, family: int, src: str, dst: str, proto: int) -> Packet | None:
+    """A captured frame's packet if it is a fragment of ipsecd's ESP / AH from src to dst."""
+    if family == 4:
+        packet = IP(data)
+        if (packet.src, packet.dst, packet.proto) != (src, dst, proto):
+            return None
+        assert packet.flags.MF or packet.frag, "a fragment, not one too-big packet"
+        assert not packet.flags.DF and len(data) <= 1500
+        return packet
+    packet = IPv6(data)
+    if (packet.src, packet.dst) != (src, dst) or IPv6ExtHdrFragment not in packet:
+        return None
+    assert packet[IPv6ExtHdrFragment].nh == proto, "fragments of ESP / AH"
+    assert len(data) <= 1500
+    return packet
+
+
+def _reassembled(fragments: list[Packet], family: int) -> Packet | None:
+    """scapy's own reassembly of ``fragments`` once they are all there, else None."""
+    if family == 4:
+        whole = [p for p in defragment(fragments)
+                 if not p.flags.MF and not p.frag]  # type: ignore[no-untyped-call]
+        return whole[0] if whole else None
+    if not any(not f[IPv6ExtHdrFragment].m for f in fragments):
+        return None
+    total = max(f[IPv6ExtHdrFragment].offset * 8 + len(f[IPv6ExtHdrFragment].payload)
+                for f in fragments)
+    if sum(len(f[IPv6ExtHdrFragment].payload) for f in fragments) < total:
+        return None
+    return defragment6(fragments)  # type: ignore[no-any-return, no-untyped-call]
+
+
 # Transport mode only (tunnel mode fragments the inner packet: test_daemon_tunnel.py).
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("setup", TRANSPORT_CASES, indirect=True,
                          ids=[f"{m}-{a}" for m, a in TRANSPORT_CASES])
-def test_scapy_decrypts_a_big_transport_datagram(setup: Setup) -> None:
+def test_scapy_decrypts_a_big_transport_datagram(setup: Setup, family: int) -> None:
     """Transport mode, a UDP datagram bigger than the path (no DF) sent by the gateway's host.
 
     RFC 4303 §3.3.4 / RFC 4302 §3.3.4: ipsecd applies ESP or AH to the whole
-    datagram, then fragments the outer IPv4 packet.  scapy reassembles the
-    fragments it sees on the wire (its own ``defragment``) and decrypts (or, for
+    datagram, then fragments the outer packet: IPv4 fragments, or over IPv6 a
+    Fragment header of its own (RFC 8200 §4.5, the originating host may; the
+    3000 bytes are bigger than the TUN, so the host's kernel cut them first and
+    the worker reassembled them).  scapy puts the fragments it sees on the wire
+    together (its own ``defragment`` / ``defragment6``) and decrypts (or, for
     AH, checks the ICV of) the datagram: the payload comes back exactly.
     """
     assert setup.mode == "transport"
-    peer, me, _, _ = setup.addrs[4]
-    sa_in = setup.alg.scapy(1, SPI_OUT, None)  # ipsecd -> scapy
+    peer, me, _, _ = setup.addrs[family]
+    # ipsecd -> scapy; the IPv6 SA's SPI is 0x100 above the IPv4 one's
+    sa_in = setup.alg.scapy(1, SPI_OUT + (0 if family == 4 else 0x100), None)
     proto = 51 if setup.alg.protocol == "ah" else 50
     payload = os.urandom(3000)
     with setup.scapy_ns.enter():
         rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         rx.bind((setup.scapy_if, 0))
     with setup.gateway.ns.enter():
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    fragments: list[Packet] = []
-    whole: list[Packet] = []
-    try:
-        tx.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
-        tx.sendto(payload, (peer, 9700))
-        deadline = time.monotonic() + 5
-        while not whole and time.monotonic() < deadline:
-            if not select.select([rx], [], [], 0.1)[0]:
-                continue
-            data, address = rx.recvfrom(65535)
-            if address[2] == PACKET_OUTGOING or data[0] >> 4 != 4:
-                continue
-            packet = IP(data)
-            if (packet.src, packet.dst, packet.proto) != (me, peer, proto):
-                continue
-            assert packet.flags.MF or packet.frag, "a fragment, not one too-big packet"
-            assert not packet.flags.DF and len(data) <= 1500
-            fragments.append(packet)
-            whole = [p for p in defragment(fragments)
-                     if not p.flags.MF and not p.frag]  # type: ignore[no-untyped-call]
-    finally:
-        tx.close()
-        rx.close()
-    assert whole, (len(fragments), setup.gateway.status()["drops"])
-    assert len(fragments) == 3  # 3028 bytes of datagram + ESP or AH, 1500-byte path
-    clear = IP(bytes(sa_in.decrypt(whole[0])))  # type: ignore[no-untyped-call]
-    assert (clear.src, clear.dst) == (me, peer)
-    assert clear[UDP].dport == 9700 and bytes(clear[UDP].payload) == payload
-
-
-@pytest.mark.parametrize("setup", TRANSPORT_CASES, indirect=True,
-                         ids=[f"{m}-{a}" for m, a in TRANSPORT_CASES])
-def test_scapy_decrypts_a_big_ipv6_transport_datagram(setup: Setup) -> None:
-    """IPv6 transport mode: the gateway's host sends 3000 bytes of UDP, bigger than the TUN.
-
-    Its kernel fragments the datagram, the worker reassembles it, applies ESP or
-    AH to the whole, and fragments the outer packet with a Fragment header of
-    its own (RFC 8200 §4.5, the originating host may).  scapy puts the
-    fragments together (``defragment6``) and decrypts or verifies the datagram.
-    """
-    assert setup.mode == "transport"
-    peer, me, _, _ = setup.addrs[6]
-    sa_in = setup.alg.scapy(1, SPI_OUT + 0x100, None)  # ipsecd -> scapy, the IPv6 SA
-    proto = 51 if setup.alg.protocol == "ah" else 50
-    payload = os.urandom(3000)
-    with setup.scapy_ns.enter():
-        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-        rx.bind((setup.scapy_if, 0))
-    with setup.gateway.ns.enter():
-        tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
     fragments: list[Packet] = []
     whole: Packet | None = None
     try:
-        tx.setsockopt(socket.IPPROTO_IPV6, 23, 0)  # IPV6_MTU_DISCOVER: IPV6_PMTUDISC_DONT
+        if family == 4:
+            tx.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+        else:
+            tx.setsockopt(socket.IPPROTO_IPV6, 23, 0)  # IPV6_MTU_DISCOVER: IPV6_PMTUDISC_DONT
         tx.sendto(payload, (peer, 9700))
         deadline = time.monotonic() + 5
         while whole is None and time.monotonic() < deadline:
             if not select.select([rx], [], [], 0.1)[0]:
                 continue
             data, address = rx.recvfrom(65535)
-            if address[2] == PACKET_OUTGOING or data[0] >> 4 != 6:
+            if address[2] == PACKET_OUTGOING or data[0] >> 4 != family:
                 continue
-            packet = IPv6(data)
-            if (packet.src, packet.dst) != (me, peer) or IPv6ExtHdrFragment not in packet:
-                continue
-            assert packet[IPv6ExtHdrFragment].nh == proto, "fragments of ESP / AH"
-            assert len(data) <= 1500
-            fragments.append(packet)
-            if any(not f[IPv6ExtHdrFragment].m for f in fragments):
-                total = max(f[IPv6ExtHdrFragment].offset * 8 + len(f[IPv6ExtHdrFragment].payload)
-                            for f in fragments)
-                have = sum(len(f[IPv6ExtHdrFragment].payload) for f in fragments)
-                if have >= total:
-                    whole = defragment6(fragments)  # type: ignore[no-untyped-call]
+            fragment = _our_fragment(data, family, me, peer, proto)
+            if fragment is not None:
+                fragments.append(fragment)
+                whole = _reassembled(fragments, family)
     finally:
         tx.close()
         rx.close()
     assert whole is not None, (len(fragments), setup.gateway.status()["drops"])
-    assert len(fragments) == 3  # 3048 bytes of datagram + ESP or AH, 1500-byte path
-    clear = IPv6(bytes(sa_in.decrypt(IPv6(bytes(whole)))))  # type: ignore[no-untyped-call]
+    # 3028 (IPv4) / 3048 (IPv6) bytes of datagram + ESP or AH, 1500-byte path
+    assert len(fragments) == 3
+    layer = IP if family == 4 else IPv6
+    clear = layer(bytes(sa_in.decrypt(layer(bytes(whole)))))  # type: ignore[no-untyped-call]
     assert (clear.src, clear.dst) == (me, peer)
     assert clear[UDP].dport == 9700 and bytes(clear[UDP].payload) == payload

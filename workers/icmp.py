@@ -36,6 +36,7 @@ from __future__ import annotations
 import struct
 import time
 
+from ipsecd.iana import IpProto
 from ipsecd.packet import PacketError, checksum, ipv6_ipsec_offset
 
 Buffer = bytes | bytearray | memoryview
@@ -183,7 +184,7 @@ def fragment_ipv4(packet: Buffer, mtu: int) -> list[bytes] | None:
     return out
 
 
-IPV6_FRAGMENT = 44
+IPV6_FRAGMENT = int(IpProto.IPV6_FRAG)
 
 
 def fragment_ipv6(packet: Buffer, mtu: int, ident: int) -> list[bytes] | None:

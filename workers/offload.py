@@ -50,11 +50,11 @@ waits again, so no latency is added.
 
 Checksums
 ---------
-The Internet checksum (RFC 1071) is the one's complement sum of 16-bit
-words.  Since 2**16 is 1 modulo 0xFFFF, the sum of the words of an
-even-length byte string is congruent to the string read as one big-endian
-integer, modulo 0xFFFF: ``int.from_bytes(data, "big") % 0xFFFF`` is the sum
-(up to the 0 / 0xFFFF ambiguity of one's complement), computed in C.
+As :func:`ipsecd.packet.checksum` does: since 2**16 is 1 modulo 0xFFFF, the
+one's complement sum of an even-length byte string's 16-bit words is
+congruent to the string read as one big-endian integer, modulo 0xFFFF
+(``int.from_bytes(data, "big") % 0xFFFF``, in C).  The segment check in
+:meth:`Coalescer.push` inlines it.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ import os
 import struct
 from collections.abc import Callable
 from typing import Any
+
+from ipsecd.packet import checksum, fold_checksum
 
 Buffer = bytes | bytearray | memoryview
 
@@ -100,33 +102,15 @@ _LIMIT = {4: VNET_HDR_LEN + MAX_PACKET, 6: VNET_HDR_LEN + 40 + MAX_PACKET}  # ar
 _ARENA = VNET_HDR_LEN + 40 + MAX_PACKET
 
 
-def residue(data: Buffer) -> int:
-    """The one's complement sum of ``data`` as 16-bit big-endian words, modulo 0xFFFF.
-
-    An odd length is padded with a zero byte, as RFC 1071 says.
-    """
-    value = int.from_bytes(data, "big")
-    if len(data) & 1:
-        value <<= 8
-    return value % 0xFFFF
-
-
-def checksum(data: Buffer, extra: int = 0) -> int:
-    """The Internet checksum of ``data`` plus ``extra`` (e.g. a pseudo-header sum)."""
-    return -(residue(data) + extra) % 0xFFFF
-
-
-def fold(value: int) -> int:
-    """``value`` as a 16-bit one's complement sum (0 only for an all-zero sum)."""
-    if not value:
-        return 0
-    r = value % 0xFFFF
-    return r if r else 0xFFFF
-
-
 def pseudo_sum(addrs: Buffer, length: int, proto: int = TCP) -> int:
     """The pseudo-header's contribution (RFC 793 / RFC 8200 §8.1), modulo 0xFFFF."""
     return (int.from_bytes(addrs, "big") + length + proto) % 0xFFFF
+
+
+def partial_checksum(addrs: Buffer, length: int, proto: int = TCP) -> int:
+    """What a ``NEEDS_CSUM`` (CHECKSUM_PARTIAL) packet carries in its checksum field: the
+    pseudo-header's sum, folded and not inverted - Linux's ``~csum_tcpudp_magic()``."""
+    return 0xFFFF - fold_checksum(pseudo_sum(addrs, length, proto))
 
 
 class _Flow:
@@ -350,11 +334,11 @@ class Coalescer:
                 if f.proto == TCP:
                     if f.psh:
                         arena[t + 13] |= PSH
-                    struct.pack_into("!H", arena, t + 16, fold(pseudo_sum(addrs, tcp_len)))
+                    struct.pack_into("!H", arena, t + 16, partial_checksum(addrs, tcp_len))
                     VNET_HDR.pack_into(arena, 0, F_NEEDS_CSUM, gso, f.hl, f.mss, ip_hl, 16)
                 else:
                     struct.pack_into("!HH", arena, t + 4, tcp_len,
-                                     fold(pseudo_sum(addrs, tcp_len, UDP)))
+                                     partial_checksum(addrs, tcp_len, UDP))
                     VNET_HDR.pack_into(arena, 0, F_NEEDS_CSUM, GSO_UDP_L4, f.hl, f.mss, ip_hl, 6)
                 os.write(self.fd, view[:f.end])
                 self.coalesced += f.count
@@ -431,9 +415,7 @@ __all__ = [
     "VNET_HDR_LEN",
     "ZERO_HDR",
     "Coalescer",
-    "checksum",
-    "fold",
+    "partial_checksum",
     "pseudo_sum",
-    "residue",
     "segment_tcp",
 ]

@@ -138,7 +138,7 @@ _U16 = struct.Struct("!H")
 _PORT_PROTOS = frozenset((6, 17, 132, 136))
 _ICMP_PROTOS = frozenset((1, 58))
 _IPV6_EXT = frozenset((0, 43, 60))
-_IPV6_FRAG = 44
+_IPV6_FRAG = int(IpProto.IPV6_FRAG)
 _M32 = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
 
