@@ -88,6 +88,7 @@ from ipsecd.control import ControlError, ControlServer, RequestError, prepare_so
 from ipsecd.drops import Drop
 from ipsecd.esp import EspContext
 from ipsecd.iana import IpProto
+from ipsecd.ipcomp import IpcompContext
 from ipsecd.sa import IPAddress, SAState, SecurityAssociation
 from ipsecd.sad import SAD, SAKey
 from ipsecd.satable import (
@@ -969,8 +970,8 @@ class Daemon:
     def _desired(self, sad: SAD) -> dict[tuple[SAKey, Direction], SecurityAssociation]:
         want: dict[tuple[SAKey, Direction], SecurityAssociation] = {}
         for sa in sad.dump():
-            if sa.state is SAState.DEAD or sa.protocol not in (IpProto.ESP, IpProto.AH):
-                continue  # IPComp has no datapath yet
+            if sa.state is SAState.DEAD:
+                continue
             if sa.dst in self.local:
                 want[(sa.key, Direction.IN)] = sa
             if sa.src in self.local:
@@ -992,8 +993,7 @@ class Daemon:
         local = self.local
         for key in changes:
             sa = sad.get(*key)
-            if (sa is None or sa.state is SAState.DEAD
-                    or sa.protocol not in (IpProto.ESP, IpProto.AH)):
+            if sa is None or sa.state is SAState.DEAD:
                 plan += [((key, Direction.IN), None), ((key, Direction.OUT), None)]
                 continue
             plan.append(((key, Direction.IN), sa if sa.dst in local else None))
@@ -1024,12 +1024,15 @@ class Daemon:
             # What decides whether a context builds: algorithms, key sizes, mode, ESN, UDP.
             # IKE installs the same kinds of SA one after another; check each kind once.
             kind = (sa.protocol, sa.enc, len(sa.enc_key), sa.auth, len(sa.auth_key), sa.esn,
-                    sa.mode, sa.encap is not None, sa.src.version, sa.legacy)
+                    sa.mode, sa.encap is not None, sa.src.version, sa.legacy, sa.comp,
+                    sa.spi if sa.protocol == IpProto.IPCOMP else 0)
             if kind in self._good_kinds:
                 continue
             try:
                 if sa.protocol == IpProto.AH:
                     AhContext(sa, allow_legacy=self.config.daemon.allow_legacy)
+                elif sa.protocol == IpProto.IPCOMP:
+                    IpcompContext(sa)  # the algorithm, and the CPI (RFC 3173 §3.3)
                 else:
                     EspContext(sa, allow_legacy=self.config.daemon.allow_legacy)
             except (TransformError, ValueError) as exc:

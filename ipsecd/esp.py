@@ -60,7 +60,11 @@ or HMAC ``ICV``, pad bytes that are not 1, 2, 3, ... or a pad length longer
 than the payload ``PADDING`` (RFC 4303 §2.4: the receiver SHOULD inspect the
 padding, and we always build it that way), next header 59 ``DUMMY`` (RFC 4303
 §2.6, after the ICV verified and the window moved: it is a genuine packet),
-a tunnel-mode next header other than 4/41 ``BAD_NEXT_HEADER``.  Outbound, a
+a tunnel-mode next header other than 4/41 ``BAD_NEXT_HEADER`` (for next header
+108, IPComp inside tunnel-mode ESP as Linux and strongSwan send it, RFC 3173,
+the result still locates the payload: ``(BAD_NEXT_HEADER, payload_start,
+payload_end, 108)``, so a caller that does IPComp can continue where the
+codec cannot - it has no inner IP packet to return).  Outbound, a
 sequence number 0 or beyond the SA's space is ``SEQ_OVERFLOW``.  Only
 configuration errors raise (:class:`ipsecd.transforms.TransformError`, when the
 context is built).  Outer IP fragments must be reassembled before
@@ -228,6 +232,7 @@ _M32 = 0xFFFFFFFF
 _ESP = IpProto.ESP.value
 _UDP = IpProto.UDP.value
 _NONXT = IpProto.IPV6_NONXT.value
+_IPCOMP = IpProto.IPCOMP.value
 
 _ESP_HDR = struct.Struct("!II")  # SPI, sequence number (low 32 bits)
 _ESP_HDR_IV64 = struct.Struct("!IIQ")  # SPI, sequence number, 8-byte counter IV
@@ -512,6 +517,8 @@ def finish(buf, start, end, header):
             return D_MALFORMED
     elif next_header == $NONXT:
         return D_DUMMY
+    elif next_header == $IPCOMP:
+        return (D_BAD_NEXT_HEADER[0], ct, payload_end, next_header)
     else:
         return D_BAD_NEXT_HEADER
     return (OK, ct, ct + inner_len, next_header)
@@ -713,7 +720,9 @@ class EspContext:
     ``decap_into(buf, start, end, window) -> (drop, inner_start, inner_end, next_header)``
         Decapsulate the ESP packet ``buf[start:end]`` in place; ``window`` is
         the SA's :class:`ReplayWindow`, checked before the ICV and updated
-        after it verified.  On a drop the other fields are 0.
+        after it verified.  On a drop the other fields are 0, except for an
+        IPComp payload in tunnel mode (next header 108, see "Drops, not
+        exceptions"): ``(BAD_NEXT_HEADER, payload_start, payload_end, 108)``.
 
     A context is not thread-safe (the nonce is assembled in a per-context
     scratch buffer): use one per thread or process, as the workers do.
@@ -1228,6 +1237,9 @@ class EspContext:
                     inner_len = 40 + (buf[ct + 4] << 8 | buf[ct + 5])
                     if inner_len > room:
                         return _D_MALFORMED
+                elif next_header == _IPCOMP:
+                    # Not an IP packet: the caller that does IPComp takes it from here.
+                    return (Drop.BAD_NEXT_HEADER, ct, payload_end, next_header)
                 else:
                     return _D_BAD_NEXT_HEADER
                 outer_ecn = buf[start + 1] & 3 if version == 4 else buf[start + 1] >> 4 & 3
@@ -1410,6 +1422,7 @@ class EspContext:
             MIN_TOTAL=ct_offset + align + 16,
             MAX_TRAILER=len(trailers) - 1,
             NONXT=_NONXT,
+            IPCOMP=_IPCOMP,
             CACHE_MAX=_LAYOUT_CACHE_MAX,
         )
         self._forget = (*self._forget, forget)

@@ -192,9 +192,22 @@ class IpcompContext:
         """
         return encap_guard(lambda: self._encap(packet), "IPComp")
 
-    def _encap(self, packet: Buffer) -> bytes:
+    def compress(self, packet: Buffer) -> tuple[Drop, bytes | None]:
+        """``packet`` with an IPComp header, or ``(Drop.OK, None)`` when it goes uncompressed.
+
+        As :meth:`encap`, for a caller that sends the uncompressed form its own
+        way (the datapath: plain tunnel-mode ESP rather than IP-in-IP inside
+        ESP).  Tunnel mode gives outer header | IPComp | compressed inner packet.
+        """
+        drop, out = encap_guard(lambda: self._encap(packet, compressed_only=True), "IPComp")
+        return drop, out or None  # b"": not worth compressing
+
+    def _encap(self, packet: Buffer, *, compressed_only: bool = False) -> bytes:
         data = ip_datagram(packet)
         if self.mode is Mode.TUNNEL:
+            if compressed_only:
+                compressed = self._compress(data)
+                return b"" if compressed is None else self._tunnel_compressed(data, compressed)
             return self._encap_tunnel(data)
         if data[0] >> 4 == 4:
             if ipv4_is_fragment(data):
@@ -205,17 +218,22 @@ class IpcompContext:
             ipv6_check_unfragmented(data, off)
         compressed = self._compress(memoryview(data)[off:])
         if compressed is None:
-            return data
+            return b"" if compressed_only else data
         return replace_payload(data, off, nh_field, IpProto.IPCOMP,
                                IPCOMP_HEADER.pack(nh, 0, self.cpi) + compressed)
 
     def _encap_tunnel(self, inner: bytes) -> bytes:
-        next_header = IpProto.IPV4 if inner[0] >> 4 == 4 else IpProto.IPV6
-        ident = next(self._ident) & 0xFFFF
         compressed = self._compress(inner)
         if compressed is None:
+            next_header = IpProto.IPV4 if inner[0] >> 4 == 4 else IpProto.IPV6
+            ident = next(self._ident) & 0xFFFF
             outer = tunnel_header(self.src, self.dst, next_header, inner, len(inner), ident)
             return b"".join((outer, inner))
+        return self._tunnel_compressed(inner, compressed)
+
+    def _tunnel_compressed(self, inner: bytes, compressed: bytes) -> bytes:
+        next_header = IpProto.IPV4 if inner[0] >> 4 == 4 else IpProto.IPV6
+        ident = next(self._ident) & 0xFFFF
         payload = IPCOMP_HEADER.pack(next_header, 0, self.cpi) + compressed
         outer = tunnel_header(self.src, self.dst, IpProto.IPCOMP, inner, len(payload), ident)
         return b"".join((outer, payload))
@@ -268,6 +286,29 @@ class IpcompContext:
         if self.mode is Mode.TUNNEL:
             return _tunnel_inner(data, payload, next_header)
         return Drop.OK, replace_payload(data, off, nh_field, next_header, payload)
+
+    def decap_tunnel_payload(self, outer: Buffer, payload: Buffer) -> tuple[Drop, bytes]:
+        """Tunnel mode: the inner packet of ``payload`` (IPComp header onwards).  Never raises.
+
+        For IPComp inside tunnel-mode ESP (ESP next header 108): ESP removed
+        the outer header's protocol, so the caller hands over the outer IP
+        header (its ECN is merged into the inner packet, RFC 6040 §4.2) and
+        the bytes after ESP's header.  Drops as :meth:`decap`.
+        """
+        return decap_guard(lambda: self._decap_payload(outer, payload), "IPComp")
+
+    def _decap_payload(self, outer: Buffer, payload: Buffer) -> tuple[Drop, bytes]:
+        if len(payload) < IPCOMP_HEADER_BYTES:
+            return Drop.RUNT, b""
+        next_header, _flags, cpi = IPCOMP_HEADER.unpack_from(payload, 0)
+        if cpi != self.cpi:
+            return Drop.UNKNOWN_SPI, b""
+        if next_header not in _TUNNEL_NEXT_HEADERS:
+            return Drop.BAD_NEXT_HEADER, b""
+        inner = inflate(memoryview(payload)[IPCOMP_HEADER_BYTES:], MAX_IP_LENGTH)
+        if inner is None:
+            return Drop.DECOMPRESS, b""
+        return _tunnel_inner(bytes(outer), inner, next_header)
 
     def _uncompressed(self, data: bytes, off: int, proto: int) -> tuple[Drop, bytes]:
         # RFC 3173 §2.2: the peer sent this one uncompressed.

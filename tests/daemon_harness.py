@@ -37,35 +37,56 @@ KEY_BA = "0x0f1e2d3c4b5a69788796a5b4c3d2e1f0a1b2c3d4"
 
 
 def transport_script(a: str, b: str, *, spi_ab: int = 0x1001, spi_ba: int = 0x1002,
-                     local: str | None = None, extra: str = "") -> str:
-    """The HOWTO's host-to-host transport mode between ``a`` and ``b`` as seen from ``local``."""
+                     local: str | None = None, extra: str = "", ipcomp: int = 0) -> str:
+    """The HOWTO's host-to-host transport mode between ``a`` and ``b`` as seen from ``local``.
+
+    ``ipcomp``: a CPI for IPComp SAs both ways (deflate, the HOWTO's "-C deflate"),
+    and policies that compress before ESP (``ipcomp/transport//use esp/...``)."""
     local = a if local is None else local
     peer = b if local == a else a
+    comp = ""
+    request = "esp/transport//require"
+    if ipcomp:
+        comp = (f"add {a} {b} ipcomp {ipcomp:#x} -C deflate;\n"
+                f"add {b} {a} ipcomp {ipcomp:#x} -C deflate;\n")
+        request = "ipcomp/transport//use " + request
     return (
         "flush;\nspdflush;\n"
         f"add {a} {b} esp {spi_ab:#x} -m transport {extra}-E aes-gcm-16 {KEY_AB};\n"
         f"add {b} {a} esp {spi_ba:#x} -m transport {extra}-E aes-gcm-16 {KEY_BA};\n"
-        f"spdadd {local} {peer} any -P out ipsec esp/transport//require;\n"
-        f"spdadd {peer} {local} any -P in ipsec esp/transport//require;\n"
+        f"{comp}"
+        f"spdadd {local} {peer} any -P out ipsec {request};\n"
+        f"spdadd {peer} {local} any -P in ipsec {request};\n"
     )
 
 
-def tunnel_script(topo: SiteToSite, side: str, *, spi: int = 0x2001, extra: str = "") -> str:
+def tunnel_script(topo: SiteToSite, side: str, *, spi: int = 0x2001, extra: str = "",
+                  ipcomp: int = 0) -> str:
     """Site-to-site tunnel mode for gateway ``side`` ("a" or "b"): the IPv4 sites over the
     IPv4 WAN (SPIs ``spi``, ``spi + 1``), the IPv6 sites over the IPv6 WAN (``spi + 0x600``,
-    ``spi + 0x601``)."""
+    ``spi + 0x601``).  ``ipcomp``: a CPI for tunnel-mode IPComp SAs both ways (the same
+    for both families: the destination tells them apart) and policies
+    ``ipcomp/tunnel/A-B/use esp/tunnel/A-B/require``."""
     lines = ["flush;", "spdflush;"]
     wans = ((topo.gw_a_wan.v4, topo.gw_b_wan.v4), (topo.gw_a_wan.v6, topo.gw_b_wan.v6))
     for (ga, gb), site_a, site_b, base in zip(wans, topo.site_a, topo.site_b, (spi, spi + 0x600),
                                               strict=True):
         lines += [f"add {ga} {gb} esp {base:#x} -m tunnel {extra}-E aes-gcm-16 {KEY_AB};",
                   f"add {gb} {ga} esp {base + 1:#x} -m tunnel {extra}-E aes-gcm-16 {KEY_BA};"]
+        if ipcomp:
+            lines += [f"add {ga} {gb} ipcomp {ipcomp:#x} -m tunnel -C deflate;",
+                      f"add {gb} {ga} ipcomp {ipcomp:#x} -m tunnel -C deflate;"]
+
+        def req(x: str, y: str) -> str:
+            esp = f"esp/tunnel/{x}-{y}/require"
+            return f"ipcomp/tunnel/{x}-{y}/use {esp}" if ipcomp else esp
+
         if side == "a":
-            lines += [f"spdadd {site_a} {site_b} any -P out ipsec esp/tunnel/{ga}-{gb}/require;",
-                      f"spdadd {site_b} {site_a} any -P in ipsec esp/tunnel/{gb}-{ga}/require;"]
+            lines += [f"spdadd {site_a} {site_b} any -P out ipsec {req(ga, gb)};",
+                      f"spdadd {site_b} {site_a} any -P in ipsec {req(gb, ga)};"]
         else:
-            lines += [f"spdadd {site_b} {site_a} any -P out ipsec esp/tunnel/{gb}-{ga}/require;",
-                      f"spdadd {site_a} {site_b} any -P in ipsec esp/tunnel/{ga}-{gb}/require;"]
+            lines += [f"spdadd {site_b} {site_a} any -P out ipsec {req(gb, ga)};",
+                      f"spdadd {site_a} {site_b} any -P in ipsec {req(ga, gb)};"]
     return "\n".join(lines) + "\n"
 
 

@@ -397,6 +397,19 @@ def test_tunnel_next_header_and_inner_checks() -> None:
     assert decap_drop(ctx, _seal_gcm(bytes(truncated) + trailer + b"\x04", 3)) is Drop.MALFORMED
 
 
+@pytest.mark.parametrize("family", [4, 6])  # 4: the generated fast path; 6: the general one
+def test_tunnel_ipcomp_payload_is_located_for_the_caller(family: int) -> None:
+    """Next header 108 in tunnel mode (IPComp inside ESP, RFC 3173): still BAD_NEXT_HEADER
+    for a caller without IPComp, but the result says where the IPComp payload lies."""
+    ctx = make_ctx(GCM)
+    payload = struct.pack("!BBH", 4, 0, 0x1000) + b"deflate data"  # 16 bytes: 2 pad bytes
+    packet = bytearray(_seal_gcm(payload + b"\x01\x02\x02" + bytes((108,)), 1, family=family))
+    drop, start, end, next_header = ctx.decap_into(memoryview(packet), 0, len(packet),
+                                                   ReplayWindow(64))
+    assert (drop, next_header) == (Drop.BAD_NEXT_HEADER, 108)
+    assert bytes(packet[start:end]) == payload
+
+
 def test_tfc_padding_is_trimmed() -> None:
     """RFC 4303 §2.7: bytes after the inner packet inside the payload are TFC padding."""
     ctx = make_ctx(GCM)

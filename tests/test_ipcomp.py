@@ -418,3 +418,51 @@ def test_fuzz_decap(shape: tuple[Mode, int, int], data: bytes) -> None:
     drop, out = IpcompContext(make_sa(family=outer, mode=mode)).decap(data)
     assert isinstance(drop, Drop) and isinstance(out, bytes)
     assert (drop is Drop.OK) == (out != b"")
+
+
+# --- the datapath's entry points: compress() and decap_tunnel_payload() -----------------------------
+
+
+@pytest.mark.parametrize("mode", [Mode.TRANSPORT, Mode.TUNNEL])
+def test_compress_is_encap_or_none(mode: Mode) -> None:
+    """compress() gives what encap() sends when it compresses, and None when encap() would
+    send the packet uncompressed (threshold, non-expansion: RFC 3173 §2.2)."""
+    ctx = IpcompContext(make_sa(mode=mode))
+    plain = udp4(TEXT)
+    drop, out = ctx.compress(plain)
+    assert drop is Drop.OK and out is not None
+    assert IpcompContext(make_sa(mode=mode)).decap(out) == (Drop.OK, plain)
+    assert out[9] == IpProto.IPCOMP and len(out) < len(plain) + (20 if mode is Mode.TUNNEL else 0)
+    assert ctx.compress(udp4(b"tiny")) == (Drop.OK, None)  # under the threshold
+    assert ctx.compress(udp4(os.urandom(400))) == (Drop.OK, None)  # would expand
+    assert ctx.compress(b"\x45garbage")[0] is not Drop.OK
+
+
+def test_decap_tunnel_payload() -> None:
+    """The payload after tunnel-mode ESP (IPComp header onwards) and the outer header for ECN."""
+    inner = udp4(TEXT)  # Not-ECT
+    ctx = IpcompContext(make_sa(mode=Mode.TUNNEL))
+    drop, out = ctx.compress(inner)
+    assert drop is Drop.OK and out is not None
+    outer, payload = out[:20], out[20:]
+    assert ctx.decap_tunnel_payload(outer, payload) == (Drop.OK, inner)
+    ect1 = bytearray(outer)
+    ect1[1] |= 1
+    inner_ect0 = udp4(TEXT, tos=2)
+    drop, out2 = ctx.compress(inner_ect0)
+    assert out2 is not None
+    assert ctx.decap_tunnel_payload(ect1, out2[20:])[0] is Drop.OK
+    ce = bytearray(outer)
+    ce[1] |= 3
+    assert ctx.decap_tunnel_payload(ce, payload)[0] is Drop.ECN  # CE over Not-ECT (RFC 6040)
+    bad = bytearray(payload)
+    bad[2:4] = b"\x99\x99"
+    assert ctx.decap_tunnel_payload(outer, bad)[0] is Drop.UNKNOWN_SPI
+    bad = bytearray(payload)
+    bad[0] = IpProto.UDP
+    assert ctx.decap_tunnel_payload(outer, bad)[0] is Drop.BAD_NEXT_HEADER
+    assert ctx.decap_tunnel_payload(outer, payload[:-3])[0] is Drop.DECOMPRESS
+    assert ctx.decap_tunnel_payload(outer, payload[:3])[0] is Drop.RUNT
+    bomber = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = payload[:4] + bomber.compress(bytes(1 << 20)) + bomber.flush()
+    assert ctx.decap_tunnel_payload(outer, bomb)[0] is Drop.DECOMPRESS

@@ -86,7 +86,8 @@ from ipsecd.ah import AhContext
 from ipsecd.drops import Drop
 from ipsecd.esp import EspContext, Inbound, peek
 from ipsecd.iana import IpProto
-from ipsecd.packet import ipv6_ipsec_offset
+from ipsecd.ipcomp import IpcompContext
+from ipsecd.packet import PacketError, ipv6_find_header, ipv6_ipsec_offset
 from ipsecd.replay import ReplayWindow
 from ipsecd.sa import Mode, SecurityAssociation
 from ipsecd.satable import (
@@ -107,6 +108,7 @@ from workers.policy import (
     MODE_TUNNEL,
     PolicyReader,
     PolicySet,
+    Request,
     Rule,
 )
 from workers.reassembly import Claim, Reassembler, is_fragment, spi_claim
@@ -146,6 +148,9 @@ _M64 = (1 << 64) - 1
 OUT_ESP = 0
 OUT_BYPASS = 1
 OUT_DROP = 2
+# ESP with IPComp first: OUT_ESP's fields, then the IPComp context, the IPComp SA's
+# slot and the decision for the compressed packet (_ipcomp_decision).
+OUT_IPCOMP = 3
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,29 @@ class _AhIn(_In):
         self._sa(slot, uid, window, sa)
 
 
-_E = TypeVar("_E", bound=_In)
+class _Ipcomp:
+    """An IPComp SA (RFC 3173), either direction: a codec context per mode it may serve.
+
+    IPComp keeps no per-packet state (no sequence numbers, no window), so every
+    worker holds every inbound IPComp SA: the ESP SA it arrives in steers the
+    packet to whichever worker, not the CPI.  An SA of mode ``any`` (setkey's
+    default) serves both modes: the request (outbound) or the ESP SA that
+    carried the packet (inbound) decides.
+    """
+
+    __slots__ = ("dst", "slot", "spi", "transport", "tunnel", "uid")
+
+    def __init__(self, slot: int, uid: int, sa: SecurityAssociation) -> None:
+        self.slot = slot
+        self.uid = uid
+        self.spi = sa.spi  # the CPI
+        self.dst = sa.dst.packed
+        self.transport = (IpcompContext(sa, mode=Mode.TRANSPORT)
+                          if sa.mode is not Mode.TUNNEL else None)
+        self.tunnel = IpcompContext(sa, mode=Mode.TUNNEL) if sa.mode is not Mode.TRANSPORT else None
+
+
+_E = TypeVar("_E", bound="_In | _Ipcomp")
 
 
 _UNKNOWN: Any = object()  # no SA with this SPI
@@ -351,6 +378,12 @@ class Worker:
         self.inbound_ah: dict[int, _AhIn | None] = self.ah_index.by_spi
         self.inbound_ah_by_dst: dict[tuple[int, bytes], _AhIn] = self.ah_index.by_dst
         self.outbound: dict[int, _Out] = {}
+        # IPComp SAs (RFC 3173) by CPI - every worker has all of them (see _Ipcomp) -
+        # and outbound by slot; transport-mode copies of tunnel-mode ESP SAs, made on
+        # first use, for IPComp in tunnel mode (_transport_twin).
+        self.ipcomp_index: _SpiIndex[_Ipcomp] = _SpiIndex()
+        self.ipcomp_out: dict[int, _Ipcomp] = {}
+        self.twins: dict[int, _Out] = {}
         self.policy_generation = -1
         self.policies = PolicySet()
         self.out_flows: dict[Any, tuple[Any, ...]] = {}
@@ -451,8 +484,15 @@ class Worker:
                 if sa.protocol == IpProto.AH:
                     self._load_ah(slot, entry.uid, entry.direction, sa)
                     continue
+                if sa.protocol == IpProto.IPCOMP:
+                    e = _Ipcomp(slot, entry.uid, sa)
+                    if entry.direction is Direction.IN:
+                        self.ipcomp_index.add(e)  # every worker: see _Ipcomp
+                    else:
+                        self.ipcomp_out[slot] = e
+                    continue
                 if sa.protocol != IpProto.ESP:
-                    continue  # IPComp is not in the datapath yet
+                    continue
                 # No legacy-algorithm warning here: the control process logged
                 # it once for the SA when it checked the plan (daemon._check_plan).
                 if entry.direction is Direction.IN:
@@ -492,6 +532,9 @@ class Worker:
         self.outbound.pop(slot, None)
         self.in_index.forget(slot)
         self.ah_index.forget(slot)
+        self.ipcomp_index.forget(slot)
+        self.ipcomp_out.pop(slot, None)
+        self.twins.pop(slot, None)
 
     def _shared_spi(self, spi: int, pkt: memoryview) -> _In | None:
         """The SA of a shared SPI, by the packet's destination address."""
@@ -558,11 +601,17 @@ class Worker:
             if e is None or e is _UNKNOWN:
                 self._wk_drop(Drop.UNKNOWN_SPI, "unknown_spi", spi)
                 continue
-            drop, s, en, _ = e.decap(rx, 0, end, e.window)
+            drop, s, en, nh = e.decap(rx, 0, end, e.window)
             if drop:
+                if nh == _IPCOMP:  # IPComp in tunnel-mode ESP (esp.py: the payload's place)
+                    self._inbound_ipcomp(e, rx, s, en, True)
+                    continue
                 self._sa_drop(e.slot, drop, spi)
                 continue
             if not check(e, rx, s, en):
+                if nh == _IPCOMP:  # transport mode: the check refuses protocol 108 to send it here
+                    self._inbound_ipcomp(e, rx, s, en, False)
+                    continue
                 self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
                 continue
             if push is not None:
@@ -625,6 +674,66 @@ class Worker:
                 self._tun_write_failed(exc)
                 return  # not forwarded: not counted on the SA
         self._count(self.acc, e.slot, 1, n)
+
+    def _inbound_ipcomp(self, e: _In, rx: memoryview, s: int, en: int, tunnel: bool) -> None:
+        """ESP's plaintext ``rx[s:en]`` is IPComp (next header 108, RFC 3173): decompress it.
+
+        Outside the ESP fast path, which reaches here only through its drop
+        (tunnel mode) or policy-check failure (transport mode) branch.  Tunnel
+        mode: ``rx[s:en]`` is the IPComp header and data, the outer header
+        still at ``rx[0]``; transport mode: an IP packet with protocol 108.
+        The CPI picks the IPComp SA among ours (the ESP SA's destination);
+        the decompressed packet then takes the ESP SA's policy check and goes
+        to the TUN as any other.  IPComp is optional on receipt (RFC 3173
+        §2.2): uncompressed packets never come here.
+        """
+        if tunnel:
+            at = s
+        elif rx[s] >> 4 == 4:
+            at = s + ((rx[s] & 15) << 2)
+        else:
+            try:
+                at = s + ipv6_find_header(rx[s:en])[0]
+            except PacketError:
+                self._sa_drop(e.slot, Drop.MALFORMED, e.spi)
+                return
+        if at + 4 > en:
+            self._sa_drop(e.slot, Drop.RUNT, e.spi)
+            return
+        cpi = int(_U16.unpack_from(rx, at + 2)[0])
+        c = self.ipcomp_index.by_spi.get(cpi, _UNKNOWN)
+        if c is None:
+            c = self.ipcomp_index.by_dst.get((cpi, e.dst), _UNKNOWN)
+        if c is _UNKNOWN:
+            self._sa_drop(e.slot, Drop.UNKNOWN_SPI, cpi)  # no IPComp SA: counted on its carrier
+            return
+        ctx = c.tunnel if tunnel else c.transport
+        if ctx is None:  # an IPComp SA of the other mode
+            self._sa_drop(c.slot, Drop.BAD_NEXT_HEADER, cpi)
+            return
+        if tunnel:
+            drop, packet = ctx.decap_tunnel_payload(rx[:40], rx[s:en])  # the outer ECN
+        else:
+            drop, packet = ctx.decap(rx[s:en])
+        if drop:
+            self._sa_drop(c.slot, drop, cpi)
+            return
+        carried = en - s
+        n = len(packet)
+        rx[:n] = packet  # where ESP's plaintext would be: the GRO coalescer reads from rx
+        if not self._inbound_check(e, rx, 0, n):
+            self._sa_drop(e.slot, Drop.POLICY_MISMATCH, e.spi)
+            return
+        if self.gro is not None:
+            self.gro.push(rx, 0, n)
+        else:
+            try:
+                os.write(self.tun.fileno(), rx[:n])
+            except OSError as exc:
+                self._tun_write_failed(exc)
+                return  # not forwarded: not counted on the SAs
+        self._count(self.acc, e.slot, 1, carried)
+        self._count(self.acc, c.slot, 1, n)
 
     def _tun_write_failed(self, exc: OSError, packets: int = 1) -> None:
         """A write the kernel refused: counted (per packet inside it) and logged.
@@ -747,6 +856,8 @@ class Worker:
         rule = ps.lookup(direction, version, int.from_bytes(src, "big"),
                          int.from_bytes(dst, "big"), proto, ports >> 16, ports & 0xFFFF)
         transport = e.mode == MODE_TRANSPORT
+        if proto == _IPCOMP and transport:
+            return 0  # IPComp inside transport-mode ESP: _inbound_ipcomp checks what it holds
         if rule is None or rule.action == ACTION_NONE:
             # As Linux (__xfrm_policy_check): without a policy that asks for
             # IPsec, only what came through transport-mode SAs is accepted.
@@ -838,6 +949,13 @@ class Worker:
                 need[slot] = need.get(slot, 0) + 1
             elif kind == OUT_BYPASS:
                 self._bypass(buf[h:h + length], version, addrs)
+            elif kind == OUT_IPCOMP:  # outside the ESP fast path, as bypass and drops are
+                if length > d[3]:
+                    # MTU decisions use the uncompressed size: conservative (compression
+                    # might have made it fit), and a too-big packet goes uncompressed.
+                    self._too_big(buf, h, length, d, pending, need)
+                else:
+                    self._compress(buf, h, length, d, pending, need)
             else:
                 reason = d[1]
                 if d[2] is not None:
@@ -850,6 +968,29 @@ class Worker:
         if pending:
             self._encrypt(pending, need)
         return n
+
+    def _compress(self, buf: memoryview, h: int, length: int, d: tuple[Any, ...],
+                  pending: list[tuple[memoryview, int, tuple[Any, ...]]],
+                  need: dict[int, int]) -> None:
+        """IPComp (RFC 3173) before ESP: ``buf[h:h + length]`` compressed in place, then queued.
+
+        Compressed, the packet is queued with the decision for it (ESP next header
+        108); not worth compressing (threshold, non-expansion, RFC 3173 §2.2), it
+        is queued as plain ESP.  Either way it is counted on the IPComp SA, with
+        its uncompressed size, as Linux counts the packets an IPComp state sees.
+        """
+        slot = d[1]
+        drop, packet = d[7].compress(buf[h:h + length])
+        if drop:
+            self._sa_drop(d[8], drop, 0)
+            return
+        self._count(self.acc, d[8], 1, length)
+        if packet is not None and len(packet) < self.capacity:
+            n = len(packet)
+            buf[h:h + n] = packet
+            length, d = n, d[9]
+        pending.append((buf, length, d))
+        need[slot] = need.get(slot, 0) + 1
 
     def _encrypt(self, pending: list[tuple[memoryview, int, tuple[Any, ...]]],
                  need: dict[int, int]) -> None:
@@ -926,9 +1067,16 @@ class Worker:
         if rule.action == ACTION_DISCARD:
             return (OUT_DROP, Drop.DISCARD, None)
         chosen: _Out | None = None
+        chosen_req: Request | None = None
+        comp_req: Request | None = None
         for req in rule.requests:
             if req.protocol == _IPCOMP:
-                continue  # RFC 3173 §2.2: sending uncompressed is always allowed
+                # KAME order: ipcomp/.../use before esp: compress, then ESP.  Without
+                # its SA the packet goes uncompressed, which is always allowed (RFC
+                # 3173 §2.2), so an IPComp request never drops nor asks IKE for an SA.
+                if comp_req is None:
+                    comp_req = req
+                continue
             slot = self.policies.outbound_slot(req, src, dst)
             out = self.outbound.get(slot) if slot is not None else None
             if req.protocol != _ESP and req.protocol != _AH:
@@ -949,8 +1097,11 @@ class Worker:
                     return (OUT_DROP, Drop.NO_SA, None)
                 continue
             if chosen is None:
-                chosen = out
+                chosen, chosen_req = out, req
         if chosen is None:
+            if comp_req is not None:
+                self._note("ipcomp_alone", "IPComp without ESP is not supported by the datapath: "
+                           f"{_addr(src)} -> {_addr(dst)} goes uncompressed")
             return (OUT_BYPASS,)
         info = self.policies.slots.get(chosen.slot)
         path_mtu = info.path_mtu if info is not None else 1500
@@ -964,8 +1115,77 @@ class Worker:
                 header = ipv6_ipsec_offset(buf[h:h + length])[0]
             except ValueError:
                 header = 40
-        return (OUT_ESP, chosen.slot, chosen.encap, chosen.max_inner(path_mtu, header), tx,
-                version, path_mtu)
+        d = (OUT_ESP, chosen.slot, chosen.encap, chosen.max_inner(path_mtu, header), tx,
+             version, path_mtu)
+        if comp_req is not None and chosen_req is not None:
+            return self._ipcomp_decision(d, chosen, chosen_req, comp_req, src, dst)
+        return d
+
+    def _ipcomp_decision(self, d: tuple[Any, ...], chosen: _Out, chosen_req: Request,
+                         comp_req: Request, src: bytes, dst: bytes) -> tuple[Any, ...]:
+        """The ESP decision ``d`` with IPComp in front of it, if its SA is installed.
+
+        Wire format as Linux and strongSwan send it: outer IP | ESP | IPComp |
+        DEFLATE data, ESP's next header 108.  Transport mode: the IPComp codec's
+        output (protocol 108) goes through the ESP SA as any packet.  Tunnel
+        mode: the codec makes outer IP (the SA's addresses) | IPComp | the
+        compressed inner packet, and a transport-mode copy of the tunnel ESP SA
+        (same keys and sequence numbers) puts ESP after that outer header, so
+        there is one outer header, not two.  Uncompressed packets are plain ESP.
+        Anything else - IPComp under AH, modes or tunnel end points that differ
+        between the two requests, an IPComp SA of the other mode - goes
+        uncompressed, logged.
+        """
+        slot = self.policies.outbound_slot(comp_req, src, dst)
+        c = self.ipcomp_out.get(slot) if slot is not None else None
+        if c is None:
+            return d  # no IPComp SA (yet): uncompressed
+        tunnel = comp_req.mode == MODE_TUNNEL
+        why = ""
+        if isinstance(chosen, _AhOut):
+            why = "IPComp with AH is not supported"
+        elif tunnel != chosen.tunnel or (tunnel and (comp_req.src, comp_req.dst)
+                                         != (chosen_req.src, chosen_req.dst)):
+            why = "the IPComp and ESP requests differ in mode or tunnel end points"
+        ctx = c.tunnel if tunnel else c.transport
+        if not why and ctx is None:
+            why = f"IPComp SA {c.spi:#x} has the other mode"
+        if why or ctx is None:
+            self._note("ipcomp_unusable", f"{why}: {_addr(src)} -> {_addr(dst)} goes uncompressed")
+            return d
+        encap = d[2]
+        if tunnel:
+            twin = self._transport_twin(chosen)
+            if twin is None:
+                return d
+            encap = twin.encap
+        return (OUT_IPCOMP, *d[1:], ctx, c.slot, (OUT_ESP, d[1], encap, *d[3:]))
+
+    def _transport_twin(self, out: _Out) -> _Out | None:
+        """A transport-mode context of the tunnel-mode ESP SA ``out`` (made once, kept).
+
+        The worker wiped its copy of the keys when it built ``out``, so the slot
+        is read again (seqlock copy) and this copy wiped in turn.  Sequence
+        numbers still come from the slot's one counter, so the two contexts
+        never use a number twice.
+        """
+        twin = self.twins.get(out.slot)
+        if twin is not None and twin.uid == out.uid:
+            return twin
+        entry = self.table.read(out.slot)
+        if entry is None or entry.uid != out.uid:
+            return None  # replaced meanwhile: the next generation brings new decisions
+        sa = entry.sa
+        try:
+            sa.mode = Mode.TRANSPORT
+            ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+            twin = self.twins[out.slot] = _Out(out.slot, out.uid, ctx, sa)
+        except Exception as exc:  # as in _reload_sas: the control process validated it
+            self._note("bad_sa", f"SA {sa.spi:#x} in slot {out.slot} unusable: {exc}")
+            return None
+        finally:
+            sa.wipe()
+        return twin
 
     def _too_big(self, buf: memoryview, h: int, length: int, d: tuple[Any, ...],
                  pending: list[tuple[memoryview, int, tuple[Any, ...]]],
@@ -1074,7 +1294,7 @@ class Worker:
         if length >= self.capacity:
             return False  # truncated: the caller counts it
         d = self._decision(version, addrs, proto, ports, buf, h, length)
-        if d[0] != OUT_ESP:
+        if d[0] not in (OUT_ESP, OUT_IPCOMP):
             return False
         out = self.outbound.get(d[1])
         if out is None or out.tunnel:
@@ -1122,7 +1342,7 @@ class Worker:
             ports = _ports(proto, big, at, end)
         d = self._decision(version, addrs, proto, ports, big, h, length)
         kind = d[0]
-        if kind == OUT_ESP:
+        if kind in (OUT_ESP, OUT_IPCOMP):  # big: uncompressed, as in _outbound
             if length > d[3] and version == 4:
                 self._too_big(big, h, length, d, pending, need)
             else:
@@ -1256,6 +1476,9 @@ class Worker:
             self.policy_reader.close()
         self.in_index.clear()
         self.ah_index.clear()
+        self.ipcomp_index.clear()
+        self.ipcomp_out.clear()
+        self.twins.clear()
         self.outbound.clear()
         self.out_flows.clear()
 

@@ -1,0 +1,335 @@
+"""IPComp (RFC 3173, DEFLATE RFC 2394) in front of ESP between running ``ipsecd`` daemons.
+
+The HOWTO's manual keying with ``add A B ipcomp 0x1000 -C deflate`` both ways
+and policies ``ipcomp/transport//use esp/transport//require`` (host to host)
+or ``ipcomp/tunnel/A-B/use esp/tunnel/A-B/require`` (site to site), IPv4 and
+IPv6.  What goes on the wire is checked with implementations we did not
+write: scapy's ESP decrypts captured packets with the script's keys, and
+zlib's raw inflate turns the IPComp data back into what was sent.  A scapy
+peer sends ESP(IPComp(raw deflate)) itself, and hostile IPComp inside valid
+ESP is a counted drop that does not stop the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daemon_harness import (
+    KEY_AB,
+    KEY_BA,
+    Daemon,
+    Gateways,
+    Hosts,
+    start,
+    transport_pair,
+    transport_script,
+    tunnel_pair,
+    tunnel_script,
+    wait_ready,
+)
+from netns import (
+    HostToHost,
+    Injector,
+    Lab,
+    Netns,
+    host_to_host,
+    needs_root,
+    ping,
+    remove_stale,
+    wait_until,
+)
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import SecurityAssociation as ScapySA
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+
+pytestmark = [pytest.mark.netns, needs_root()]
+
+CPI = 0x1000
+IPCOMP = 108
+SO_MARK, MARK = 36, 1  # the daemons' default [datapath] mark
+ETH_P_ALL, PACKET_OUTGOING = 0x0003, 4
+# Compressible, and big: about 1200 bytes of echo data.
+PAYLOAD = b"IPComp in front of ESP, RFC 3173 and RFC 2394. " * 25
+
+
+def _transport(topo: HostToHost, side: str) -> str:
+    a, b = topo.a, topo.b
+    v4 = transport_script(a.v4, b.v4, local=a.v4 if side == "a" else b.v4, ipcomp=CPI)
+    # The IPv6 SAs share the IPv4 ones' SPIs and CPI: the destination tells them apart.
+    v6 = transport_script(a.v6, b.v6, local=a.v6 if side == "a" else b.v6, ipcomp=CPI)
+    return v4 + v6.replace("flush;\nspdflush;\n", "")
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    with transport_pair(tmp_path_factory.mktemp("ipcomp-tr"), "ct", _transport) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with tunnel_pair(tmp_path_factory.mktemp("ipcomp-tu"), "cu",
+                     lambda topo, side: tunnel_script(topo, side, ipcomp=CPI)) as pair:
+        yield pair
+
+
+def _scapy_sa(spi: int, key: str) -> ScapySA:
+    """scapy's ESP SA for one of the script's AES-GCM-16 SAs (key + salt, as setkey has it)."""
+    return ScapySA(ESP, spi=spi, crypt_algo="AES-GCM",  # type: ignore[no-untyped-call]
+                   crypt_key=bytes.fromhex(key[2:]))
+
+
+def _esp_frames(frames: list[bytes]) -> list[Packet]:
+    """The captured frames' IP packets, after checking nothing but ESP carried traffic.
+
+    IPv4: ESP only (ARP is not IP); IPv6: ESP, or neighbour discovery / MLD.
+    """
+    out = []
+    for frame in frames:
+        eth = Ether(frame)
+        if IP in eth:
+            assert eth[IP].proto == 50, eth.summary()
+            out.append(eth[IP])
+        elif IPv6 in eth:
+            ip6 = eth[IPv6]
+            if ip6.nh == 50:
+                out.append(ip6)
+            else:
+                assert ip6.nh in (0, 58), ip6.summary()  # ND, or MLD after hop-by-hop
+                assert ICMPv6EchoRequest not in ip6 and ICMPv6EchoReply not in ip6
+    return out
+
+
+def _ipcomp_of(packet: Packet, sa: ScapySA) -> tuple[int, int, bytes]:
+    """Decrypt with scapy's ESP: (ESP next header, IPComp next header, inflated data)."""
+    clear = sa.decrypt(packet)  # type: ignore[no-untyped-call]  # transport: IP + payload
+    nh = clear.proto if clear.version == 4 else clear.nh
+    data = bytes(clear.payload)
+    next_header, _flags, cpi = struct.unpack_from("!BBH", data)
+    assert cpi == CPI
+    return nh, next_header, zlib.decompress(data[4:], -15)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_transport_ping_is_compressed_then_encrypted(hosts: Hosts, family: int,
+                                                     tmp_path: Path) -> None:
+    topo = hosts.topo
+    a, b = (topo.a.v4, topo.b.v4) if family == 4 else (topo.a.v6, topo.b.v6)
+    cap = topo.a.ns.capture("eth0", tmp_path / "link.pcap")
+    assert ping(topo.a.ns, b, count=3, payload=PAYLOAD) == 3
+    cap.stop()
+    esp = _esp_frames(cap.packets())
+    keys = {(a, b): _scapy_sa(0x1001, KEY_AB), (b, a): _scapy_sa(0x1002, KEY_BA)}
+    seen = {(a, b): 0, (b, a): 0}
+    for packet in esp:
+        if (packet.src, packet.dst) not in keys:
+            continue
+        nh, inner_nh, data = _ipcomp_of(packet, keys[(packet.src, packet.dst)])
+        assert nh == IPCOMP and inner_nh == (1 if family == 4 else 58)
+        assert data.endswith(PAYLOAD)  # ICMP header, then the echo data
+        seen[(packet.src, packet.dst)] += 1
+    assert seen == {(a, b): 3, (b, a): 3}, esp
+    # The IPComp SAs count their packets (ipsecd status, as setkey -D would show them).
+    sas = [sa for sa in hosts.a.status()["sas"]
+           if sa["protocol"] == "ipcomp" and family == (6 if ":" in sa["dst"] else 4)]
+    by_dir = {sa["direction"]: sa for sa in sas}
+    assert by_dir["out"]["spi"] == by_dir["in"]["spi"] == CPI
+    assert by_dir["out"]["packets"] >= 3 and by_dir["in"]["packets"] >= 3
+    assert by_dir["in"]["bytes"] >= 3 * len(PAYLOAD)
+    assert not by_dir["in"]["drops"] and not by_dir["out"]["drops"]
+    dump = hosts.a.ipsecd("setkey", "-D")
+    assert dump.returncode == 0 and "ipcomp" in dump.stdout, dump.stdout + dump.stderr
+
+
+def test_small_packets_go_uncompressed_and_are_accepted(hosts: Hosts, tmp_path: Path) -> None:
+    """Below the threshold (90 bytes) the packet is plain ESP, and the peer takes it
+    (RFC 3173 §2.2): its ESP next header is the upper protocol."""
+    topo = hosts.topo
+    a, b = topo.a.v4, topo.b.v4
+    cap = topo.a.ns.capture("eth0", tmp_path / "link.pcap", "esp")
+    assert ping(topo.a.ns, b, count=2, size=16) == 2
+    cap.stop()
+    sa = _scapy_sa(0x1001, KEY_AB)
+    out = [p for p in _esp_frames(cap.packets()) if (p.src, p.dst) == (a, b)]
+    assert len(out) == 2
+    for packet in out:
+        clear = sa.decrypt(packet)  # type: ignore[no-untyped-call]
+        assert clear.proto == 1 and ICMP in clear
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_tunnel_ping_is_compressed_then_encrypted(gateways: Gateways, family: int,
+                                                  tmp_path: Path) -> None:
+    topo = gateways.topo
+    if family == 4:
+        ga, gb, src, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_a.v4, topo.net_b.v4, 0x2001
+    else:
+        ga, gb, src, dst, spi = topo.gw_a_wan.v6, topo.gw_b_wan.v6, topo.net_a.v6, topo.net_b.v6, 0x2601
+    cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "wan.pcap")
+    assert ping(topo.net_a.ns, dst, count=3, payload=PAYLOAD) == 3
+    cap.stop()
+    keys = {(ga, gb): _scapy_sa(spi, KEY_AB), (gb, ga): _scapy_sa(spi + 1, KEY_BA)}
+    seen = {(ga, gb): 0, (gb, ga): 0}
+    for packet in _esp_frames(cap.packets()):
+        if (packet.src, packet.dst) not in keys:
+            continue
+        nh, inner_nh, data = _ipcomp_of(packet, keys[(packet.src, packet.dst)])
+        # One outer header: ESP next header 108, IPComp's 4 / 41, the inner packet compressed.
+        assert nh == IPCOMP and inner_nh == (4 if family == 4 else 41)
+        inner = IP(data) if family == 4 else IPv6(data)
+        assert {inner.src, inner.dst} == {src, dst}
+        assert bytes(inner.payload).endswith(PAYLOAD)
+        seen[(packet.src, packet.dst)] += 1
+    assert seen == {(ga, gb): 3, (gb, ga): 3}
+    st = gateways.b.status()
+    comp = [sa for sa in st["sas"] if sa["protocol"] == "ipcomp" and sa["dst"] == gb]
+    assert len(comp) == 1 and comp[0]["packets"] >= 3 and comp[0]["mode"] == "tunnel"
+    assert not comp[0]["drops"]
+
+
+def _marked_injector(ns: Netns) -> Injector:
+    """Raw sockets that skip the daemon's routing table (as its own ESP does)."""
+    inj = Injector(ns)
+    for sock in (inj.raw4, inj.raw6):
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK)
+    return inj
+
+
+def _ipcomp_drops(daemon: Daemon, dst: str) -> dict[str, int]:
+    sa = next(sa for sa in daemon.status()["sas"]
+              if sa["protocol"] == "ipcomp" and sa["dst"] == dst)
+    drops: dict[str, int] = sa["drops"]
+    return drops
+
+
+def test_hostile_ipcomp_inside_valid_esp_is_a_counted_drop(hosts: Hosts) -> None:
+    """A decompression bomb and garbage, in ESP that authenticates: `decompress` drops on the
+    IPComp SA, an unknown CPI `unknown_spi` on the ESP SA; the daemon keeps forwarding.
+
+    Sent on the IPv6 SA B -> A with sequence numbers far ahead of daemon B's, so
+    A's window for it moves past what B will send: IPv4 shows the forwarding.
+    """
+    topo = hosts.topo
+    a, b = topo.a.v6, topo.b.v6
+    sa = _scapy_sa(0x1002, KEY_BA)  # B -> A, as daemon B would send
+    sa.seq_num = 1 << 20
+    bomber = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = bomber.compress(bytes(1 << 20)) + bomber.flush()  # 1 MiB of zeros in ~1 KiB
+    assert len(bomb) < 1400
+
+    def esp_drops() -> dict[str, int]:
+        esp = next(s for s in hosts.a.status()["sas"]
+                   if s["protocol"] == "esp" and s["spi"] == 0x1002 and s["dst"] == a)
+        drops: dict[str, int] = esp["drops"]
+        return drops
+
+    before = _ipcomp_drops(hosts.a, a).get("decompress", 0)
+    unknown = esp_drops().get("unknown_spi", 0)
+    inj = _marked_injector(topo.b.ns)
+    try:
+        for cpi, body in ((CPI, bomb), (CPI, os.urandom(600)), (CPI, b""), (0x1234, bomb)):
+            packet = IPv6(src=b, dst=a, nh=IPCOMP) / Raw(struct.pack("!BBH", 58, 0, cpi) + body)
+            inj.raw6.sendto(bytes(sa.encrypt(packet)), (a, 0))  # type: ignore[no-untyped-call]
+    finally:
+        inj.close()
+    assert wait_until(lambda: _ipcomp_drops(hosts.a, a).get("decompress", 0) == before + 3, 3), \
+        _ipcomp_drops(hosts.a, a)
+    assert wait_until(lambda: esp_drops().get("unknown_spi", 0) == unknown + 1, 3), esp_drops()
+    assert hosts.a.proc.poll() is None
+    assert ping(topo.b.ns, topo.a.v4, count=2, payload=PAYLOAD) == 2
+    assert ping(topo.a.ns, topo.b.v4, count=2, payload=PAYLOAD) == 2
+
+
+# --- a peer we did not write: scapy sends ESP(IPComp(raw deflate)) -------------------------
+
+
+@dataclass
+class ScapyPeer:
+    topo: HostToHost
+    gateway: Daemon  # on B; scapy plays A
+
+
+@pytest.fixture(scope="module")
+def scapy_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScapyPeer]:
+    remove_stale()
+    workdir = tmp_path_factory.mktemp("ipcomp-scapy")
+    with Lab("cs") as lab:
+        topo = host_to_host(lab)
+        # A's kernel has no ESP: keep it from answering (AF_PACKET still sees the packets).
+        topo.a.ns.run("nft", "-f", "-", input=b"table inet scapy { chain input { "
+                      b"type filter hook input priority -300; meta l4proto esp drop; }; }\n")
+        gw = start(topo.b.ns, workdir, "cs-b", outside=["eth0"], script=_transport(topo, "b"),
+                   wait=False)
+        try:
+            wait_ready(gw)
+            yield ScapyPeer(topo, gw)
+        finally:
+            status = gw.stop()
+        assert status == 0, gw.log_text()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_scapy_peer_sends_compressed_echo_requests(scapy_peer: ScapyPeer, family: int) -> None:
+    topo = scapy_peer.topo
+    a, b = (topo.a.v4, topo.b.v4) if family == 4 else (topo.a.v6, topo.b.v6)
+    sa_out, sa_in = _scapy_sa(0x1001, KEY_AB), _scapy_sa(0x1002, KEY_BA)
+    ident = os.getpid() & 0xFFFF
+    count = 3
+    with topo.a.ns.enter():
+        tx = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW,
+                           socket.IPPROTO_RAW)
+        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        rx.bind(("eth0", 0))
+    replies: dict[int, bytes] = {}
+    try:
+        for seq in range(count):
+            if family == 4:
+                icmp = bytes(ICMP(type=8, id=ident, seq=seq) / Raw(PAYLOAD))
+                head: Packet = IP(src=a, dst=b, proto=IPCOMP)
+            else:
+                icmp = bytes(IPv6(src=a, dst=b) / ICMPv6EchoRequest(id=ident, seq=seq,
+                                                                    data=PAYLOAD))[40:]
+                head = IPv6(src=a, dst=b, nh=IPCOMP)
+            deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+            body = struct.pack("!BBH", 1 if family == 4 else 58, 0, CPI) + (
+                deflater.compress(icmp) + deflater.flush())
+            tx.sendto(bytes(sa_out.encrypt(head / Raw(body))),  # type: ignore[no-untyped-call]
+                      (b, 0))
+        deadline = time.monotonic() + 5
+        while len(replies) < count and time.monotonic() < deadline:
+            if not select.select([rx], [], [], 0.1)[0]:
+                continue
+            data, address = rx.recvfrom(65535)
+            if address[2] == PACKET_OUTGOING or data[0] >> 4 != family:
+                continue
+            packet = IP(data) if family == 4 else IPv6(data)
+            if ESP not in packet or packet[ESP].spi != 0x1002:
+                continue
+            nh, inner_nh, inflated = _ipcomp_of(packet, sa_in)  # ipsecd compressed the reply
+            assert nh == IPCOMP and inner_nh == (1 if family == 4 else 58)
+            if family == 4:
+                reply = ICMP(inflated)
+                assert reply.type == 0 and reply.id == ident
+                replies[reply.seq] = bytes(reply.payload)
+            else:
+                reply6 = IPv6(bytes(IPv6(src=b, dst=a, nh=58, plen=len(inflated)))
+                              + inflated)[ICMPv6EchoReply]
+                assert reply6.id == ident
+                replies[reply6.seq] = bytes(reply6.data)
+    finally:
+        tx.close()
+        rx.close()
+    assert sorted(replies) == list(range(count)), scapy_peer.gateway.status()["drops"]
+    assert all(data == PAYLOAD for data in replies.values())
