@@ -713,6 +713,9 @@ class _NoDatapath:
     def ike_spi_in_use(self, spi: int) -> bool:
         return False
 
+    def ike_cpi_in_use(self, cpi: int) -> bool:
+        return False
+
     def ike_reqid_in_use(self, reqid: int) -> bool:
         return False
 

@@ -569,17 +569,29 @@ class Daemon:
         # SPIs are chosen by the receiver: unique among the SAs to our own addresses
         return any(self.sad.get(spi, IpProto.ESP, addr) is not None for addr in self.local)
 
+    def ike_cpi_in_use(self, cpi: int) -> bool:
+        # CPIs too are the receiver's choice (RFC 3173 §3.3), and setkey may have used one
+        return any(self.sad.get(cpi, IpProto.IPCOMP, addr) is not None for addr in self.local)
+
     def ike_reqid_in_use(self, reqid: int) -> bool:
         return (reqid in self._ike_children or reqid in self._trap_policies
                 or reqid in self._manual_reqids)
 
     def _child_policies(self, ike: Any, child: Any) -> list[Any]:
         return self._ts_policies(ike.local.address, ike.remote.address, child.mode, child.reqid,
-                                 child.local_ts, child.remote_ts)
+                                 child.local_ts, child.remote_ts,
+                                 ipcomp=child.ipcomp_in is not None)
 
     def _ts_policies(self, local: IPAddress, remote: IPAddress, mode: Any, reqid: int,
-                     local_ts: Any, remote_ts: Any) -> list[Any]:
-        """out, in (and for tunnels fwd) policies for traffic selectors, bound to ``reqid``."""
+                     local_ts: Any, remote_ts: Any, *, ipcomp: bool = False) -> list[Any]:
+        """out, in (and for tunnels fwd) policies for traffic selectors, bound to ``reqid``.
+
+        With ``ipcomp`` the requests are ``ipcomp/MODE/.../unique esp/MODE/.../unique``
+        (KAME order: compress first, then ESP).  The IPComp request is unique only to bind
+        it to the child's reqid (the SPD gives a reqid to unique requests alone): the
+        workers treat every IPComp request as optional (RFC 3173 §2.2), as Linux's
+        templates for IPComp are.
+        """
         from ipsecd.ike.ts import to_prefixes
         from ipsecd.sa import Mode
         from ipsecd.spd import IpsecRequest, Level, Policy, Selector
@@ -589,6 +601,13 @@ class Daemon:
                                remote if tunnel else None, Level.UNIQUE, reqid)
         req_in = IpsecRequest(IpProto.ESP, mode, remote if tunnel else None,
                               local if tunnel else None, Level.UNIQUE, reqid)
+        reqs_out: tuple[IpsecRequest, ...] = (req_out,)
+        reqs_in: tuple[IpsecRequest, ...] = (req_in,)
+        if ipcomp:
+            reqs_out = (IpsecRequest(IpProto.IPCOMP, mode, req_out.src, req_out.dst,
+                                     Level.UNIQUE, reqid), req_out)
+            reqs_in = (IpsecRequest(IpProto.IPCOMP, mode, req_in.src, req_in.dst,
+                                    Level.UNIQUE, reqid), req_in)
         out: list[Any] = []
         for lts in local_ts:
             for rts in remote_ts:
@@ -600,12 +619,12 @@ class Daemon:
                 for lp in to_prefixes(lts):
                     for rp in to_prefixes(rts):
                         out.append(Policy(Selector(lp, rp, proto, lport, rport),
-                                          PolicyDirection.OUT, Action.IPSEC, (req_out,)))
+                                          PolicyDirection.OUT, Action.IPSEC, reqs_out))
                         inbound = Selector(rp, lp, proto, rport, lport)
-                        out.append(Policy(inbound, PolicyDirection.IN, Action.IPSEC, (req_in,)))
+                        out.append(Policy(inbound, PolicyDirection.IN, Action.IPSEC, reqs_in))
                         if tunnel:
                             out.append(Policy(inbound, PolicyDirection.FWD, Action.IPSEC,
-                                              (req_in,)))
+                                              reqs_in))
         return out
 
     def ike_install_trap(self, local: IPAddress, remote: IPAddress, cfg: Any, reqid: int) -> None:
@@ -663,12 +682,15 @@ class Daemon:
         failed: dict[int, str] = {}
         try:
             for ike, child in pairs:
-                for sa in (child.inbound, child.outbound):
+                sas = [child.inbound, child.outbound]
+                if child.ipcomp_in is not None and child.ipcomp_out is not None:
+                    sas += [child.ipcomp_in, child.ipcomp_out]  # next to the ESP SAs
+                for sa in sas:
                     sa.extra["ike"] = ike.name
                     sa.extra["child"] = child.name
                 policies = self._child_policies(ike, child)
-                sad2.add(child.inbound)
-                sad2.add(child.outbound)
+                for sa in sas:
+                    sad2.add(sa)
                 for policy in policies:
                     spd2.update(policy)
                 planned.append((child, policies))
@@ -689,15 +711,23 @@ class Daemon:
 
     def ike_activate_outbound(self, child: Any) -> None:
         """A rekey responder's new outbound SA (installed larval) starts carrying traffic."""
-        if child.outbound.state is SAState.LARVAL:
-            child.outbound.state = SAState.MATURE
-            s = self.slots.get((child.outbound.key, Direction.OUT))
-            self._publish([s.slot] if s is not None and s.sa is child.outbound else ())
+        slots: list[int] = []
+        changed = False
+        for sa in (child.outbound, child.ipcomp_out):  # ESP, and IPComp with it
+            if sa is not None and sa.state is SAState.LARVAL:
+                sa.state = SAState.MATURE
+                changed = True
+                s = self.slots.get((sa.key, Direction.OUT))
+                if s is not None and s.sa is sa:
+                    slots.append(s.slot)
+        if changed:
+            self._publish(slots)
 
     def ike_remove_child(self, child: Any, linger: float) -> None:
         """Remove a Child SA pair: the outbound SA now, the inbound one after ``linger`` s."""
         with contextlib.suppress(Exception):
             self.sad.delete(child.outbound.spi, IpProto.ESP, child.outbound.dst)
+        self._sad_discard(child.ipcomp_out)
         live = [c for c in self._ike_children.get(child.reqid, []) if c is not child]
         if live:
             self._ike_children[child.reqid] = live
@@ -724,12 +754,16 @@ class Daemon:
     def _remove_inbound(self, child: Any, sync: bool = True) -> None:
         if self.table is None:
             return
-        sa = self.sad.get(child.inbound.spi, IpProto.ESP, child.inbound.dst)
-        if sa is child.inbound:
-            with contextlib.suppress(Exception):
-                self.sad.delete(sa.spi, IpProto.ESP, sa.dst)
-            if sync:
-                self._sync(filters_now=False)
+        removed = [self._sad_discard(sa) for sa in (child.inbound, child.ipcomp_in)]
+        if any(removed) and sync:
+            self._sync(filters_now=False)
+
+    def _sad_discard(self, sa: SecurityAssociation | None) -> bool:
+        """Delete ``sa`` from the SAD if it is still there (not a successor with its key)."""
+        if sa is None or self.sad.get(sa.spi, sa.protocol, sa.dst) is not sa:
+            return False
+        self.sad.delete(sa.spi, sa.protocol, sa.dst)
+        return True
 
     def _ike_lifetime_event(self, sa: SecurityAssociation, hard: bool) -> None:
         if self.ike is None or "ike" not in sa.extra:

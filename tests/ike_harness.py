@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +188,16 @@ def established(d: Daemon) -> bool:
 
 
 def iperf(src: Any, dst_ns: Any, dst: str, size: str = "3M", timeout: float = 30,
-          seconds: float = 0) -> dict[str, Any]:
-    """A bounded TCP transfer (``size`` bytes, or ``seconds`` long); iperf3's ``end`` summary."""
+          seconds: float = 0, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """A bounded TCP transfer (``size`` bytes, or ``seconds`` long); iperf3's ``end`` summary.
+
+    ``extra``: more client options (``--repeating-payload``: compressible data)."""
     server = dst_ns.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     bound = ["-t", str(seconds)] if seconds else ["-n", size]
     try:
         assert wait_until(lambda: b":5201" in dst_ns.run("ss", "-ltnH").stdout, 5)
-        r = src.run("iperf3", "-c", dst, *bound, "-J", timeout=timeout, check=False)
+        r = src.run("iperf3", "-c", dst, *bound, *extra, "-J", timeout=timeout, check=False)
         assert r.returncode == 0, r.stdout[-600:]
     finally:
         server.wait(10)

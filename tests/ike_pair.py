@@ -28,13 +28,13 @@ PSK = b"a pre-shared key that is long enough"
 def child(name: str = "net", local_ts: Sequence[str] = ("198.51.100.0/24",),
           remote_ts: Sequence[str] = ("203.0.113.0/24",), *, mode: Mode = Mode.TUNNEL,
           esp: str | Sequence[str] = "default", rekey_time: float = 0.0,
-          life_time: float = 0.0, start_action: str = "start") -> ChildConfig:
+          life_time: float = 0.0, start_action: str = "start", ipcomp: bool = False) -> ChildConfig:
     return ChildConfig(
         name=name, local_ts=tuple(parse_ts(t) for t in local_ts),
         remote_ts=tuple(parse_ts(t) for t in remote_ts), mode=mode,
         esp_proposals=tuple(props.parse_esp(esp)), start_action=start_action,
         close_action="none", rekey_time=rekey_time, life_time=life_time, rekey_bytes=0,
-        life_bytes=0, rekey_packets=0, life_packets=0, replay_window=1024, ipcomp=False)
+        life_bytes=0, rekey_packets=0, life_packets=0, replay_window=1024, ipcomp=ipcomp)
 
 
 def connection(name: str, local: Any, remote: Any, children: Sequence[ChildConfig], *,
@@ -76,6 +76,8 @@ class Side:
     spis: set[int] = field(default_factory=set)
     next_spi: int = 0
     reqid: int = 0
+    cpis: list[int] = field(default_factory=list)  # IPComp CPIs allocated, in order
+    released_cpis: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         base = 0x1000_0000 if self.address == A else 0x2000_0000
@@ -88,11 +90,16 @@ class Side:
             self.reqid += 1
             return self.reqid
 
+        def cpi() -> int:
+            self.cpis.append((0x1100 if self.address == A else 0x2200) + len(self.cpis))
+            return self.cpis[-1]
+
         self.ctx = IkeContext(
             settings=self.settings, allocate_spi=spi, allocate_reqid=reqid,
             psk=lambda conn, rid, addr: self.psk,
             connections=lambda local, remote: list(self.conns),
-            credentials=self.credentials, trust=self.trust)
+            credentials=self.credentials, trust=self.trust,
+            allocate_cpi=cpi, release_cpi=self.released_cpis.append)
 
     def children_up(self) -> list[Any]:
         return [e.child for e in self.events if isinstance(e, ChildUp)]

@@ -178,6 +178,7 @@ life_packets = 20
 replay_window = 0
 ipcomp = false
 [connections."a.b_c-1".children.two]
+ipcomp = true
 start_action = "trap"
 [connections.second]
 remote_addrs = "%any"
@@ -192,7 +193,7 @@ cacerts = "ca.pem"
     assert (ike.retransmit_timeout, ike.retransmit_base, ike.retransmit_tries) == (0.5, 2.0, 0)
     conn, second = ike.connections
     assert conn.name == "a.b_c-1" and conn.line == 15
-    assert second.line == text.splitlines().index("[connections.second]") + 1 == 57
+    assert second.line == text.splitlines().index("[connections.second]") + 1 == 58
     assert conn.local_addrs == ("192.0.2.1",) and conn.remote_addrs == ("192.0.2.2", "192.0.2.3")
     assert (conn.local_port, conn.remote_port) == (1501, 4500)
     assert len(conn.proposals) == 2
@@ -216,7 +217,7 @@ cacerts = "ca.pem"
     assert (one.rekey_bytes, one.life_bytes, one.rekey_packets, one.life_packets) == (
         1000, 1000, 10, 20)
     assert one.replay_window == 0 and not one.ipcomp
-    assert two.name == "two" and two.start_action == "trap"
+    assert two.name == "two" and two.start_action == "trap" and two.ipcomp
     assert second.responder_only and second.remote_addrs == ("%any",)
     assert second.remote == AuthConfig("pubkey", None, cacerts=(tmp_path / "ca.pem",))
 
@@ -243,7 +244,6 @@ def test_parse_duration_refuses(text: str | int | float) -> None:
 # --- mistakes ----------------------------------------------------------------------------
 
 BAD = [
-    (ONE + "ipcomp = true\n", 8, "connections.gw.children.net.ipcomp: IPComp is not negotiated"),
     # [ike]
     (BASE + "prot = 1\n", 5, "ike.prot: unknown key (known: cookie_threshold, half_open_max,"),
     (BASE + "port = 0\n", 5, "ike.port: 0 is out of range 1..65535"),

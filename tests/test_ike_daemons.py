@@ -311,3 +311,77 @@ def test_trap_negotiates_on_the_first_packet(lab: Lab, tmp_path: Path) -> None:
         assert established(a)
     finally:
         stop(a, b)
+
+
+def _ipcomp_sas(d: Daemon) -> list[dict[str, Any]]:
+    return [sa for sa in d.query()["sas"] if sa["protocol"] == "ipcomp"]
+
+
+@pytest.mark.timeout(120)
+def test_ipcomp_negotiated_and_compressing(lab: Lab, tmp_path: Path) -> None:
+    """``ipcomp = true`` on both children (RFC 7296 §2.22): CPIs exchanged, the IPComp SAs
+    installed next to the ESP SAs and used, then gone with the child."""
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, a_child={"ipcomp": True}, b_child={"ipcomp": True})
+    try:
+        up(a, b)
+        (ca,), (cb,) = ipsecd_children(a), ipsecd_children(b)
+        assert ca["ipcomp"] == {"cpi_in": cb["ipcomp"]["cpi_out"],
+                                "cpi_out": cb["ipcomp"]["cpi_in"], "transform": "deflate"}
+        text = b"compressible " * 100
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05, payload=text) == 3
+        assert ping(topo.net_b.ns, topo.net_a.v6, count=3, interval=0.05, payload=text) == 3
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, size="2M",
+                    extra=["--repeating-payload"])
+        assert end["sum_sent"]["bytes"] >= 2 << 20 and end["sum_received"]["bytes"] > 0
+        # the IPComp SAs: our CPI inbound, the peer's outbound, both carried traffic
+        comp = {sa["direction"]: sa for sa in _ipcomp_sas(a)}
+        assert comp["in"]["spi"] == int(ca["ipcomp"]["cpi_in"], 16)
+        assert comp["out"]["spi"] == int(ca["ipcomp"]["cpi_out"], 16)
+        assert comp["in"]["mode"] == comp["out"]["mode"] == "tunnel"
+        assert comp["out"]["packets"] >= 100 and comp["in"]["packets"] >= 3  # A sends the data
+        assert not comp["in"]["drops"] and not comp["out"]["drops"]
+        # B: ESP carried far fewer bytes than IPComp gave back (iperf3's repeating payload)
+        comp_b = next(sa for sa in _ipcomp_sas(b) if sa["direction"] == "in")
+        esp_b = next(sa for sa in b.query()["sas"]
+                     if sa["protocol"] == "esp" and sa["direction"] == "in")
+        assert comp_b["packets"] >= 100 and esp_b["bytes"] < comp_b["bytes"] // 2
+        # a rekey (B asks, A answers) makes new CPIs; nothing is lost on the way
+        r = b.ipsecd("rekey", "s2s")
+        assert r.returncode == 0, r.stderr
+
+        def rekeyed() -> bool:
+            children = ipsecd_children(a)
+            return (len(children) == 1 and children[0]["ipcomp"] is not None
+                    and children[0]["ipcomp"]["cpi_in"] != ca["ipcomp"]["cpi_in"]
+                    and len(_ipcomp_sas(a)) == 2)
+
+        assert wait_until(rekeyed, 10), a.log_text() + b.log_text()
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05, payload=text) == 3
+        assert ping(topo.net_b.ns, topo.net_a.v4, count=3, interval=0.05, payload=text) == 3
+        assert lost_packets(a) == {} and lost_packets(b) == {}
+        assert all(not sa["drops"] for sa in _ipcomp_sas(a) + _ipcomp_sas(b))
+        r = a.ipsecd("terminate", "s2s")
+        assert r.returncode == 0, r.stderr
+        assert wait_until(lambda: not _ipcomp_sas(a) and not _ipcomp_sas(b), 5)
+    finally:
+        stop(a, b)
+
+
+@pytest.mark.timeout(120)
+def test_ipcomp_declined_by_the_responder(lab: Lab, tmp_path: Path) -> None:
+    """The responder's child has ipcomp = false: the offer is ignored, ESP alone flows."""
+    topo = site_to_site(lab, routed=False)
+    a, b = pair(topo, tmp_path, a_child={"ipcomp": True})
+    try:
+        up(a, b)
+        (ca,), (cb,) = ipsecd_children(a), ipsecd_children(b)
+        assert ca["ipcomp"] is None and cb["ipcomp"] is None
+        assert not _ipcomp_sas(a) and not _ipcomp_sas(b)
+        text = b"compressible " * 100
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05, payload=text) == 3
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, size="1M",
+                    extra=["--repeating-payload"])
+        assert end["sum_sent"]["bytes"] >= 1 << 20 and end["sum_received"]["bytes"] > 0
+    finally:
+        stop(a, b)

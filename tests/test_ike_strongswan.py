@@ -200,3 +200,41 @@ def test_key_schedule_matches_strongswan_and_no_key_leaks(lab: Lab, tmp_path: Pa
         status_code = a.stop()
         sw.stop()
     assert status_code == 0, a.log_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("initiator", ["ipsecd", "strongswan"])
+def test_ipcomp_with_charon_libipsec_comes_up_without_it(lab: Lab, tmp_path: Path,
+                                                         initiator: str) -> None:
+    """charon ``ipcomp = yes`` against ipsecd ``ipcomp = true``: no IPComp, traffic flows.
+
+    kernel-libipsec cannot allocate a CPI (its ``get_cpi`` returns NOT_SUPPORTED),
+    so charon neither offers IPCOMP_SUPPORTED nor accepts ours (RFC 7296 §2.22: an
+    offer is declined by not answering it).  Both sides then run the child with
+    ESP alone, and ipsecd installs no IPComp SA.
+    """
+    topo = site_to_site(lab, routed=False)
+    sw = charon(topo, tmp_path, child_extra={"ipcomp": "yes"})
+    a = ipsecd_ike(topo, tmp_path, child_extra={"ipcomp": True})
+    try:
+        bring_up(a, sw, initiator)
+        (ours,) = ipsecd_children(a)
+        assert ours["ipcomp"] is None
+        assert not [sa for sa in a.query()["sas"] if sa["protocol"] == "ipcomp"]
+        child = one_sa(sw).child("net")
+        assert "cpi-in" not in child.raw and "cpi-out" not in child.raw  # no IPComp there either
+        log = sw.log_text()
+        assert "unable to allocate a CPI from kernel, IPComp disabled" in log
+        if initiator == "ipsecd":
+            assert "N(IPCOMP_SUP)" in log  # our offer reached charon, which did not answer it
+        text = b"compressible " * 100
+        assert ping(topo.net_a.ns, topo.net_b.v4, count=3, interval=0.05, payload=text) == 3, \
+            a.log_text() + sw.log_tail()
+        assert ping(topo.net_b.ns, topo.net_a.v4, count=3, interval=0.05, payload=text) == 3
+        end = iperf(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4, size="1M",
+                    extra=["--repeating-payload"])
+        assert end["sum_sent"]["bytes"] >= 1 << 20 and end["sum_received"]["bytes"] > 0
+    finally:
+        status = a.stop()
+        sw.stop()
+    assert status == 0, a.log_text()

@@ -503,14 +503,10 @@ def _child(c: _Checker, raw: dict[str, Any], path: str, name: str, allow_legacy:
 
 
 def _ipcomp(c: _Checker, t: dict[str, Any], path: str) -> bool:
-    """``ipcomp``: only false for now.  IKE does not offer IPCOMP_SUPPORTED (RFC 7296
-    §2.22), and as responder it declines a peer's offer by not answering it, which the
-    RFC allows; the datapath does not decompress.  ``true`` is refused rather than
-    silently ignored."""
-    if c.boolean(t, f"{path}.ipcomp", False):
-        raise c.fail(f"{path}.ipcomp", "IPComp is not negotiated by this version of ipsecd: "
-                     "set it to false (a peer's offer is declined)")
-    return False
+    """``ipcomp``: offer (initiator) or accept (responder) IPComp with DEFLATE for the
+    child (RFC 7296 §2.22, RFC 3173).  False (the default): no IPCOMP_SUPPORTED is
+    sent, and a peer's offer is declined by not answering it, which the RFC allows."""
+    return c.boolean(t, f"{path}.ipcomp", False)
 
 
 __all__ = [

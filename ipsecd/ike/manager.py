@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipsecd.ike.constants import ExchangeType, NotifyType
-from ipsecd.ike.errors import IkeError, IkeProtocolError, InvalidMajorVersionError
+from ipsecd.ike.errors import IkeError, IkeLocalError, IkeProtocolError, InvalidMajorVersionError
 from ipsecd.ike.messages import (
     SA,
     Identification,
@@ -102,6 +102,7 @@ class Datapath(Protocol):
                          reqid: int) -> None: ...
     def ike_remove_trap(self, reqid: int) -> None: ...
     def ike_spi_in_use(self, spi: int) -> bool: ...
+    def ike_cpi_in_use(self, cpi: int) -> bool: ...
     def ike_reqid_in_use(self, reqid: int) -> bool: ...
 
 
@@ -216,6 +217,7 @@ class IkeManager:
         self._by_peer: dict[tuple[int, int, bytes], list[IkeSa]] = {}
         self.sockets: dict[tuple[int, int], _Socket] = {}
         self._reserved_spis: set[int] = set()
+        self._reserved_cpis: set[int] = set()
         self._reqid = 0x1000
         self._creds: dict[str, tuple[list[Any], Any]] = {}
         self._trust: dict[str, list[Any]] = {}
@@ -239,7 +241,8 @@ class IkeManager:
             settings=settings, allocate_spi=self._allocate_spi, allocate_reqid=self._allocate_reqid,
             psk=self._psk, connections=self._connections, credentials=self._credentials,
             trust=self._trust_for, allow_legacy=allow_legacy, on_count=self._count,
-            reqid_for=self._trap_reqid)
+            reqid_for=self._trap_reqid, allocate_cpi=self._allocate_cpi,
+            release_cpi=self._reserved_cpis.discard)
         self.ctx.release_spi = self._release_spi  # type: ignore[attr-defined]
         self.connections = {c.name: c for c in settings.connections}
         self._load_credentials()
@@ -296,6 +299,17 @@ class IkeManager:
 
     def _release_spi(self, spi: int) -> None:
         self._reserved_spis.discard(spi)
+
+    def _allocate_cpi(self) -> int:
+        """A CPI for an inbound IPComp SA (RFC 3173 §3.3: 256-61439 for negotiated ones),
+        unique among the daemon's IPComp SAs and the CPIs offered in exchanges under way."""
+        for _ in range(100000):
+            cpi = 256 + int.from_bytes(os.urandom(2), "big") % (61440 - 256)
+            if cpi in self._reserved_cpis or self.datapath.ike_cpi_in_use(cpi):
+                continue
+            self._reserved_cpis.add(cpi)
+            return cpi
+        raise IkeLocalError("no free IPComp CPI")
 
     def _trap_reqid(self, conn: Any, cfg: Any) -> int | None:
         for reqid, (name, child) in self.traps.items():
@@ -752,6 +766,7 @@ class IkeManager:
         if ups:
             for e in ups:
                 self._release_spi(e.child.spi_in)
+                self._reserved_cpis.discard(e.child.ipcomp_cpi)  # the SAD has it now
             failed = self.datapath.ike_install_children([(e.ike, e.child) for e in ups])
             now = time.monotonic()
             for e in ups:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipsecd.iana import IpProto
+from ipsecd.iana import IpcompId, IpProto
 from ipsecd.ike import crypto, dh
 from ipsecd.ike import proposals as props
 from ipsecd.ike import ts as tsmod
@@ -79,6 +79,7 @@ from ipsecd.ike.messages import (
     encode,
     nat_detection_hash,
 )
+from ipsecd.ipcomp import check_cpi
 from ipsecd.sa import Lifetime, Mode, SAState, SecurityAssociation, UdpEncap
 
 log = logging.getLogger("ipsecd.ike")
@@ -229,6 +230,14 @@ class IkeContext:
     on_count: Callable[[str], None] = lambda name: None  # "dpd_sent", for the metrics
     # the reqid of a child's trap policy (start_action = trap), which its SAs must carry
     reqid_for: Callable[[Any, Any], int | None] = lambda conn, child: None
+    # IPComp (§2.22): a CPI for a new inbound IPComp SA, unique among ours (RFC 3173 §3.3:
+    # 256-61439), reserved until released (installed, or the exchange failed)
+    allocate_cpi: Callable[[], int] = lambda: _random_cpi()
+    release_cpi: Callable[[int], None] = lambda cpi: None
+
+
+def _random_cpi() -> int:
+    return 256 + int.from_bytes(os.urandom(2), "big") % (61440 - 256)
 
 
 # --- Child SAs -----------------------------------------------------------------------------
@@ -262,8 +271,11 @@ class ChildSa:
     nonces: tuple[bytes, bytes] = (b"", b"")  # (Ni, Nr) of the exchange that made it (§2.8.1)
     initiated_by_us: bool = True  # we sent the exchange that created it
     replaced_by: ChildSa | None = None
-    ipcomp_cpi: int = 0
+    ipcomp_cpi: int = 0  # our CPI (inbound IPComp SA), 0: no IPComp (§2.22)
     activate_at: float = 0.0  # a rekey responder's new outbound SA waits until then at most
+    # The IPComp SA pair (RFC 3173, DEFLATE) next to the ESP SAs, when negotiated.
+    ipcomp_in: SecurityAssociation | None = None
+    ipcomp_out: SecurityAssociation | None = None
 
     @property
     def spi_in(self) -> int:
@@ -283,6 +295,9 @@ class ChildSa:
             "remote_ts": [tsmod.describe(t) for t in self.remote_ts],
             "encap": self.outbound.encap is not None, "created": self.created,
             "rekey_at": self.rekey_at, "expire_at": self.expire_at,
+            "ipcomp": None if self.ipcomp_in is None or self.ipcomp_out is None else {
+                "cpi_in": f"{self.ipcomp_in.spi:04x}", "cpi_out": f"{self.ipcomp_out.spi:04x}",
+                "transform": "deflate"},
         }
 
     def wipe(self) -> None:
@@ -342,6 +357,25 @@ def _without_dh(proposals: Sequence[Proposal]) -> list[Proposal]:
     return [Proposal(p.number, p.protocol, p.spi,
                      [t for t in p.transforms if t.type != TransformType.DH])
             for p in proposals]
+
+
+def _peer_cpi(payloads: Sequence[Payload]) -> int | None:
+    """The CPI of the first IPCOMP_SUPPORTED notify offering DEFLATE (§2.22), or None.
+
+    Other transforms (LZS, LZJH, OUI, unknown ids) are passed over: DEFLATE is
+    the one we implement.  A malformed notify or an unusable CPI counts as no
+    offer (logged): IPComp is optional, the child is not.
+    """
+    for p in payloads:
+        if not isinstance(p, Notify) or p.notify_type != NotifyType.IPCOMP_SUPPORTED:
+            continue
+        try:
+            cpi, transform = p.ipcomp()
+            if transform == IpcompId.IPCOMP_DEFLATE:
+                return check_cpi(cpi, IpcompId.IPCOMP_DEFLATE)
+        except (IkeError, ValueError) as exc:
+            log.warning("IPCOMP_SUPPORTED ignored: %s", exc)
+    return None
 
 
 def _spi32(spi: bytes) -> int:
@@ -1164,8 +1198,25 @@ class IkeSa:
         out: list[Payload] = []
         if cfg.mode is Mode.TRANSPORT:
             out.append(Notify.status(NotifyType.USE_TRANSPORT_MODE))
+        if cfg.ipcomp:  # §2.22: our CPI, the transform we implement
+            state["cpi"] = self.ctx.allocate_cpi()
+            out.append(Notify.ipcomp_supported(state["cpi"], IpcompId.IPCOMP_DEFLATE))
         out += [SA(proposals), TSi(list(local_ts)), TSr(list(remote_ts))]
         return out
+
+    def _release_offer(self, state: dict[str, Any]) -> None:
+        """The SPI and CPI a child request reserved, when no child came of it."""
+        self.ctx_release_spi(state["spi"])
+        if state.get("cpi"):
+            self.ctx.release_cpi(state["cpi"])
+
+    def _ipcomp_answer(self, cfg: Any, inner: list[Payload]) -> tuple[int, int] | None:
+        """Responder (§2.22): (our CPI, the peer's) if ``cfg`` wants IPComp and the peer
+        offered DEFLATE; else None, and no notify goes back."""
+        if not cfg.ipcomp:
+            return None
+        peer = _peer_cpi(inner)
+        return None if peer is None else (self.ctx.allocate_cpi(), peer)
 
     def _child_keys(self, chosen: Proposal, ni: bytes, nr: bytes,
                     g_ir: bytes | None) -> tuple[props.ChildSuite, crypto.ChildSaKeys]:
@@ -1178,7 +1229,8 @@ class IkeSa:
     def _make_child(self, cfg: Any, chosen: Proposal, spi_in: int, spi_out: int,
                     local_ts: list[TrafficSelector], remote_ts: list[TrafficSelector],
                     mode: Mode, ni: bytes, nr: bytes, g_ir: bytes | None, *,
-                    we_initiated: bool, now: float, reqid: int | None = None) -> ChildSa:
+                    we_initiated: bool, now: float, reqid: int | None = None,
+                    ipcomp: tuple[int, int] | None = None) -> ChildSa:
         suite, keys = self._child_keys(chosen, ni, nr, g_ir)
         # §2.17: the first keys protect initiator-to-responder traffic (of this exchange).
         if we_initiated:
@@ -1209,12 +1261,35 @@ class IkeSa:
             proposal=props.describe(chosen), created=now,
             rekey_at=now + rekey * (1 - JITTER * self.ctx.jitter()) if rekey else 0.0,
             expire_at=now + life if life else 0.0, nonces=(ni, nr), initiated_by_us=we_initiated)
+        if ipcomp is not None:
+            # RFC 3173: inbound by our CPI, outbound by the peer's, the child's mode; no
+            # keys, no sequence numbers (hence no replay window), inside ESP (no UDP).
+            own, peer = ipcomp
+            comp: dict[str, Any] = dict(protocol=IpProto.IPCOMP, mode=mode, reqid=reqid,
+                                        replay_window=0, comp=IpcompId.IPCOMP_DEFLATE)
+            child.ipcomp_cpi = own
+            child.ipcomp_in = SecurityAssociation(
+                spi=own, src=self.remote.address, dst=self.local.address, **comp)
+            child.ipcomp_out = SecurityAssociation(
+                spi=peer, src=self.local.address, dst=self.remote.address, **comp)
         return child
 
     def _child_response(self, cfg: Any, state: dict[str, Any], inner: list[Payload], now: float,
                         ni: bytes, nr: bytes, g_ir: bytes | None,
                         replaces: ChildSa | None, reqid: int | None = None) -> ChildSa | None:
         """The initiator's side: install the child the responder accepted, or None."""
+        own_cpi: int = state.get("cpi", 0)
+        child: ChildSa | None = None
+        try:
+            child = self._accepted_child(cfg, state, inner, now, ni, nr, g_ir, replaces, reqid)
+        finally:
+            if own_cpi and (child is None or child.ipcomp_cpi != own_cpi):
+                self.ctx.release_cpi(own_cpi)  # no IPComp SA will hold it
+        return child
+
+    def _accepted_child(self, cfg: Any, state: dict[str, Any], inner: list[Payload], now: float,
+                        ni: bytes, nr: bytes, g_ir: bytes | None,
+                        replaces: ChildSa | None, reqid: int | None) -> ChildSa | None:
         sa = _payload(inner, SA)
         if sa is None:
             return None
@@ -1237,9 +1312,24 @@ class IkeSa:
             raise IkeProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "responder refused transport mode")
         if props.chosen_dh(chosen) not in (DhGroup.NONE,) and g_ir is None:
             raise IkeProtocolError(NotifyType.NO_PROPOSAL_CHOSEN, "unexpected DH transform")
+        # §2.22: IPComp is on when the responder answered our offer with its own CPI
+        # (and a transform we offered: DEFLATE); no answer means no IPComp.
+        ipcomp = None
+        answered = _notify(inner, NotifyType.IPCOMP_SUPPORTED) is not None
+        if state.get("cpi"):
+            peer_cpi = _peer_cpi(inner)
+            if peer_cpi is not None:
+                ipcomp = (int(state["cpi"]), peer_cpi)
+            elif answered:
+                log.warning("%s: IPComp refused: the peer chose a transform we did not offer",
+                            self.describe())
+        elif answered:
+            log.warning("%s: IPCOMP_SUPPORTED in a response to no offer: ignored",
+                        self.describe())
         child = self._make_child(cfg, chosen, state["spi"], _spi32(chosen.spi), local_ts,
                                  remote_ts, mode, ni, nr, g_ir, we_initiated=True, now=now,
-                                 reqid=replaces.reqid if replaces is not None else reqid)
+                                 reqid=replaces.reqid if replaces is not None else reqid,
+                                 ipcomp=ipcomp)
         self._child_up(child, replaces, now)
         return child
 
@@ -1323,6 +1413,8 @@ class IkeSa:
         out: list[Payload] = []
         if child.mode is Mode.TRANSPORT:
             out.append(Notify.status(NotifyType.USE_TRANSPORT_MODE))
+        if child.ipcomp_in is not None:  # §2.22: accepted, with our CPI
+            out.append(Notify.ipcomp_supported(child.ipcomp_cpi, IpcompId.IPCOMP_DEFLATE))
         # TSi is the initiator's side: the peer's (remote) selectors.
         out += [SA([answer]), TSi(list(child.remote_ts)), TSr(list(child.local_ts))]
         return out
@@ -1441,7 +1533,8 @@ class IkeSa:
                                and p.protocol == chosen.protocol)
                 child = self._make_child(cfg, chosen, self.ctx.allocate_spi(),
                                          _spi32(offered.spi), local_ts, remote_ts, mode,
-                                         self._ni, self._nr, None, we_initiated=False, now=now)
+                                         self._ni, self._nr, None, we_initiated=False, now=now,
+                                         ipcomp=self._ipcomp_answer(cfg, inner))
                 child_payloads = self._child_answer(child, chosen)
             except IkeProtocolError as exc:
                 log.warning("%s: no CHILD_SA in IKE_AUTH: %s", self.describe(), exc)
@@ -1507,10 +1600,10 @@ class IkeSa:
                 # retry the same exchange with the group the peer asked for (§1.3)
                 wanted = error.dh_group()
                 if wanted in props.dh_groups(out_state["proposals"]):
-                    self.ctx_release_spi(out_state["spi"])
+                    self._release_offer(out_state)
                     self._retry_child_with_group(task, rekey, wanted, now)
                     return
-            self.ctx_release_spi(out_state["spi"])
+            self._release_offer(out_state)
             if rekey is not None and rekey.state is ChildState.REKEYING:
                 rekey.state = ChildState.INSTALLED
                 rekey.rekey_at = now + 10.0
@@ -1628,7 +1721,8 @@ class IkeSa:
         child = self._make_child(cfg, chosen, self.ctx.allocate_spi(), _spi32(offered.spi),
                                  local_ts, remote_ts, mode, nonce.data, nr, g_ir,
                                  we_initiated=False, now=now,
-                                 reqid=rekey.reqid if rekey is not None else None)
+                                 reqid=rekey.reqid if rekey is not None else None,
+                                 ipcomp=self._ipcomp_answer(cfg, inner))
         answer = self._child_answer(child, chosen)
         # SA, Nr, [KEr], TSi, TSr
         payloads = [*answer[:-2], Nonce(nr), *extra, *answer[-2:]]
@@ -1637,6 +1731,8 @@ class IkeSa:
             # take a moment to install it: keep sending on the old SA until the peer deletes it
             # (or a few seconds passed), so none of our packets reach an SPI it lacks yet.
             child.outbound.state = SAState.LARVAL
+            if child.ipcomp_out is not None:  # the peer's new CPI: not before its new SA
+                child.ipcomp_out.state = SAState.LARVAL
             child.activate_at = now + REKEY_ACTIVATE
             if rekey.replaced_by is None:
                 rekey.replaced_by = child
