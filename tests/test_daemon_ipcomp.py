@@ -41,10 +41,12 @@ from netns import (
     Injector,
     Lab,
     Netns,
+    SiteToSite,
     host_to_host,
     needs_root,
     ping,
     remove_stale,
+    site_to_site,
     wait_until,
 )
 from scapy.layers.inet import ICMP, IP
@@ -333,3 +335,100 @@ def test_scapy_peer_sends_compressed_echo_requests(scapy_peer: ScapyPeer, family
         rx.close()
     assert sorted(replies) == list(range(count)), scapy_peer.gateway.status()["drops"]
     assert all(data == PAYLOAD for data in replies.values())
+
+
+@dataclass
+class ScapyGateway:
+    topo: SiteToSite
+    gateway: Daemon  # gwB; scapy plays gwA
+
+
+@pytest.fixture(scope="module")
+def scapy_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScapyGateway]:
+    remove_stale()
+    workdir = tmp_path_factory.mktemp("ipcomp-scapy-tunnel")
+    with Lab("cg") as lab:
+        topo = site_to_site(lab, routed=False)
+        topo.gw_a_wan.ns.run("nft", "-f", "-", input=b"table inet scapy { chain input { "
+                             b"type filter hook input priority -300; meta l4proto esp drop; }; }\n")
+        gw = start(topo.gw_b_wan.ns, workdir, "cg-b", outside=["wan0"],
+                   script=tunnel_script(topo, "b", ipcomp=CPI), wait=False)
+        try:
+            wait_ready(gw)
+            yield ScapyGateway(topo, gw)
+        finally:
+            status = gw.stop()
+        assert status == 0, gw.log_text()
+
+
+def test_scapy_gateway_sends_compressed_tunnel_traffic(scapy_gateway: ScapyGateway) -> None:
+    """scapy as gateway A: IP(gwA -> gwB) | ESP | IPComp(next header 4) | raw deflate of an
+    echo request from site A to a host of site B; the reply comes back the same way."""
+    topo = scapy_gateway.topo
+    ga, gb = topo.gw_a_wan.v4, topo.gw_b_wan.v4
+    src, dst = topo.net_a.v4, topo.net_b.v4
+    sa_out, sa_in = _scapy_sa(0x2001, KEY_AB), _scapy_sa(0x2002, KEY_BA)
+    ident, count = os.getpid() & 0xFFFF, 3
+    with topo.gw_a_wan.ns.enter():
+        tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        rx.bind(("wan0", 0))
+    replies: dict[int, bytes] = {}
+    try:
+        for seq in range(count):
+            inner = bytes(IP(src=src, dst=dst) / ICMP(type=8, id=ident, seq=seq) / Raw(PAYLOAD))
+            deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+            body = struct.pack("!BBH", 4, 0, CPI) + deflater.compress(inner) + deflater.flush()
+            packet = IP(src=ga, dst=gb, proto=IPCOMP) / Raw(body)
+            tx.sendto(bytes(sa_out.encrypt(packet)), (gb, 0))  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 5
+        while len(replies) < count and time.monotonic() < deadline:
+            if not select.select([rx], [], [], 0.1)[0]:
+                continue
+            data, address = rx.recvfrom(65535)
+            if address[2] == PACKET_OUTGOING or data[0] >> 4 != 4:
+                continue
+            packet = IP(data)
+            if ESP not in packet or packet[ESP].spi != 0x2002:
+                continue
+            nh, inner_nh, inflated = _ipcomp_of(packet, sa_in)
+            assert (nh, inner_nh) == (IPCOMP, 4)
+            reply = IP(inflated)
+            assert (reply.src, reply.dst) == (dst, src)
+            assert reply[ICMP].type == 0 and reply[ICMP].id == ident
+            replies[reply[ICMP].seq] = bytes(reply[ICMP].payload)
+    finally:
+        tx.close()
+        rx.close()
+    assert sorted(replies) == list(range(count)), scapy_gateway.gateway.status()["drops"]
+    assert all(data == PAYLOAD for data in replies.values())
+
+
+def test_hostile_ipcomp_in_tunnel_mode_esp_is_a_counted_drop(gateways: Gateways) -> None:
+    """Tunnel mode (ESP next header 108): a bomb, garbage, an empty stream and a wrong
+    IPComp next header, in authentic ESP, are counted on B's IPComp SA; B keeps forwarding.
+
+    Last in the module: the IPv6 SA's window at B moves far past what A will send."""
+    topo = gateways.topo
+    ga, gb = topo.gw_a_wan.v6, topo.gw_b_wan.v6
+    sa = _scapy_sa(0x2601, KEY_AB)  # A -> B over the IPv6 WAN, as daemon A would send
+    sa.seq_num = 1 << 20
+    bomber = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = bomber.compress(bytes(1 << 20)) + bomber.flush()
+    before = _ipcomp_drops(gateways.b, gb)
+    inj = _marked_injector(topo.gw_a_wan.ns)
+    try:
+        for nh, body in ((41, bomb), (41, os.urandom(700)), (41, b""), (6, bomb)):
+            packet = IPv6(src=ga, dst=gb, nh=IPCOMP) / Raw(struct.pack("!BBH", nh, 0, CPI) + body)
+            inj.raw6.sendto(bytes(sa.encrypt(packet)), (gb, 0))  # type: ignore[no-untyped-call]
+    finally:
+        inj.close()
+
+    def counted() -> bool:
+        now = _ipcomp_drops(gateways.b, gb)
+        return (now.get("decompress", 0) == before.get("decompress", 0) + 3
+                and now.get("bad_next_header", 0) == before.get("bad_next_header", 0) + 1)
+
+    assert wait_until(counted, 3), _ipcomp_drops(gateways.b, gb)
+    assert gateways.b.proc.poll() is None
+    assert ping(topo.net_a.ns, topo.net_b.v4, count=2, payload=PAYLOAD) == 2
