@@ -38,7 +38,11 @@ SA's space), ``RUNT``, ``MALFORMED`` (not a whole IP datagram), ``MTU``
 (the result would not fit a 16-bit IP length).  Inbound: ``RUNT``,
 ``MALFORMED`` (bad headers, not AH, a fragment, an AH length this SA cannot
 have, a bad inner packet), ``UNKNOWN_SPI``, the window's ``REPLAY``, ``ICV``,
-``BAD_NEXT_HEADER`` (tunnel mode, next header not 4/41) and ``ECN``.  An
+``BAD_NEXT_HEADER`` (tunnel mode, next header not 4/41) and ``ECN``.  For
+next header 108 in tunnel mode (IPComp inside AH, RFC 3173, as Linux and
+strongSwan send it) the ``BAD_NEXT_HEADER`` comes with the verified packet
+without AH (outer header, protocol 108, IPComp): a caller that does IPComp
+continues from there, the codec has no inner packet to return.  An
 unexpected exception is logged and counted as ``MALFORMED`` (tests set
 ``RAISE_UNEXPECTED`` to see it instead).  Only building a context raises.
 
@@ -514,6 +518,8 @@ class AhContext:
         if replay is not None:
             replay.update(seq)
         if self.mode is Mode.TUNNEL:
+            if next_header == IpProto.IPCOMP:  # see the module docstring
+                return Drop.BAD_NEXT_HEADER, remove_header(data, off, end, nh_field, next_header)
             if next_header not in _TUNNEL_NEXT_HEADERS:
                 return Drop.BAD_NEXT_HEADER, b""
             inner = data[end:]

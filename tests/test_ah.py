@@ -396,6 +396,22 @@ def test_tunnel_bad_next_header_and_bad_inner() -> None:
     assert tunnel.decap(signed) == (Drop.MALFORMED, b"")
 
 
+def test_tunnel_ipcomp_payload_comes_back_without_ah() -> None:
+    """Next header 108 in tunnel mode (IPComp inside AH, RFC 3173): BAD_NEXT_HEADER for a
+    caller without IPComp, with the verified packet less AH for one that has it."""
+    transport = AhContext(make_sa())
+    tunnel = AhContext(make_sa(mode=Mode.TUNNEL))
+    ipcomp = bytearray(udp4())
+    ipcomp[9] = IpProto.IPCOMP  # what the IPComp codec puts in front in tunnel mode
+    ipcomp = bytearray(refresh_checksum(bytes(ipcomp)))
+    drop, packet = tunnel.decap(encap_ok(transport, bytes(ipcomp), 1))
+    assert (drop, packet) == (Drop.BAD_NEXT_HEADER, bytes(ipcomp))
+    # a bad ICV is still just a drop, with nothing
+    signed = bytearray(encap_ok(transport, bytes(ipcomp), 2))
+    signed[-1] ^= 1
+    assert tunnel.decap(bytes(signed)) == (Drop.ICV, b"")
+
+
 # --- mutable fields: RFC 4302 §3.3.3.1 ----------------------------------------------------------
 
 

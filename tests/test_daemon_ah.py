@@ -57,34 +57,44 @@ SPI_AB, SPI_BA = 0x3001, 0x3002
 N = 200  # hostile packets of each kind
 
 
-def _ah_sas(a: str, b: str, mode: str, spi: int) -> list[str]:
+def _ah_sas(a: str, b: str, mode: str, spi: int, ipcomp: int = 0) -> list[str]:
+    """AH SAs both ways; with ``ipcomp`` (a CPI) IPComp SAs of that mode too."""
+    comp = [f"add {a} {b} ipcomp {ipcomp:#x} -m {mode} -C deflate;",
+            f"add {b} {a} ipcomp {ipcomp:#x} -m {mode} -C deflate;"] if ipcomp else []
     return [f"add {a} {b} ah {spi:#x} -m {mode} -A hmac-sha256 0x{AUTH_AB.hex()};",
-            f"add {b} {a} ah {spi + 1:#x} -m {mode} -A hmac-sha256 0x{AUTH_BA.hex()};"]
+            f"add {b} {a} ah {spi + 1:#x} -m {mode} -A hmac-sha256 0x{AUTH_BA.hex()};", *comp]
 
 
-def transport_script(topo: HostToHost, side: str) -> str:
+def transport_script(topo: HostToHost, side: str, *, ipcomp: int = 0) -> str:
+    """``ipcomp``: a CPI, and ``ipcomp/transport//use`` before the AH request."""
     lines = ["flush;", "spdflush;"]
+    req = ("ipcomp/transport//use " if ipcomp else "") + "ah/transport//require"
     for a, b in ((topo.a.v4, topo.b.v4), (topo.a.v6, topo.b.v6)):
         # The same SPIs for both families: the SAD key includes the destination.
-        lines += _ah_sas(a, b, "transport", SPI_AB)
+        lines += _ah_sas(a, b, "transport", SPI_AB, ipcomp)
         local, peer = (a, b) if side == "a" else (b, a)
-        lines += [f"spdadd {local} {peer} any -P out ipsec ah/transport//require;",
-                  f"spdadd {peer} {local} any -P in ipsec ah/transport//require;"]
+        lines += [f"spdadd {local} {peer} any -P out ipsec {req};",
+                  f"spdadd {peer} {local} any -P in ipsec {req};"]
     return "\n".join(lines) + "\n"
 
 
-def tunnel_script(topo: SiteToSite, side: str) -> str:
+def tunnel_script(topo: SiteToSite, side: str, *, ipcomp: int = 0) -> str:
+    """``ipcomp``: a CPI, and ``ipcomp/tunnel/A-B/use`` before the AH request."""
     lines = ["flush;", "spdflush;"]
     wans = ((topo.gw_a_wan.v4, topo.gw_b_wan.v4), (topo.gw_a_wan.v6, topo.gw_b_wan.v6))
+
+    def req(x: str, y: str) -> str:
+        return (f"ipcomp/tunnel/{x}-{y}/use " if ipcomp else "") + f"ah/tunnel/{x}-{y}/require"
+
     for (ga, gb), site_a, site_b, spi in zip(wans, topo.site_a, topo.site_b,
                                              (SPI_AB, SPI_AB + 0x600), strict=True):
-        lines += _ah_sas(ga, gb, "tunnel", spi)
+        lines += _ah_sas(ga, gb, "tunnel", spi, ipcomp)
         if side == "a":
-            lines += [f"spdadd {site_a} {site_b} any -P out ipsec ah/tunnel/{ga}-{gb}/require;",
-                      f"spdadd {site_b} {site_a} any -P in ipsec ah/tunnel/{gb}-{ga}/require;"]
+            lines += [f"spdadd {site_a} {site_b} any -P out ipsec {req(ga, gb)};",
+                      f"spdadd {site_b} {site_a} any -P in ipsec {req(gb, ga)};"]
         else:
-            lines += [f"spdadd {site_b} {site_a} any -P out ipsec ah/tunnel/{gb}-{ga}/require;",
-                      f"spdadd {site_a} {site_b} any -P in ipsec ah/tunnel/{ga}-{gb}/require;"]
+            lines += [f"spdadd {site_b} {site_a} any -P out ipsec {req(gb, ga)};",
+                      f"spdadd {site_a} {site_b} any -P in ipsec {req(ga, gb)};"]
     return "\n".join(lines) + "\n"
 
 
@@ -330,3 +340,94 @@ def test_esp_and_ah_bundle_is_refused_with_a_counted_drop(pair: Pair) -> None:
         r = a.setkey(restore)
         assert r.returncode == 0, r.stderr
     assert ping(topo.a.ns, topo.b.v4, count=3) == 3
+
+
+# --- IPComp (RFC 3173) in front of AH ----------------------------------------------------------
+
+CPI = 0x1000
+PAYLOAD = b"IPComp in front of AH, RFC 3173 and RFC 4302. " * 25
+
+
+def _ah_ipcomp_frames(frames: list[bytes], src: str, dst: str, spi: int,
+                      key: bytes) -> list[tuple[int, bytes]]:
+    """(IPComp next header, inflated data) of every AH packet ``src`` -> ``dst`` in ``frames``,
+    its ICV checked by scapy's AH with ``key``; the AH next header must be 108."""
+    import zlib
+
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    out = []
+    sa = ScapySA(ScapyAH, spi=spi, auth_algo="SHA2-256-128",  # type: ignore[no-untyped-call]
+                 auth_key=key)
+    for frame in frames:
+        eth = Ether(frame)
+        layer = IP if IP in eth else IPv6
+        if layer not in eth or ScapyAH not in eth:
+            continue
+        packet = eth[layer]
+        if (packet.src, packet.dst) != (src, dst):
+            continue
+        assert packet[ScapyAH].nh == 108 and packet[ScapyAH].spi == spi
+        clear = sa.decrypt(packet)  # type: ignore[no-untyped-call]  # raises on a bad ICV
+        data = bytes(clear.payload)
+        next_header, _flags, cpi = struct.unpack_from("!BBH", data)
+        assert cpi == CPI
+        out.append((next_header, zlib.decompress(data[4:], -15)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ipcomp_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with transport_pair(tmp_path_factory.mktemp("ah-ipcomp-tr"), "ahc",
+                        script=lambda t, s: transport_script(t, s, ipcomp=CPI)) as hosts:
+        yield hosts
+
+
+@pytest.fixture(scope="module")
+def ipcomp_gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with tunnel_pair(tmp_path_factory.mktemp("ah-ipcomp-tu"), "ahd",
+                     script=lambda t, s: tunnel_script(t, s, ipcomp=CPI)) as g:
+        yield g
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_transport_ipcomp_then_ah(ipcomp_pair: Pair, family: int, tmp_path: Path) -> None:
+    """IP | AH (next header 108) | IPComp | deflate: scapy checks the ICV, zlib inflates."""
+    topo = ipcomp_pair.topo
+    a, b = (topo.a.v4, topo.b.v4) if family == 4 else (topo.a.v6, topo.b.v6)
+    cap = topo.b.ns.capture("eth0", tmp_path / "wire.pcap")
+    assert ping(topo.a.ns, b, count=3, payload=PAYLOAD) == 3
+    cap.stop()
+    frames = cap.packets()
+    upper = ICMP_PROTO if family == 4 else ICMPV6
+    for src, dst, spi, key in ((a, b, SPI_AB, AUTH_AB), (b, a, SPI_BA, AUTH_BA)):
+        seen = _ah_ipcomp_frames(frames, src, dst, spi, key)
+        assert len(seen) == 3 and all(nh == upper and data.endswith(PAYLOAD)
+                                      for nh, data in seen), seen
+    comp = [s for s in ipcomp_pair.b.status()["sas"]
+            if s["protocol"] == "ipcomp" and s["dst"] == b]
+    assert len(comp) == 1 and comp[0]["packets"] >= 3 and not comp[0]["drops"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_tunnel_ipcomp_then_ah(ipcomp_gws: Gateways, family: int, tmp_path: Path) -> None:
+    """One outer header: IP(gwA -> gwB) | AH (next header 108) | IPComp (4 / 41) | deflate
+    of the inner packet."""
+    topo = ipcomp_gws.topo
+    if family == 4:
+        ga, gb, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_b.v4, SPI_AB
+    else:
+        ga, gb, dst, spi = topo.gw_a_wan.v6, topo.gw_b_wan.v6, topo.net_b.v6, SPI_AB + 0x600
+    cap = topo.gw_b_wan.ns.capture("wan0", tmp_path / "wan.pcap")
+    assert ping(topo.net_a.ns, dst, count=3, payload=PAYLOAD) == 3
+    cap.stop()
+    frames = cap.packets()
+    for src, to, s, key in ((ga, gb, spi, AUTH_AB), (gb, ga, spi + 1, AUTH_BA)):
+        seen = _ah_ipcomp_frames(frames, src, to, s, key)
+        assert len(seen) == 3, seen
+        assert all(nh == (4 if family == 4 else 41) and data.endswith(PAYLOAD)
+                   for nh, data in seen)
+    comp = [s for s in ipcomp_gws.b.status()["sas"]
+            if s["protocol"] == "ipcomp" and s["dst"] == gb]
+    assert len(comp) == 1 and comp[0]["packets"] >= 3 and not comp[0]["drops"]

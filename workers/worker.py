@@ -604,13 +604,13 @@ class Worker:
             drop, s, en, nh = e.decap(rx, 0, end, e.window)
             if drop:
                 if nh == _IPCOMP:  # IPComp in tunnel-mode ESP (esp.py: the payload's place)
-                    self._inbound_ipcomp(e, rx, s, en, True)
+                    self._inbound_ipcomp(e, rx, s, en, tunnel=True, payload=True)
                     continue
                 self._sa_drop(e.slot, drop, spi)
                 continue
             if not check(e, rx, s, en):
                 if nh == _IPCOMP:  # transport mode: the check refuses protocol 108 to send it here
-                    self._inbound_ipcomp(e, rx, s, en, False)
+                    self._inbound_ipcomp(e, rx, s, en, tunnel=False, payload=False)
                     continue
                 self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
                 continue
@@ -658,11 +658,18 @@ class Worker:
             return
         drop, packet = e.ah.decap(rx[:end], e.window)
         if drop:
+            if drop is Drop.BAD_NEXT_HEADER and packet:  # IPComp in tunnel-mode AH (ah.py)
+                rx[:len(packet)] = packet
+                self._inbound_ipcomp(e, rx, 0, len(packet), tunnel=True, payload=False)
+                return
             self._sa_drop(e.slot, drop, spi)
             return
         n = len(packet)
         rx[:n] = packet  # where ESP's plaintext would be: the GRO coalescer reads from rx
         if not self._inbound_check(e, rx, 0, n):
+            if e.mode == MODE_TRANSPORT and _upper_protocol(rx, n) == _IPCOMP:
+                self._inbound_ipcomp(e, rx, 0, n, tunnel=False, payload=False)
+                return
             self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
             return
         if self.gro is not None:
@@ -675,19 +682,21 @@ class Worker:
                 return  # not forwarded: not counted on the SA
         self._count(self.acc, e.slot, 1, n)
 
-    def _inbound_ipcomp(self, e: _In, rx: memoryview, s: int, en: int, tunnel: bool) -> None:
-        """ESP's plaintext ``rx[s:en]`` is IPComp (next header 108, RFC 3173): decompress it.
+    def _inbound_ipcomp(self, e: _In, rx: memoryview, s: int, en: int, *, tunnel: bool,
+                        payload: bool) -> None:
+        """What ESP or AH ``e`` carried, ``rx[s:en]``, is IPComp (RFC 3173): decompress it.
 
         Outside the ESP fast path, which reaches here only through its drop
-        (tunnel mode) or policy-check failure (transport mode) branch.  Tunnel
-        mode: ``rx[s:en]`` is the IPComp header and data, the outer header
-        still at ``rx[0]``; transport mode: an IP packet with protocol 108.
-        The CPI picks the IPComp SA among ours (the ESP SA's destination);
-        the decompressed packet then takes the ESP SA's policy check and goes
-        to the TUN as any other.  IPComp is optional on receipt (RFC 3173
-        §2.2): uncompressed packets never come here.
+        (tunnel mode) or policy-check failure (transport mode) branch; AH
+        likewise.  ``payload``: ``rx[s:en]`` is the IPComp header and data,
+        the outer header still at ``rx[0]`` (tunnel-mode ESP); otherwise an IP
+        packet with protocol 108, whose header is the outer one in tunnel mode.
+        The CPI picks the IPComp SA among ours (the carrying SA's
+        destination); the decompressed packet then takes the carrying SA's
+        policy check and goes to the TUN as any other.  IPComp is optional on
+        receipt (RFC 3173 §2.2): uncompressed packets never come here.
         """
-        if tunnel:
+        if payload:
             at = s
         elif rx[s] >> 4 == 4:
             at = s + ((rx[s] & 15) << 2)
@@ -711,10 +720,10 @@ class Worker:
         if ctx is None:  # an IPComp SA of the other mode
             self._sa_drop(c.slot, Drop.BAD_NEXT_HEADER, cpi)
             return
-        if tunnel:
+        if payload:
             drop, packet = ctx.decap_tunnel_payload(rx[:40], rx[s:en])  # the outer ECN
         else:
-            drop, packet = ctx.decap(rx[s:en])
+            drop, packet = ctx.decap(rx[s:en])  # transport, or tunnel behind its outer header
         if drop:
             self._sa_drop(c.slot, drop, cpi)
             return
@@ -1132,7 +1141,7 @@ class Worker:
         compressed inner packet, and a transport-mode copy of the tunnel ESP SA
         (same keys and sequence numbers) puts ESP after that outer header, so
         there is one outer header, not two.  Uncompressed packets are plain ESP.
-        Anything else - IPComp under AH, modes or tunnel end points that differ
+        AH the same way.  Anything else - modes or tunnel end points that differ
         between the two requests, an IPComp SA of the other mode - goes
         uncompressed, logged.
         """
@@ -1142,9 +1151,7 @@ class Worker:
             return d  # no IPComp SA (yet): uncompressed
         tunnel = comp_req.mode == MODE_TUNNEL
         why = ""
-        if isinstance(chosen, _AhOut):
-            why = "IPComp with AH is not supported"
-        elif tunnel != chosen.tunnel or (tunnel and (comp_req.src, comp_req.dst)
+        if tunnel != chosen.tunnel or (tunnel and (comp_req.src, comp_req.dst)
                                          != (chosen_req.src, chosen_req.dst)):
             why = "the IPComp and ESP requests differ in mode or tunnel end points"
         ctx = c.tunnel if tunnel else c.transport
@@ -1162,7 +1169,7 @@ class Worker:
         return (OUT_IPCOMP, *d[1:], ctx, c.slot, (OUT_ESP, d[1], encap, *d[3:]))
 
     def _transport_twin(self, out: _Out) -> _Out | None:
-        """A transport-mode context of the tunnel-mode ESP SA ``out`` (made once, kept).
+        """A transport-mode context of the tunnel-mode ESP or AH SA ``out`` (made once, kept).
 
         The worker wiped its copy of the keys when it built ``out``, so the slot
         is read again (seqlock copy) and this copy wiped in turn.  Sequence
@@ -1178,8 +1185,13 @@ class Worker:
         sa = entry.sa
         try:
             sa.mode = Mode.TRANSPORT
-            ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
-            twin = self.twins[out.slot] = _Out(out.slot, out.uid, ctx, sa)
+            if isinstance(out, _AhOut):
+                twin = _AhOut(out.slot, out.uid,
+                              AhContext(sa, allow_legacy=self.spec.allow_legacy), sa)
+            else:
+                ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+                twin = _Out(out.slot, out.uid, ctx, sa)
+            self.twins[out.slot] = twin
         except Exception as exc:  # as in _reload_sas: the control process validated it
             self._note("bad_sa", f"SA {sa.spi:#x} in slot {out.slot} unusable: {exc}")
             return None
@@ -1540,6 +1552,16 @@ def _ports(proto: int, buf: memoryview, at: int, end: int) -> int:
     elif proto in _ICMP_PROTOS and at + 2 <= end:
         return buf[at] << 16 | buf[at + 1]
     return 0
+
+
+def _upper_protocol(buf: memoryview, end: int) -> int:
+    """The protocol after the IP header (IPv6: after the extension headers IPsec skips)."""
+    if buf[0] >> 4 == 4:
+        return buf[9]
+    try:
+        return ipv6_find_header(buf[:end])[1]
+    except PacketError:
+        return -1
 
 
 def _addr(packed: bytes) -> str:
