@@ -805,12 +805,13 @@ class Daemon:
         if self.ike is None:
             return {"ike_sas": []}
         sas = self.ike.list_sas()
-        by_spi = {(s.direction, s.sa.spi): s for s in self.slots.values()}
+        # by protocol too: an IPComp SA's CPI may equal an ESP SPI
+        by_spi = {(s.direction, s.sa.protocol, s.sa.spi): s for s in self.slots.values()}
         assert self.table is not None
         for ike in sas:
             for child in ike["children"]:
                 for direction, key in ((Direction.IN, "spi_in"), (Direction.OUT, "spi_out")):
-                    s = by_spi.get((direction, int(child[key], 16)))
+                    s = by_spi.get((direction, IpProto.ESP, int(child[key], 16)))
                     row = self.table.sum_sa_counters(s.slot) if s is not None else None
                     suffix = direction.name.lower()
                     child[f"packets_{suffix}"] = int(row[SACounter.PACKETS]) if row else 0

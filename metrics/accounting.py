@@ -60,6 +60,14 @@ its ``up`` gauge stay continuous while it has no SA at all (between the
 ``delete`` and the ``add`` of a manual rekey, or after a hard expiry).
 SPIs, which change at every rekey, become labels only when the operator
 asks for per-SA series (``[metrics] sa_labels = true``).
+
+IPComp SAs (RFC 3173) belong to their child like its ESP SAs, but the
+packets they count are the same packets again, before compression (the ESP
+or AH SA that carries them counts them too): their traffic is not added to
+the child's counters, nor do they count as the child's SA in use, nor do
+they get per-SA series (a CPI may equal an ESP SPI of the same child: the
+labels would clash); ``ipsecd status`` shows their counters.  Their drops
+(``decompress``...) are counted like any SA's.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ipsecd.iana import IpProto
 from ipsecd.sa import SecurityAssociation
 from ipsecd.satable import DROP_COLUMNS, SACounter
 
@@ -108,6 +117,7 @@ class LiveSA:
     hard_add: int
     soft_use: int  # use-time lifetimes in seconds, 0 = none
     hard_use: int
+    carries: bool = True  # its packets are the child's traffic (not so for IPComp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +182,8 @@ class Accounting:
             self._order += 1
             self._live[slot] = LiveSA(slot, uid, connection, child, direction, sa.spi, created,
                                       self._order, sa.soft.add_seconds, sa.hard.add_seconds,
-                                      sa.soft.use_seconds, sa.hard.use_seconds)
+                                      sa.soft.use_seconds, sa.hard.use_seconds,
+                                      sa.protocol != IpProto.IPCOMP)
             for d in ("in", "out"):
                 self._retired.setdefault((connection, child, d), [0, 0])
 
@@ -192,10 +203,11 @@ class Accounting:
         with self._lock:
             totals = table.sum_sa_counters(slot)
             live = self._live.pop(slot, None) or self._draining.pop(slot, None)
-            if live is not None:
+            if live is not None and live.carries:
                 acc = self._retired[(live.connection, live.child, live.direction)]
                 acc[0] += totals[SACounter.PACKETS]
                 acc[1] += totals[SACounter.BYTES]
+            if live is not None:
                 self._first_used.pop(live.uid, None)
             for i in range(DROP_COLUMNS):
                 self._retired_drops[i] += totals[SACounter.DROPS + i]
@@ -228,23 +240,26 @@ class Accounting:
             newest: dict[ChildKey, LiveSA] = {}
             for slot, live in self._draining.items():
                 row = table.sum_sa_counters(slot)
-                acc = totals[(live.connection, live.child, live.direction)]
-                acc[0] += row[SACounter.PACKETS]
-                acc[1] += row[SACounter.BYTES]
+                if live.carries:
+                    acc = totals[(live.connection, live.child, live.direction)]
+                    acc[0] += row[SACounter.PACKETS]
+                    acc[1] += row[SACounter.BYTES]
                 for i in range(DROP_COLUMNS):
                     drops[i] += row[SACounter.DROPS + i]
             for slot, live in self._live.items():
                 row = table.sum_sa_counters(slot)
                 key = (live.connection, live.child, live.direction)
-                acc = totals[key]
-                acc[0] += row[SACounter.PACKETS]
-                acc[1] += row[SACounter.BYTES]
                 for i in range(DROP_COLUMNS):
                     drops[i] += row[SACounter.DROPS + i]
+                if not live.carries:
+                    continue  # IPComp: the same packets as its carrier's (module docstring)
                 if per_sa:
                     out.sas.append(SASample(live.connection, live.child, live.direction,
                                             live.spi, row[SACounter.PACKETS],
                                             row[SACounter.BYTES]))
+                acc = totals[key]
+                acc[0] += row[SACounter.PACKETS]
+                acc[1] += row[SACounter.BYTES]
                 out.sa_count[live.direction] = out.sa_count.get(live.direction, 0) + 1
                 if key not in newest or newest[key].order < live.order:
                     newest[key] = live

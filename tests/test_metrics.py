@@ -122,6 +122,26 @@ def test_drops_of_removed_sas_are_kept() -> None:
     assert acc.drop_totals(table)[4] == 3 and acc.snapshot(table).drops[4] == 3
 
 
+def test_ipcomp_sas_add_their_drops_not_their_packets_to_the_child() -> None:
+    """An IPComp SA counts the packets its ESP SA carries once more, uncompressed: the
+    child's counters take the ESP SA's only; the IPComp SA's drops count, live or retired."""
+    acc, table = Accounting(), FakeTable()
+    comp = SecurityAssociation(0x1001, IpProto.IPCOMP, ipaddress.ip_address(A),
+                               ipaddress.ip_address(B), mode=Mode.TUNNEL)
+    for slot, s in enumerate((sa(0x1001), comp)):  # the same number as SPI and as CPI
+        table.clear(slot)
+        acc.install(slot, slot + 1, s, "out", 0.0)
+        table.count(slot, 10, 1000 * (slot + 1))
+    table.rows[1][SACounter.DROPS + 9] = 2  # decompress
+    snap = acc.snapshot(table, per_sa=True)
+    assert [(c.direction, c.packets, c.bytes) for c in snap.children] == [
+        ("in", 0, 0), ("out", 10, 1000)]
+    assert [s.spi for s in snap.sas] == [0x1001] and snap.sa_count == {"out": 1}
+    assert snap.drops[9] == 2 and acc.drop_totals(table)[9] == 2
+    acc.retire(1, table)
+    assert out_bytes(acc, table) == 1000 and acc.drop_totals(table)[9] == 2
+
+
 def _worker_rows(table: SATable, index: int) -> Worker:
     """A worker reduced to its counters over ``table`` (no TUN, rings or sockets)."""
     w = object.__new__(Worker)
