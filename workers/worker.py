@@ -47,6 +47,11 @@ The loop waits in ``poll`` on the ring and TUN descriptors (at most
    outbound, an AH SA's ``encap`` has ESP's signature, so ``_encrypt``
    serves both.  A policy that requires ESP and AH together (a bundle) is
    not supported: it drops (``no_sa``) with a log line.
+   IPComp (RFC 3173) in front of ESP or AH is a branch of its own too:
+   outbound an ``OUT_IPCOMP`` decision compresses the packet before it
+   joins the batch (``_compress``); inbound, what ESP or AH delivers with
+   next header 108 reaches ``_inbound_ipcomp`` through their failure
+   branches only (docs/architecture.md, "IPComp in the datapath").
 4. **Counters** are accumulated in local ints and added to the worker's
    own rows of the shared table once per batch, with the heartbeat.
 
