@@ -458,12 +458,14 @@ class Worker:
                 if entry.direction is Direction.IN:
                     if sa.spi % n != k:
                         continue  # another worker's SA (socket filter)
-                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False,
+                                     fast_paths="decap")  # an inbound SA only decapsulates
                     window = ReplayWindow(sa.replay_window, esn=sa.esn,
                                           buffer=table.replay_buffer(slot), initialize=False)
                     self._add_inbound(_In(slot, entry.uid, ctx, window, sa))
                 else:
-                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False,
+                                     fast_paths="encap")
                     self.outbound[slot] = _Out(slot, entry.uid, ctx, sa)
             except Exception as exc:  # TransformError, ValueError: the control validated it
                 self._note("bad_sa", f"SA {sa.spi:#x} in slot {slot} unusable: {exc}")
