@@ -659,16 +659,18 @@ def protect(message: Message, inner: Sequence[Payload], cipher: SkCipher, *, iv:
     return bytes(prefix + body)
 
 
-def unprotect(data: bytes, cipher: SkCipher) -> tuple[Message, list[Payload]]:
+def unprotect(data: bytes, cipher: SkCipher, message: Message | None = None,
+              ) -> tuple[Message, list[Payload]]:
     """(message, inner payloads) of a message whose last payload is SK.
 
     Raises IkeProtocolError when the outer structure is malformed (before
     authentication: drop it), IkeDecryptError when the SK payload does not
     verify (drop silently, §2.21.1), and IkeProtocolError with
     INVALID_SYNTAX when the authenticated inner payloads are malformed
-    (this one may be answered).
+    (this one may be answered).  ``message``: ``decode(data)``, when the caller has it.
     """
-    message = decode(data)
+    if message is None:
+        message = decode(data)
     if not message.payloads or not isinstance(message.payloads[-1], SK):
         raise IkeDecryptError("not-encrypted")
     sk = message.payloads[-1]
@@ -706,9 +708,12 @@ def protect_fragments(
     return out
 
 
-def unprotect_fragment(data: bytes, cipher: SkCipher) -> tuple[Message, SKF, bytes]:
-    """(message, SKF header, decrypted chunk) of one fragment (RFC 7383 §2.6)."""
-    message = decode(data)
+def unprotect_fragment(data: bytes, cipher: SkCipher, message: Message | None = None,
+                       ) -> tuple[Message, SKF, bytes]:
+    """(message, SKF header, decrypted chunk) of one fragment (RFC 7383 §2.6); ``message``:
+    ``decode(data)``, when the caller has it."""
+    if message is None:
+        message = decode(data)
     if len(message.payloads) != 1 or not isinstance(message.payloads[0], SKF):
         raise IkeDecryptError("not-encrypted")
     skf = message.payloads[0]

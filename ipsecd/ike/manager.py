@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import heapq
 import hmac
@@ -191,12 +192,19 @@ def _addr_matches(patterns: Iterable[str], address: IPAddress) -> bool:
                 return True
             continue
         any_seen = True
-        try:
-            if address in ipaddress.ip_network(p, strict=False):
-                return True
-        except ValueError:
-            continue
+        network = _network(p)
+        if network is not None and address in network:
+            return True
     return not any_seen and not list(patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(pattern: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A configured address or prefix, parsed once (None: not one)."""
+    try:
+        return ipaddress.ip_network(pattern, strict=False)
+    except ValueError:
+        return None
 
 
 class IkeManager:

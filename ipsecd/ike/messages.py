@@ -64,6 +64,7 @@ from ipsecd.ike.constants import (
 )
 from ipsecd.ike.errors import (
     IkeLocalError,
+    IkeProtocolError,
     InvalidMajorVersionError,
     UnsupportedCriticalPayloadError,
     invalid_syntax,
@@ -112,6 +113,7 @@ __all__ = [
 
 _HEADER = struct.Struct("!8s8sBBBBII")  # SPIi, SPIr, next payload, version, exchange, flags, message ID, length
 _GENERIC = struct.Struct("!BBH")  # next payload, C + RESERVED, payload length
+_U32 = struct.Struct("!I")
 _CRITICAL = 0x80
 
 NONCE_MIN = 16  # RFC 7296 §3.9: Nonce Data between 16 and 256 octets
@@ -141,30 +143,42 @@ class Reader:
         """Octets left before the current limit."""
         return self._end - self._pos
 
-    def _take(self, n: int, what: str) -> int:
-        if n < 0 or n > self._end - self._pos:
-            raise invalid_syntax(f"{what}: needs {n} octets, {self._end - self._pos} left")
-        pos = self._pos
-        self._pos += n
-        return pos
+    def _short(self, n: int, what: str) -> IkeProtocolError:
+        return invalid_syntax(f"{what}: needs {n} octets, {self._end - self._pos} left")
 
+    # The pulls are called a hundred times per message: each does its own bounds check
+    # (no helper call), which is the whole of the guard.
     def pull_uint8(self, what: str = "field") -> int:
         """One octet."""
-        return self._data[self._take(1, what)]
+        pos = self._pos
+        if pos >= self._end:
+            raise self._short(1, what)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def pull_uint16(self, what: str = "field") -> int:
         """Two octets, big-endian."""
-        pos = self._take(2, what)
-        return int.from_bytes(self._data[pos:pos + 2], "big")
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise self._short(2, what)
+        self._pos = pos + 2
+        data = self._data
+        return data[pos] << 8 | data[pos + 1]
 
     def pull_uint32(self, what: str = "field") -> int:
         """Four octets, big-endian."""
-        pos = self._take(4, what)
-        return int.from_bytes(self._data[pos:pos + 4], "big")
+        pos = self._pos
+        if pos + 4 > self._end:
+            raise self._short(4, what)
+        self._pos = pos + 4
+        return int(_U32.unpack_from(self._data, pos)[0])
 
     def pull_bytes(self, n: int, what: str = "field") -> bytes:
         """``n`` octets."""
-        pos = self._take(n, what)
+        pos = self._pos
+        if n < 0 or pos + n > self._end:
+            raise self._short(n, what)
+        self._pos = pos + n
         return self._data[pos:pos + n]
 
     def pull_rest(self) -> bytes:

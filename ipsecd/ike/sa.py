@@ -721,7 +721,7 @@ class IkeSa:
             raise _Dropped() from None
         if message.payloads and isinstance(message.payloads[-1], SKF):
             try:
-                _, skf, chunk = crypto.unprotect_fragment(data, self._recv_cipher)
+                _, skf, chunk = crypto.unprotect_fragment(data, self._recv_cipher, message)
             except IkeDecryptError:
                 raise _Dropped() from None
             frags = self._fragments.setdefault(message.message_id, {})
@@ -737,7 +737,7 @@ class IkeSa:
                 raise _Dropped() from None
             return message, inner
         try:
-            message, inner = crypto.unprotect(data, self._recv_cipher)
+            message, inner = crypto.unprotect(data, self._recv_cipher, message)
         except IkeDecryptError:
             raise _Dropped() from None
         return message, inner
