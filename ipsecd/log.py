@@ -89,8 +89,11 @@ class RedactKeys(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if _HEX_KEY.search(message):
-            record.msg = _HEX_KEY.sub("0x<redacted>", message)
-            record.args = None
+            message = _HEX_KEY.sub("0x<redacted>", message)
+        # The formatted message replaces msg and args: the formatter's getMessage() does
+        # not format it a second time.
+        record.msg = message
+        record.args = None
         return True
 
 
