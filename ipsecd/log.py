@@ -28,6 +28,7 @@ line per kind per ``LOG_INTERVAL`` seconds with the count since the last
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -72,6 +73,7 @@ def level_name(levelno: int) -> str:
     return "debug"
 
 
+@functools.lru_cache(maxsize=256)  # a handful of logger names, asked for every line
 def subsystem_of(logger: str) -> str:
     """The subsystem of a logger name (the nearest configured ancestor), else the name."""
     name = logger
