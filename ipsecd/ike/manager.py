@@ -461,12 +461,21 @@ class IkeManager:
         if name == "dpd_sent":
             self.stats.dpd["sent"] += 1
 
+    def timer_moved(self, ike: IkeSa) -> None:
+        """``ike``'s timer may have moved earlier other than through the manager (which
+        reschedules after every call it makes on an SA, :meth:`_process`): take it into the
+        heap now, so that it fires at the next tick and not at the next safety scan, up to
+        :data:`TIMER_SCAN` later.  Whatever changes an SA's timers behind the manager's
+        back calls this."""
+        self._schedule(ike)
+
     def _schedule(self, ike: IkeSa) -> None:
         """Put ``ike``'s next timer into the heap, unless an entry at or before it is there.
 
         Entries are hints: one that comes due is checked against the SA's timer then (it
         may have moved later, or the SA be gone), so an SA only needs scheduling whenever
-        its timer may have moved earlier - after each of its events (:meth:`_process`)."""
+        its timer may have moved earlier - after each of its events (:meth:`_process`), or
+        when told so (:meth:`timer_moved`)."""
         due = ike.next_timer()
         if due is not None and due < self._timer_at.get(id(ike), float("inf")):
             heapq.heappush(self._timers, (due, next(self._timer_seq), ike))
@@ -728,6 +737,7 @@ class IkeManager:
             for child in list(ike.children):
                 if child.reqid == reqid and spi in (child.spi_in, child.spi_out):
                     child.expire_at = now
+                    self.timer_moved(ike)  # should handle_timer not act on it now
                     ike.handle_timer(now)
                     self._process(ike)
                     return
