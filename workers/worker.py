@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -1356,6 +1357,10 @@ def _reset_signals(on_term: Callable[[int, object], None]) -> None:
 def main(spec: WorkerSpec) -> None:
     """Worker process entry point (the control process forks and calls this)."""
     _die_with_parent()
+    # Everything inherited from the control process (its modules, configuration, IKE SAs)
+    # stays as it is: out of the cyclic collector's sight, so that the worker's full
+    # collections walk only what the worker made (and do not write to the inherited pages).
+    gc.freeze()
     worker: Worker | None = None
 
     def on_term(signum: int, frame: object) -> None:
