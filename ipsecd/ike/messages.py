@@ -330,7 +330,8 @@ class Transform:
     attributes: list[TransformAttribute] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.type = TransformType.of(self.type)
+        if type(self.type) is not TransformType:  # decoded and copied ones are already
+            self.type = TransformType.of(self.type)
         self.id = transform_id(self.type, self.id)
 
     @property
@@ -393,7 +394,8 @@ class Proposal:
     transforms: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.protocol = ProtocolId.of(self.protocol)
+        if type(self.protocol) is not ProtocolId:
+            self.protocol = ProtocolId.of(self.protocol)
 
     def push(self, buf: bytearray, last: bool) -> None:
         """Append the substructure; ``last`` is False when another proposal follows."""
@@ -1188,7 +1190,8 @@ class Message:
     minor_version: int = 0  # §3.1: sent as zero, ignored on receipt
 
     def __post_init__(self) -> None:
-        self.exchange_type = ExchangeType.of(self.exchange_type)
+        if type(self.exchange_type) is not ExchangeType:
+            self.exchange_type = ExchangeType.of(self.exchange_type)
 
     @property
     def flags(self) -> HeaderFlag:
