@@ -164,25 +164,40 @@ class _Socket:
         local: IPAddress | None = None
         for level, kind, value in anc:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 12:
-                local = ipaddress.IPv4Address(value[8:12])  # ipi_addr: the header's destination
+                local = _address(value[8:12])  # ipi_addr: the header's destination
             elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(value) >= 16:
-                local = ipaddress.IPv6Address(value[:16])
-        remote_addr = ipaddress.ip_address(addr[0].split("%", 1)[0])
+                local = _address(value[:16])
+        remote_addr = _address(addr[0].split("%", 1)[0])
         if local is None:
             return None
         return data, Endpoint(local, self.port), Endpoint(remote_addr, int(addr[1]))
 
     def send(self, data: bytes, local: IPAddress, remote: Endpoint) -> None:
-        if self.family == socket.AF_INET6:
-            anc = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", local.packed, 0))]
-        else:
-            anc = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, local.packed, b"\0" * 4))]
         with contextlib.suppress(BlockingIOError, InterruptedError):
-            self.sock.sendmsg([data], anc, 0, (str(remote.address), remote.port))
+            self.sock.sendmsg([data], [_pktinfo(local)], 0, (_text(remote.address), remote.port))
 
     def close(self) -> None:
         self.sock.close()
 
+
+# A peer's address is parsed, and ours and its written, for every datagram; its
+# conversation is a few datagrams, each of its IKE SAs' a few more: they are remembered.
+@functools.lru_cache(maxsize=4096)
+def _address(raw: str | bytes) -> IPAddress:
+    return ipaddress.ip_address(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(address: IPAddress) -> str:
+    return str(address)
+
+
+@functools.lru_cache(maxsize=256)
+def _pktinfo(local: IPAddress) -> tuple[int, int, bytes]:
+    """The ancillary data that makes a datagram leave from ``local`` (IP_PKTINFO)."""
+    if local.version == 6:
+        return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", local.packed, 0))
+    return (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, local.packed, b"\0" * 4))
 
 def _addr_matches(patterns: Iterable[str], address: IPAddress) -> bool:
     any_seen = False
