@@ -770,3 +770,14 @@ def test_select_remembered_is_select_computed(offered: list[Proposal], configure
             assert chosen.spi == source.spi
             # copies, not aliases
             assert all(t is not u for t in chosen.transforms for u in source.transforms)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(offered=offered_proposals())
+def test_describe_remembered_is_describe_computed(offered: list[Proposal]) -> None:
+    """describe() remembers its text by the transforms' shape: the same as writing it out."""
+    from ipsecd.ike import proposals
+
+    for _ in range(2):
+        for p in offered:
+            assert describe(p) == "/".join(proposals._name(t) for t in p.transforms)

@@ -118,6 +118,7 @@ _U32 = struct.Struct("!I")
 _TRANSFORM = struct.Struct("!BBHBBH")  # last, reserved, length, type, reserved, id
 _PROPOSAL = struct.Struct("!BBHBBBB")  # last, reserved, length, number, protocol, SPI size, count
 _NOTIFY = struct.Struct("!BBH")  # protocol, SPI size, notify type
+_ATTRIBUTE = struct.Struct("!HH")  # two 16-bit fields: type and value (or length)
 _TS_HEADER = struct.Struct("!BBHHH")  # TS type, IP protocol, length, start port, end port
 _CRITICAL = 0x80
 
@@ -297,11 +298,9 @@ class TransformAttribute:
     def push(self, buf: bytearray) -> None:
         """Append the attribute."""
         if isinstance(self.value, int):
-            _push_uint(buf, 0x8000 | _attribute_type(self.type), 2, "attribute type")
-            _push_uint(buf, self.value, 2, "TV attribute value")
+            buf += _pack(_ATTRIBUTE, "TV attribute", 0x8000 | _attribute_type(self.type), self.value)
         else:
-            _push_uint(buf, _attribute_type(self.type), 2, "attribute type")
-            _push_uint(buf, len(self.value), 2, "TLV attribute length")
+            buf += _pack(_ATTRIBUTE, "TLV attribute", _attribute_type(self.type), len(self.value))
             buf += self.value
 
     @classmethod
@@ -467,8 +466,7 @@ class KE(Payload):
     data: bytes
 
     def push_body(self, buf: bytearray) -> None:
-        _push_uint(buf, self.group, 2, "DH group")
-        buf += b"\x00\x00"
+        buf += _pack(_ATTRIBUTE, "DH group", self.group, 0)  # group, reserved
         buf += self.data
 
     @classmethod

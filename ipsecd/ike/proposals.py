@@ -782,5 +782,15 @@ def _name(transform: Transform) -> str:
 
 def describe(proposal: Proposal) -> str:
     """The transforms as strongSwan logs them: ``AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519``."""
-    return "/".join(_name(t) for t in proposal.transforms)
+    # Every IKE SA set up logs its suites: remembered by the transforms' shape.
+    key = tuple(map(_transform_shape, proposal.transforms))
+    text = _DESCRIBED.get(key)
+    if text is None:
+        if len(_DESCRIBED) >= _SELECTED_MAX:
+            _DESCRIBED.clear()
+        text = _DESCRIBED[key] = "/".join(_name(t) for t in proposal.transforms)
+    return text
+
+
+_DESCRIBED: dict[tuple[_TransformShape, ...], str] = {}
 
