@@ -342,6 +342,17 @@ class IkeSaSuite:
 
     def algorithms(self, *, allow_legacy: bool = False) -> tuple[IkePrf, IkeEncr, IkeInteg | None]:
         """The PRF, encryption and integrity descriptions; raises IkeLocalError if unusable."""
+        # Asked three times per IKE SA set up (keys, two SK ciphers): a suite without a legacy
+        # algorithm (which warns each time) is looked up once.
+        found = _SUITE_ALGORITHMS.get(self)
+        if found is not None:
+            return found
+        found = self._algorithms(allow_legacy)
+        if not any(a is not None and a.legacy for a in found) and len(_SUITE_ALGORITHMS) < 256:
+            _SUITE_ALGORITHMS[self] = found
+        return found
+
+    def _algorithms(self, allow_legacy: bool) -> tuple[IkePrf, IkeEncr, IkeInteg | None]:
         prf_algorithm = prf(self.prf, allow_legacy=allow_legacy)
         encr = _lookup(ENCR_ALGORITHMS, EncrId(self.encr), "encryption algorithm")
         _check_legacy(encr.name, encr.legacy, allow_legacy)
@@ -353,6 +364,9 @@ class IkeSaSuite:
         integ = _lookup(INTEG_ALGORITHMS, IntegId(self.integ), "integrity algorithm")
         _check_legacy(integ.name, integ.legacy, allow_legacy)
         return prf_algorithm, encr, integ
+
+
+_SUITE_ALGORITHMS: dict[IkeSaSuite, tuple[IkePrf, IkeEncr, IkeInteg | None]] = {}
 
 
 def _keys_repr(self: object) -> str:
