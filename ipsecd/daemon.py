@@ -65,6 +65,7 @@ import bisect
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import ipaddress
 import logging
@@ -2016,6 +2017,10 @@ def run(config: Config) -> int:
     old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         daemon.setup()
+        # What start-up made (modules, configuration, tables) lives as long as the daemon:
+        # out of the cyclic collector's sight, its full collections walk only what came
+        # after - the SAs (bench_ike: a third less collector time per IKE SA set up).
+        gc.freeze()
         for sig, handler in old.items():
             signal.signal(sig, handler)
         asyncio.run(daemon.serve())

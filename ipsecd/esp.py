@@ -168,6 +168,7 @@ behind NAT (RFC 3948 §3.1.2) is not done here.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import logging
 import string
@@ -595,6 +596,15 @@ def _inner_check(inner_len: int, trailer_len: int) -> Callable[[Buffer, int], tu
     return struct.Struct(f"!I{inner_len - 4}x{trailer}").unpack_from
 
 
+FastPaths = Literal["both", "encap", "decap"]
+
+
+@functools.cache
+def _struct(fmt: str) -> struct.Struct:
+    """One Struct per format (they are immutable): SAs of one shape share theirs."""
+    return struct.Struct(fmt)
+
+
 def _render(template: str, constants: dict[str, int | bytes | bool]) -> str:
     """``template`` with each ``$NAME`` replaced by the literal of an SA constant."""
     for name, value in constants.items():
@@ -623,7 +633,7 @@ _PER_SA = ("SPI", "IV_MASK")
 _PLACEHOLDERS = tuple({name: (1 << 80) + base + k for k, name in enumerate(_PER_SA)}
                       for base in (0x5555_5555_5555_5555, 0xAAAA_AAAA_AAAA_AAAA))
 _FILENAME = "<ipsecd.esp fast path, SPI {:#x}>"
-_CODE_CACHE: dict[tuple[object, ...], tuple[CodeType, dict[str, int]] | None] = {}
+_CODE_CACHE: dict[tuple[object, ...], tuple[_Plan, dict[str, int]] | None] = {}
 _CODE_CACHE_MAX = 256
 
 
@@ -642,6 +652,64 @@ def _patch(value: object, values: dict[int, int], filename: str) -> object:
     return value
 
 
+# How to patch one cached code object (_plan): the code object and, per constant that
+# changes, its index and what goes there - a placeholder (an int), the plan of a nested code
+# object, or a constant tuple / frozenset holding placeholders (patched by _patch).  Constants
+# that hold no placeholder and no code object are shared as they are; only the filename of
+# every code object changes.  This does per SA what _patch does, without walking every
+# constant of every code object again.
+_Plan = tuple[CodeType, tuple[tuple[int, object], ...]]
+
+
+def _plan(code: CodeType, placeholders: frozenset[int]) -> _Plan:
+    subs: list[tuple[int, object]] = []
+    for i, c in enumerate(code.co_consts):
+        if isinstance(c, CodeType):
+            subs.append((i, _plan(c, placeholders)))
+        elif type(c) is int:
+            if c in placeholders:
+                subs.append((i, c))
+        elif type(c) in (tuple, frozenset) and _holds(c, placeholders):
+            subs.append((i, _Nested(c)))
+    return code, tuple(subs)
+
+
+class _Nested:
+    """A constant tuple or frozenset with a placeholder inside (patched whole by _patch)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+def _holds(value: object, placeholders: frozenset[int]) -> bool:
+    if isinstance(value, CodeType):
+        return True
+    if type(value) is int:
+        return value in placeholders
+    if type(value) in (tuple, frozenset):
+        return any(_holds(c, placeholders) for c in value)  # type: ignore[attr-defined]
+    return False
+
+
+def _apply(plan: _Plan, values: dict[int, int], filename: str) -> CodeType:
+    """The code of ``plan`` with the placeholders of ``values`` replaced and ``filename``
+    (what ``_patch(code, values, filename)`` gives)."""
+    code, subs = plan
+    if not subs:
+        return code.replace(co_filename=filename)
+    consts = list(code.co_consts)
+    for i, sub in subs:
+        if type(sub) is int:
+            consts[i] = values.get(sub, sub)
+        elif type(sub) is _Nested:
+            consts[i] = _patch(sub.value, values, filename)
+        else:
+            consts[i] = _apply(sub, values, filename)  # type: ignore[arg-type]
+    return code.replace(co_filename=filename, co_consts=tuple(consts))
+
+
 def _compiled(template: str, constants: dict[str, int | bytes | bool]) -> CodeType:
     """The code of ``template`` filled with ``constants`` (see above)."""
     filename = _FILENAME.format(constants.get("SPI", 0))
@@ -654,15 +722,13 @@ def _compiled(template: str, constants: dict[str, int | bytes | bool]) -> CodeTy
         swap = {_PLACEHOLDERS[0][k]: _PLACEHOLDERS[1][k] for k in per_sa}
         if len(_CODE_CACHE) >= _CODE_CACHE_MAX:
             _CODE_CACHE.clear()
-        _CODE_CACHE[key] = ((first, _PLACEHOLDERS[0])
+        _CODE_CACHE[key] = ((_plan(first, frozenset(_PLACEHOLDERS[0].values())), _PLACEHOLDERS[0])
                             if _patch(first, swap, _FILENAME.format(0)) == second else None)
     hit = _CODE_CACHE[key]
     if hit is None:
         return compile(_render(template, constants), filename, "exec")
-    code, placeholders = hit
-    patched = _patch(code, {placeholders[k]: int(constants[k]) for k in per_sa}, filename)
-    assert isinstance(patched, CodeType)
-    return patched
+    plan, placeholders = hit
+    return _apply(plan, {placeholders[k]: int(constants[k]) for k in per_sa}, filename)
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,7 +772,10 @@ class EspContext:
     ``iv_mask`` is XORed into the counter IV of AEAD/GMAC transforms; every
     process using one SA must use the same value (the default 0 makes the IV
     the sequence number).  ``df`` is the outer IPv4 DF policy in tunnel mode;
-    ``ttl`` the outer TTL / hop limit.
+    ``ttl`` the outer TTL / hop limit.  ``fast_paths``: which directions get a compiled
+    fast path (``"encap"`` or ``"decap"`` for an SA used one way only, as the workers'
+    are: compiling costs more than the rest of a context); the other works too, through
+    the general path, which produces the same bytes.
 
     The per-packet calls (attributes holding functions built for this SA):
 
@@ -781,6 +850,7 @@ class EspContext:
         df: DfPolicy = "copy",
         ttl: int = 64,
         legacy_warning: bool = True,
+        fast_paths: FastPaths = "both",
     ) -> None:
         if sa.protocol != IpProto.ESP:
             raise TransformError(f"not an ESP SA (protocol {sa.protocol.name})")
@@ -876,8 +946,8 @@ class EspContext:
         self.tailroom = self.align - 1 + 2 + room_after
 
         self._forget: tuple[Callable[[], None], ...] = ()
-        self.encap_into = self._fast_encap() or self._general_encap
-        self.decap_into = self._fast_decap() or self._general_decap
+        self.encap_into = (fast_paths != "decap" and self._fast_encap()) or self._general_encap
+        self.decap_into = (fast_paths != "encap" and self._fast_decap()) or self._general_decap
         if legacy_warning:
             warn_legacy(enc, integ)  # once per SA, now that its context is built
 
@@ -1319,7 +1389,7 @@ class EspContext:
         salt = bytes(self._scratch[:4])
         aad = "III" if self.esn else "II"
         tails = tuple(_PADS_AND_LENGTH[n] + b"\x04" + bytes(16) + salt for n in range(align))
-        pack_tails = tuple(struct.Struct(f"!{len(tail)}sQ{aad}").pack_into for tail in tails)
+        pack_tails = tuple(_struct(f"!{len(tail)}sQ{aad}").pack_into for tail in tails)
         shapes: dict[int, _EncapShape] = {}
 
         def shape_of(key: int) -> _EncapShape | None:
@@ -1359,8 +1429,8 @@ class EspContext:
                 "general": self._general_encap, "shapes": shapes, "shape_of": shape_of,
                 "encrypt_into": self._aead.encrypt_into,  # type: ignore[union-attr]
                 "unpack_key": _U64.unpack_from,
-                "pack_atomic": struct.Struct(f"!{12 + fixed}sIQ").pack_into,
-                "pack_ident": struct.Struct(f"!4sH4sH{fixed}sIQ").pack_into,
+                "pack_atomic": _struct(f"!{12 + fixed}sIQ").pack_into,
+                "pack_ident": _struct(f"!4sH4sH{fixed}sIQ").pack_into,
                 "log": log, "memoryview": memoryview,
                 "E_SEQ_OVERFLOW": _E_SEQ_OVERFLOW, "E_MALFORMED": _E_MALFORMED, "OK": _OK,
             },

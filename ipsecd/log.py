@@ -28,6 +28,7 @@ line per kind per ``LOG_INTERVAL`` seconds with the count since the last
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -72,6 +73,7 @@ def level_name(levelno: int) -> str:
     return "debug"
 
 
+@functools.lru_cache(maxsize=256)  # a handful of logger names, asked for every line
 def subsystem_of(logger: str) -> str:
     """The subsystem of a logger name (the nearest configured ancestor), else the name."""
     name = logger
@@ -89,8 +91,11 @@ class RedactKeys(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if _HEX_KEY.search(message):
-            record.msg = _HEX_KEY.sub("0x<redacted>", message)
-            record.args = None
+            message = _HEX_KEY.sub("0x<redacted>", message)
+        # The formatted message replaces msg and args: the formatter's getMessage() does
+        # not format it a second time.
+        record.msg = message
+        record.args = None
         return True
 
 

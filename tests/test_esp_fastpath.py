@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from conftest import AEAD_TUNNEL, Transform, make_sa, udp4
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipsecd import esp
 from ipsecd.drops import Drop
@@ -18,7 +20,7 @@ from ipsecd.replay import ReplayWindow
 
 
 def _builds(monkeypatch: pytest.MonkeyPatch, transform: Transform, *, iv_mask: int = 0,
-            **kwargs: Any) -> list[tuple[str, dict[str, Any], object]]:
+            fast_paths: str = "both", **kwargs: Any) -> list[tuple[str, dict[str, Any], object]]:
     """(template, constants, code) of every fast path an EspContext of these settings compiles."""
     seen: list[tuple[str, dict[str, Any], object]] = []
     real = esp._compiled
@@ -29,7 +31,8 @@ def _builds(monkeypatch: pytest.MonkeyPatch, transform: Transform, *, iv_mask: i
         return code
 
     monkeypatch.setattr(esp, "_compiled", spy)
-    EspContext(make_sa(transform, **kwargs), iv_mask=iv_mask)
+    EspContext(make_sa(transform, **kwargs), iv_mask=iv_mask,
+               fast_paths=fast_paths)  # type: ignore[arg-type]
     monkeypatch.setattr(esp, "_compiled", real)
     return seen
 
@@ -112,3 +115,56 @@ def test_a_folded_placeholder_is_not_cached() -> None:
             assert namespace["f"](1) == want
     assert esp._CODE_CACHE[(folded, (("OTHER", int, 1),))] is None
     assert esp._CODE_CACHE[(plain, (("OTHER", int, 1),))] is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(spi=st.integers(0x100, 0xFFFFFFFF), iv_mask=st.integers(0, (1 << 64) - 1),
+       esn=st.booleans(), encap=st.booleans())
+def test_the_patch_plan_patches_what_a_walk_does(spi: int, iv_mask: int, esn: bool,
+                                                 encap: bool) -> None:
+    """``_apply`` of a cached ``_plan`` (the per-SA patch) against ``_patch``, the walk of
+    every constant that it replaces: the same code objects."""
+    esp._CODE_CACHE.clear()
+    EspContext(make_sa(AEAD_TUNNEL[0], spi=0x100, esn=esn, encap=encap), iv_mask=1)
+    for hit in esp._CODE_CACHE.values():
+        assert hit is not None
+        plan, placeholders = hit
+        code = plan[0]
+        values = {placeholders["SPI"]: spi, placeholders.get("IV_MASK", -1): iv_mask}
+        filename = f"<ipsecd.esp fast path, SPI {spi:#x}>"
+        planned = esp._apply(plan, values, filename)
+        walked = esp._patch(code, values, filename)
+        assert planned == walked
+        assert _program(planned) == _program(walked)
+        assert _filenames(planned) == {filename}
+
+
+@pytest.mark.parametrize("transform", AEAD_TUNNEL, ids=lambda t: t.name)
+@pytest.mark.parametrize("fast", ["encap", "decap"])
+def test_a_one_way_context_compiles_one_fast_path_and_does_both(
+        monkeypatch: pytest.MonkeyPatch, transform: Transform, fast: str) -> None:
+    """The workers' contexts (fast_paths "encap" / "decap"): one compilation, and the other
+    direction, through the general path, gives what a context with both fast paths gives."""
+    esp._CODE_CACHE.clear()
+    builds = _builds(monkeypatch, transform, fast_paths=fast)
+    assert len(builds) == 1
+    assert ("def encap_into" in builds[0][0]) == (fast == "encap")
+    one = EspContext(make_sa(transform), fast_paths=fast)  # type: ignore[arg-type]
+    both = EspContext(make_sa(transform))
+    packet = udp4(b"y" * 57)
+    for seq in (1, 2, 3):
+        sent = []
+        for ctx in (one, both):
+            buf = memoryview(bytearray(ctx.headroom + len(packet) + ctx.tailroom))
+            buf[ctx.headroom:ctx.headroom + len(packet)] = packet
+            drop, start, end = ctx.encap_into(buf, ctx.headroom, ctx.headroom + len(packet),
+                                              seq)
+            assert drop is Drop.OK
+            sent.append(bytes(buf[start:end]))
+        assert sent[0] == sent[1]
+        for ctx in (one, both):
+            window = ReplayWindow(64)
+            work = bytearray(sent[0])
+            drop, start, end, _ = ctx.decap_into(memoryview(work), 0, len(work), window)
+            assert drop is Drop.OK
+            assert bytes(work[start:end]) == packet

@@ -926,6 +926,18 @@ def test_describe_identity_round_trip(text: str, described: str | None) -> None:
         assert (again.id_type, again.data) == (ident.id_type, ident.data)
 
 
+@settings(max_examples=400)
+@given(st.binary(max_size=24) | st.text("aZ09.-@:= _\\", max_size=24).map(str.encode))
+def test_a_plain_host_name_is_described_as_the_round_trip_would(data: bytes) -> None:
+    """describe_identity's shortcut for plain host names (no parse_identity round trip)
+    gives what the round trip gives, and the text reads back as the same identity."""
+    shown = auth.describe_identity(Identification(IdType.ID_FQDN, data))
+    assert shown == auth._describe_name(IdType.ID_FQDN, data)
+    if auth._PLAIN_HOST.fullmatch(data):  # the shortcut's names read back as themselves
+        again = auth.parse_identity(shown)
+        assert (again.id_type, again.data) == (IdType.ID_FQDN, data)
+
+
 @pytest.mark.parametrize("kind", ["p256", "rsa2048"])
 def test_describe_certificate_subjects(pki: Callable[[str], Pki], kind: str) -> None:
     """cryptography writes UTF8String values; shown and parsed again they still name the subject."""

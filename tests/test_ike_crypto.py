@@ -610,3 +610,27 @@ def test_ivs() -> None:
     assert cbc.seal(b"p", b"")[:16] != cbc.seal(b"p", b"")[:16]
     assert len(cbc.seal(b"p", bytes(15))) == cbc.body_length(15) == 16 + 16 + 16
     assert cbc.body_length(16) == 16 + 32 + 16  # 16 + the Pad Length octet needs a second block
+
+
+def test_suite_algorithms_remembered_are_computed(caplog: pytest.LogCaptureFixture) -> None:
+    """IkeSaSuite.algorithms remembers suites without a legacy algorithm (the same answer as
+    the lookup, asked again); a legacy one is looked up, and warned about, every time."""
+    from ipsecd.ike import crypto
+
+    suites = [IkeSaSuite(e, p, i, encr_key_bits=bits)
+              for e, bits, i in ((EncrId.ENCR_AES_GCM_16, 256, IntegId.NONE),
+                                 (EncrId.ENCR_AES_CBC, 128, IntegId.AUTH_HMAC_SHA2_256_128),
+                                 (EncrId.ENCR_CHACHA20_POLY1305, None, IntegId.NONE))
+              for p in (PrfId.PRF_HMAC_SHA2_256, PrfId.PRF_AES128_XCBC)]
+    for suite in suites:
+        for _ in range(2):
+            assert suite.algorithms() == suite._algorithms(False)
+    legacy = IkeSaSuite(EncrId.ENCR_3DES, PrfId.PRF_HMAC_SHA1, IntegId.AUTH_HMAC_SHA1_96)
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "ipsecd.ike.crypto"):
+            legacy.algorithms(allow_legacy=True)
+        assert "legacy" in caplog.text
+        with pytest.raises(IkeLocalError):
+            legacy.algorithms()
+    assert legacy not in crypto._SUITE_ALGORITHMS

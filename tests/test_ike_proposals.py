@@ -744,3 +744,40 @@ def test_child_suite_esn_pfs_and_gmac() -> None:
 def test_child_suite_refuses(chosen: Proposal) -> None:
     with pytest.raises(TransformError):
         child_suite(chosen)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(offered=offered_proposals(), configured=st.sampled_from(_CONFIGURED),
+       spis=st.lists(st.binary(min_size=4, max_size=4).filter(any), min_size=4, max_size=4))
+def test_select_remembered_is_select_computed(offered: list[Proposal], configured: list[Proposal],
+                                              spis: list[bytes]) -> None:
+    """select() remembers its choices by the proposals' shape (not their SPIs): asked again,
+    with other SPIs, it answers what the computation (_select) does."""
+    from ipsecd.ike import proposals
+
+    for round_ in range(3):  # the first call computes, the later ones remember
+        again = [Proposal(p.number, p.protocol,
+                          p.spi if p.protocol == ProtocolId.IKE or not round_ else spis[k % 4],
+                          [Transform(t.type, t.id, [TransformAttribute(a.type, a.value)
+                                                    for a in t.attributes])
+                           for t in p.transforms])
+                 for k, p in enumerate(offered)]
+        found = proposals._select(again, configured)
+        chosen = select(again, configured)
+        assert chosen == (found[1] if found is not None else None)
+        if chosen is not None and found is not None:
+            source = again[found[0]]
+            assert chosen.spi == source.spi
+            # copies, not aliases
+            assert all(t is not u for t in chosen.transforms for u in source.transforms)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(offered=offered_proposals())
+def test_describe_remembered_is_describe_computed(offered: list[Proposal]) -> None:
+    """describe() remembers its text by the transforms' shape: the same as writing it out."""
+    from ipsecd.ike import proposals
+
+    for _ in range(2):
+        for p in offered:
+            assert describe(p) == "/".join(proposals._name(t) for t in p.transforms)

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -503,12 +504,14 @@ class Worker:
                 if entry.direction is Direction.IN:
                     if sa.spi % n != k:
                         continue  # another worker's SA (socket filter)
-                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False,
+                                     fast_paths="decap")  # an inbound SA only decapsulates
                     window = ReplayWindow(sa.replay_window, esn=sa.esn,
                                           buffer=table.replay_buffer(slot), initialize=False)
                     self._add_inbound(_In(slot, entry.uid, ctx, window, sa))
                 else:
-                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+                    ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False,
+                                     fast_paths="encap")
                     self.outbound[slot] = _Out(slot, entry.uid, ctx, sa)
             except Exception as exc:  # TransformError, ValueError: the control validated it
                 self._note("bad_sa", f"SA {sa.spi:#x} in slot {slot} unusable: {exc}")
@@ -1604,6 +1607,10 @@ def _reset_signals(on_term: Callable[[int, object], None]) -> None:
 def main(spec: WorkerSpec) -> None:
     """Worker process entry point (the control process forks and calls this)."""
     _die_with_parent()
+    # Everything inherited from the control process (its modules, configuration, IKE SAs)
+    # stays as it is: out of the cyclic collector's sight, so that the worker's full
+    # collections walk only what the worker made (and do not write to the inherited pages).
+    gc.freeze()
     worker: Worker | None = None
 
     def on_term(signum: int, frame: object) -> None:

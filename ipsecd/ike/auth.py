@@ -705,6 +705,10 @@ def describe_identity(ident: Identification) -> str:
     return _describe(ident.id_type, bytes(ident.data))
 
 
+_PLAIN_HOST = re.compile(rb"[A-Za-z0-9.-]+")
+_NOT_IPV4 = re.compile(rb"[A-Za-z-]")
+
+
 @functools.lru_cache(maxsize=1024)
 def _describe(id_type: IdType, data: bytes) -> str:
     """:func:`describe_identity`, remembered: every IKE SA setup asks it for the peer's
@@ -717,16 +721,27 @@ def _describe(id_type: IdType, data: bytes) -> str:
         return text if "=" in text and not text.startswith("(") else f"asn1dn:#{data.hex()}"
     if id_type == IdType.ID_KEY_ID:
         return f"keyid:{data.hex()}"
+    if id_type == IdType.ID_FQDN and _PLAIN_HOST.fullmatch(data) and _NOT_IPV4.search(data):
+        # A plain host name (letters, digits, dots, hyphens; a letter or hyphen, so not an
+        # IPv4 address): parse_identity reads it back as this FQDN - the round trip below,
+        # which every peer's first IKE_AUTH would otherwise pay, says so.
+        return data.decode("ascii")
     if id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
-        text = _shown(data)
-        try:
-            same = parse_identity(text)
-        except AuthError:
-            same = None
-        if same is not None and same.id_type == id_type and same.data == data:
-            return text
-        return ("fqdn:" if id_type == IdType.ID_FQDN else "email:") + text
+        return _describe_name(id_type, data)
     return f"{id_type.name}:{data.hex()}"
+
+
+def _describe_name(id_type: IdType, data: bytes) -> str:
+    """An FQDN or e-mail address as text, prefixed where parse_identity would read the bare
+    text as something else."""
+    text = _shown(data)
+    try:
+        same = parse_identity(text)
+    except AuthError:
+        same = None
+    if same is not None and same.id_type == id_type and same.data == data:
+        return text
+    return ("fqdn:" if id_type == IdType.ID_FQDN else "email:") + text
 
 
 def identity_from_certificate(cert: x509.Certificate) -> Identification:

@@ -385,4 +385,6 @@ _TRANSFORM_ID_ENUMS: dict[int, type[_OpenEnum]] = {
 def transform_id(transform_type: int, value: int) -> int:
     """``value`` as a member of the registry of ``transform_type`` (a plain int when unknown)."""
     enum = _TRANSFORM_ID_ENUMS.get(int(transform_type))
-    return enum(value) if enum is not None else int(value)
+    if enum is None:
+        return int(value)
+    return value if type(value) is enum else enum.of(value)  # already one: nothing to look up

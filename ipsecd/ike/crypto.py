@@ -342,6 +342,17 @@ class IkeSaSuite:
 
     def algorithms(self, *, allow_legacy: bool = False) -> tuple[IkePrf, IkeEncr, IkeInteg | None]:
         """The PRF, encryption and integrity descriptions; raises IkeLocalError if unusable."""
+        # Asked three times per IKE SA set up (keys, two SK ciphers): a suite without a legacy
+        # algorithm (which warns each time) is looked up once.
+        found = _SUITE_ALGORITHMS.get(self)
+        if found is not None:
+            return found
+        found = self._algorithms(allow_legacy)
+        if not any(a is not None and a.legacy for a in found) and len(_SUITE_ALGORITHMS) < 256:
+            _SUITE_ALGORITHMS[self] = found
+        return found
+
+    def _algorithms(self, allow_legacy: bool) -> tuple[IkePrf, IkeEncr, IkeInteg | None]:
         prf_algorithm = prf(self.prf, allow_legacy=allow_legacy)
         encr = _lookup(ENCR_ALGORITHMS, EncrId(self.encr), "encryption algorithm")
         _check_legacy(encr.name, encr.legacy, allow_legacy)
@@ -353,6 +364,9 @@ class IkeSaSuite:
         integ = _lookup(INTEG_ALGORITHMS, IntegId(self.integ), "integrity algorithm")
         _check_legacy(integ.name, integ.legacy, allow_legacy)
         return prf_algorithm, encr, integ
+
+
+_SUITE_ALGORITHMS: dict[IkeSaSuite, tuple[IkePrf, IkeEncr, IkeInteg | None]] = {}
 
 
 def _keys_repr(self: object) -> str:
@@ -659,16 +673,18 @@ def protect(message: Message, inner: Sequence[Payload], cipher: SkCipher, *, iv:
     return bytes(prefix + body)
 
 
-def unprotect(data: bytes, cipher: SkCipher) -> tuple[Message, list[Payload]]:
+def unprotect(data: bytes, cipher: SkCipher, message: Message | None = None,
+              ) -> tuple[Message, list[Payload]]:
     """(message, inner payloads) of a message whose last payload is SK.
 
     Raises IkeProtocolError when the outer structure is malformed (before
     authentication: drop it), IkeDecryptError when the SK payload does not
     verify (drop silently, §2.21.1), and IkeProtocolError with
     INVALID_SYNTAX when the authenticated inner payloads are malformed
-    (this one may be answered).
+    (this one may be answered).  ``message``: ``decode(data)``, when the caller has it.
     """
-    message = decode(data)
+    if message is None:
+        message = decode(data)
     if not message.payloads or not isinstance(message.payloads[-1], SK):
         raise IkeDecryptError("not-encrypted")
     sk = message.payloads[-1]
@@ -706,9 +722,12 @@ def protect_fragments(
     return out
 
 
-def unprotect_fragment(data: bytes, cipher: SkCipher) -> tuple[Message, SKF, bytes]:
-    """(message, SKF header, decrypted chunk) of one fragment (RFC 7383 §2.6)."""
-    message = decode(data)
+def unprotect_fragment(data: bytes, cipher: SkCipher, message: Message | None = None,
+                       ) -> tuple[Message, SKF, bytes]:
+    """(message, SKF header, decrypted chunk) of one fragment (RFC 7383 §2.6); ``message``:
+    ``decode(data)``, when the caller has it."""
+    if message is None:
+        message = decode(data)
     if len(message.payloads) != 1 or not isinstance(message.payloads[0], SKF):
         raise IkeDecryptError("not-encrypted")
     skf = message.payloads[0]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import heapq
 import hmac
@@ -164,25 +165,40 @@ class _Socket:
         local: IPAddress | None = None
         for level, kind, value in anc:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 12:
-                local = ipaddress.IPv4Address(value[8:12])  # ipi_addr: the header's destination
+                local = _address(value[8:12])  # ipi_addr: the header's destination
             elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(value) >= 16:
-                local = ipaddress.IPv6Address(value[:16])
-        remote_addr = ipaddress.ip_address(addr[0].split("%", 1)[0])
+                local = _address(value[:16])
+        remote_addr = _address(addr[0].split("%", 1)[0])
         if local is None:
             return None
         return data, Endpoint(local, self.port), Endpoint(remote_addr, int(addr[1]))
 
     def send(self, data: bytes, local: IPAddress, remote: Endpoint) -> None:
-        if self.family == socket.AF_INET6:
-            anc = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", local.packed, 0))]
-        else:
-            anc = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, local.packed, b"\0" * 4))]
         with contextlib.suppress(BlockingIOError, InterruptedError):
-            self.sock.sendmsg([data], anc, 0, (str(remote.address), remote.port))
+            self.sock.sendmsg([data], [_pktinfo(local)], 0, (_text(remote.address), remote.port))
 
     def close(self) -> None:
         self.sock.close()
 
+
+# A peer's address is parsed, and ours and its written, for every datagram; its
+# conversation is a few datagrams, each of its IKE SAs' a few more: they are remembered.
+@functools.lru_cache(maxsize=4096)
+def _address(raw: str | bytes) -> IPAddress:
+    return ipaddress.ip_address(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(address: IPAddress) -> str:
+    return str(address)
+
+
+@functools.lru_cache(maxsize=256)
+def _pktinfo(local: IPAddress) -> tuple[int, int, bytes]:
+    """The ancillary data that makes a datagram leave from ``local`` (IP_PKTINFO)."""
+    if local.version == 6:
+        return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", local.packed, 0))
+    return (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, local.packed, b"\0" * 4))
 
 def _addr_matches(patterns: Iterable[str], address: IPAddress) -> bool:
     any_seen = False
@@ -192,12 +208,19 @@ def _addr_matches(patterns: Iterable[str], address: IPAddress) -> bool:
                 return True
             continue
         any_seen = True
-        try:
-            if address in ipaddress.ip_network(p, strict=False):
-                return True
-        except ValueError:
-            continue
+        network = _network(p)
+        if network is not None and address in network:
+            return True
     return not any_seen and not list(patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(pattern: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A configured address or prefix, parsed once (None: not one)."""
+    try:
+        return ipaddress.ip_network(pattern, strict=False)
+    except ValueError:
+        return None
 
 
 class IkeManager:
@@ -467,12 +490,21 @@ class IkeManager:
         if name == "dpd_sent":
             self.stats.dpd["sent"] += 1
 
+    def timer_moved(self, ike: IkeSa) -> None:
+        """``ike``'s timer may have moved earlier other than through the manager (which
+        reschedules after every call it makes on an SA, :meth:`_process`): take it into the
+        heap now, so that it fires at the next tick and not at the next safety scan, up to
+        :data:`TIMER_SCAN` later.  Whatever changes an SA's timers behind the manager's
+        back calls this."""
+        self._schedule(ike)
+
     def _schedule(self, ike: IkeSa) -> None:
         """Put ``ike``'s next timer into the heap, unless an entry at or before it is there.
 
         Entries are hints: one that comes due is checked against the SA's timer then (it
         may have moved later, or the SA be gone), so an SA only needs scheduling whenever
-        its timer may have moved earlier - after each of its events (:meth:`_process`)."""
+        its timer may have moved earlier - after each of its events (:meth:`_process`), or
+        when told so (:meth:`timer_moved`)."""
         due = ike.next_timer()
         if due is not None and due < self._timer_at.get(id(ike), float("inf")):
             heapq.heappush(self._timers, (due, next(self._timer_seq), ike))
@@ -734,6 +766,7 @@ class IkeManager:
             for child in list(ike.children):
                 if child.reqid == reqid and spi in (child.spi_in, child.spi_out):
                     child.expire_at = now
+                    self.timer_moved(ike)  # should handle_timer not act on it now
                     ike.handle_timer(now)
                     self._process(ike)
                     return

@@ -64,6 +64,7 @@ from ipsecd.ike.constants import (
 )
 from ipsecd.ike.errors import (
     IkeLocalError,
+    IkeProtocolError,
     InvalidMajorVersionError,
     UnsupportedCriticalPayloadError,
     invalid_syntax,
@@ -112,6 +113,13 @@ __all__ = [
 
 _HEADER = struct.Struct("!8s8sBBBBII")  # SPIi, SPIr, next payload, version, exchange, flags, message ID, length
 _GENERIC = struct.Struct("!BBH")  # next payload, C + RESERVED, payload length
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_TRANSFORM = struct.Struct("!BBHBBH")  # last, reserved, length, type, reserved, id
+_PROPOSAL = struct.Struct("!BBHBBBB")  # last, reserved, length, number, protocol, SPI size, count
+_NOTIFY = struct.Struct("!BBH")  # protocol, SPI size, notify type
+_ATTRIBUTE = struct.Struct("!HH")  # two 16-bit fields: type and value (or length)
+_TS_HEADER = struct.Struct("!BBHHH")  # TS type, IP protocol, length, start port, end port
 _CRITICAL = 0x80
 
 NONCE_MIN = 16  # RFC 7296 §3.9: Nonce Data between 16 and 256 octets
@@ -141,30 +149,42 @@ class Reader:
         """Octets left before the current limit."""
         return self._end - self._pos
 
-    def _take(self, n: int, what: str) -> int:
-        if n < 0 or n > self._end - self._pos:
-            raise invalid_syntax(f"{what}: needs {n} octets, {self._end - self._pos} left")
-        pos = self._pos
-        self._pos += n
-        return pos
+    def _short(self, n: int, what: str) -> IkeProtocolError:
+        return invalid_syntax(f"{what}: needs {n} octets, {self._end - self._pos} left")
 
+    # The pulls are called a hundred times per message: each does its own bounds check
+    # (no helper call), which is the whole of the guard.
     def pull_uint8(self, what: str = "field") -> int:
         """One octet."""
-        return self._data[self._take(1, what)]
+        pos = self._pos
+        if pos >= self._end:
+            raise self._short(1, what)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def pull_uint16(self, what: str = "field") -> int:
         """Two octets, big-endian."""
-        pos = self._take(2, what)
-        return int.from_bytes(self._data[pos:pos + 2], "big")
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise self._short(2, what)
+        self._pos = pos + 2
+        data = self._data
+        return data[pos] << 8 | data[pos + 1]
 
     def pull_uint32(self, what: str = "field") -> int:
         """Four octets, big-endian."""
-        pos = self._take(4, what)
-        return int.from_bytes(self._data[pos:pos + 4], "big")
+        pos = self._pos
+        if pos + 4 > self._end:
+            raise self._short(4, what)
+        self._pos = pos + 4
+        return int(_U32.unpack_from(self._data, pos)[0])
 
     def pull_bytes(self, n: int, what: str = "field") -> bytes:
         """``n`` octets."""
-        pos = self._take(n, what)
+        pos = self._pos
+        if n < 0 or pos + n > self._end:
+            raise self._short(n, what)
+        self._pos = pos + n
         return self._data[pos:pos + n]
 
     def pull_rest(self) -> bytes:
@@ -209,6 +229,15 @@ def _check_uint(value: int, size: int, what: str) -> int:
 
 def _push_uint(buf: bytearray, value: int, size: int, what: str) -> None:
     buf += _check_uint(value, size, what).to_bytes(size, "big")
+
+
+def _pack(fields: struct.Struct, what: str, *values: int) -> bytes:
+    """Several fixed-size fields at once; a value that does not fit is IkeLocalError, as
+    with :func:`_push_uint`."""
+    try:
+        return fields.pack(*values)
+    except struct.error as exc:
+        raise IkeLocalError(f"{what}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- payload base
@@ -269,11 +298,9 @@ class TransformAttribute:
     def push(self, buf: bytearray) -> None:
         """Append the attribute."""
         if isinstance(self.value, int):
-            _push_uint(buf, 0x8000 | _attribute_type(self.type), 2, "attribute type")
-            _push_uint(buf, self.value, 2, "TV attribute value")
+            buf += _pack(_ATTRIBUTE, "TV attribute", 0x8000 | _attribute_type(self.type), self.value)
         else:
-            _push_uint(buf, _attribute_type(self.type), 2, "attribute type")
-            _push_uint(buf, len(self.value), 2, "TLV attribute length")
+            buf += _pack(_ATTRIBUTE, "TLV attribute", _attribute_type(self.type), len(self.value))
             buf += self.value
 
     @classmethod
@@ -302,7 +329,8 @@ class Transform:
     attributes: list[TransformAttribute] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.type = TransformType.of(self.type)
+        if type(self.type) is not TransformType:  # decoded and copied ones are already
+            self.type = TransformType.of(self.type)
         self.id = transform_id(self.type, self.id)
 
     @property
@@ -323,10 +351,7 @@ class Transform:
     def push(self, buf: bytearray, last: bool) -> None:
         """Append the substructure; ``last`` is False when another transform follows."""
         start = len(buf)
-        buf += bytes((0 if last else 3, 0, 0, 0))
-        _push_uint(buf, self.type, 1, "transform type")
-        buf.append(0)
-        _push_uint(buf, self.id, 2, "transform id")
+        buf += _pack(_TRANSFORM, "transform", 0 if last else 3, 0, 0, self.type, 0, self.id)
         for attribute in self.attributes:
             attribute.push(buf)
         _backfill_length(buf, start + 2, len(buf) - start, "transform")
@@ -334,20 +359,27 @@ class Transform:
     @classmethod
     def pull(cls, buf: Reader) -> tuple[Transform, bool]:
         """Read one transform; also returns whether it says it is the last one."""
-        last = buf.pull_uint8("transform last")
+        pos = buf._pos
+        if pos + 8 > buf._end:  # the fixed part, read at once (its fields checked below)
+            raise buf._short(8, "transform")
+        last, _, length, kind, _, ident = _TRANSFORM.unpack_from(buf._data, pos)
         if last not in (0, 3):  # §3.3.2: 0 (last) or 3 (more)
             raise invalid_syntax(f"transform 'last' field {last}")
-        buf.pull_uint8("transform reserved")
-        length = buf.pull_uint16("transform length")
         if length < 8:
             raise invalid_syntax(f"transform length {length} < 8")
-        with buf.limit(length - 4, "transform"):
-            kind = buf.pull_uint8("transform type")
-            buf.pull_uint8("transform reserved")
-            ident = buf.pull_uint16("transform id")
-            attributes = []
-            while buf.remaining:
+        end = pos + length
+        if end > buf._end:
+            raise invalid_syntax(f"transform: length {length - 4} runs past the "
+                                 f"{buf._end - pos - 4} octets left")
+        buf._pos = pos + 8
+        attributes = []
+        if end > pos + 8:
+            outer_end, buf._end = buf._end, end
+            while buf._pos < end:
                 attributes.append(TransformAttribute.pull(buf))
+            if buf._pos != end:  # pragma: no cover - TransformAttribute.pull cannot overrun
+                raise invalid_syntax("transform: octets left over")
+            buf._end = outer_end
         return cls(TransformType.of(kind), ident, attributes), last == 0
 
 
@@ -361,36 +393,35 @@ class Proposal:
     transforms: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.protocol = ProtocolId.of(self.protocol)
+        if type(self.protocol) is not ProtocolId:
+            self.protocol = ProtocolId.of(self.protocol)
 
     def push(self, buf: bytearray, last: bool) -> None:
         """Append the substructure; ``last`` is False when another proposal follows."""
         start = len(buf)
-        buf += bytes((0 if last else 2, 0, 0, 0))
-        _push_uint(buf, self.number, 1, "proposal number")
-        _push_uint(buf, self.protocol, 1, "protocol id")
-        _push_uint(buf, len(self.spi), 1, "SPI size")
-        _push_uint(buf, len(self.transforms), 1, "number of transforms")
+        buf += _pack(_PROPOSAL, "proposal", 0 if last else 2, 0, 0, self.number, self.protocol,
+                     len(self.spi), len(self.transforms))
         buf += self.spi
+        final = len(self.transforms) - 1
         for i, transform in enumerate(self.transforms):
-            transform.push(buf, last=i == len(self.transforms) - 1)
+            transform.push(buf, last=i == final)
         _backfill_length(buf, start + 2, len(buf) - start, "proposal")
 
     @classmethod
     def pull(cls, buf: Reader) -> tuple[Proposal, bool]:
         """Read one proposal; also returns whether it says it is the last one."""
-        last = buf.pull_uint8("proposal last")
+        pos = buf._pos
+        if pos + 8 > buf._end:  # the fixed part, read at once (its fields checked below)
+            raise buf._short(8, "proposal")
+        last, _, length, number, protocol_id, spi_size, count = _PROPOSAL.unpack_from(buf._data, pos)
         if last not in (0, 2):  # §3.3.1: 0 (last) or 2 (more)
             raise invalid_syntax(f"proposal 'last' field {last}")
-        buf.pull_uint8("proposal reserved")
-        length = buf.pull_uint16("proposal length")
         if length < 8:
             raise invalid_syntax(f"proposal length {length} < 8")
+        buf._pos = pos + 4
         with buf.limit(length - 4, "proposal"):
-            number = buf.pull_uint8("proposal number")
-            protocol = ProtocolId.of(buf.pull_uint8("protocol id"))
-            spi_size = buf.pull_uint8("SPI size")
-            count = buf.pull_uint8("number of transforms")
+            buf._pos = pos + 8
+            protocol = ProtocolId.of(protocol_id)
             spi = buf.pull_bytes(spi_size, "proposal SPI")
             transforms = []
             for i in range(count):
@@ -435,8 +466,7 @@ class KE(Payload):
     data: bytes
 
     def push_body(self, buf: bytearray) -> None:
-        _push_uint(buf, self.group, 2, "DH group")
-        buf += b"\x00\x00"
+        buf += _pack(_ATTRIBUTE, "DH group", self.group, 0)  # group, reserved
         buf += self.data
 
     @classmethod
@@ -600,19 +630,19 @@ class Notify(Payload):
     spi: bytes = b""
 
     def push_body(self, buf: bytearray) -> None:
-        _push_uint(buf, self.protocol, 1, "protocol id")
-        _push_uint(buf, len(self.spi), 1, "SPI size")
-        _push_uint(buf, self.notify_type, 2, "notify type")
+        buf += _pack(_NOTIFY, "notify", self.protocol, len(self.spi), self.notify_type)
         buf += self.spi
         buf += self.data
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
-        protocol = ProtocolId.of(buf.pull_uint8("protocol id"))
-        spi_size = buf.pull_uint8("SPI size")
-        notify_type = NotifyType.of(buf.pull_uint16("notify type"))
+        pos = buf._pos
+        if pos + 4 > buf._end:
+            raise buf._short(4, "notify")
+        protocol, spi_size, notify_type = _NOTIFY.unpack_from(buf._data, pos)
+        buf._pos = pos + 4
         spi = buf.pull_bytes(spi_size, "notify SPI")
-        return cls(notify_type, buf.pull_rest(), protocol, spi)
+        return cls(NotifyType.of(notify_type), buf.pull_rest(), ProtocolId.of(protocol), spi)
 
     @property
     def is_error(self) -> bool:
@@ -789,12 +819,10 @@ class TrafficSelector:
         """Append the selector."""
         if self.start_address.version != self.end_address.version:
             raise IkeLocalError("traffic selector mixes IPv4 and IPv6")
-        size = 16 if self.start_address.version == 4 else 40
-        _push_uint(buf, self.ts_type, 1, "TS type")
-        _push_uint(buf, self.ip_protocol, 1, "IP protocol")
-        _push_uint(buf, size, 2, "selector length")
-        _push_uint(buf, self.start_port, 2, "start port")
-        _push_uint(buf, self.end_port, 2, "end port")
+        v4 = self.start_address.version == 4
+        buf += _pack(_TS_HEADER, "traffic selector",
+                     TsType.TS_IPV4_ADDR_RANGE if v4 else TsType.TS_IPV6_ADDR_RANGE,
+                     self.ip_protocol, 16 if v4 else 40, self.start_port, self.end_port)
         buf += self.start_address.packed
         buf += self.end_address.packed
 
@@ -994,34 +1022,52 @@ _PAYLOADS: dict[int, type[Payload]] = {
 def _backfill_length(buf: bytearray, offset: int, length: int, what: str) -> None:
     if length > 0xFFFF:
         raise IkeLocalError(f"{what} of {length} octets does not fit its 16-bit length")
-    struct.pack_into("!H", buf, offset, length)
+    _U16.pack_into(buf, offset, length)
+
+
+_ENCRYPTED = (PayloadType.SK, PayloadType.SKF)
 
 
 def _pull_chain(buf: Reader, first: int, *, inner: bool) -> list[Payload]:
     """Read payloads until Next Payload is zero; SK/SKF end the chain (they must be last)."""
     payloads: list[Payload] = []
     next_type = first
+    of = PayloadType.of
     while next_type != PayloadType.NONE:
-        kind = PayloadType.of(next_type)
-        next_type, flags, length = (
-            buf.pull_uint8("next payload"), buf.pull_uint8("critical"), buf.pull_uint16("payload length"))
+        kind = of(next_type)
+        pos = buf._pos
+        if pos + 4 > buf._end:  # the generic header (§3.2), read at once
+            raise buf._short(4, "payload header")
+        next_type, flags, length = _GENERIC.unpack_from(buf._data, pos)
+        buf._pos = pos + 4
         critical = bool(flags & _CRITICAL)
         if length < _GENERIC.size:
             raise invalid_syntax(f"payload length {length} < 4")
-        with buf.limit(length - _GENERIC.size, kind.name):
-            if kind in (PayloadType.SK, PayloadType.SKF):
-                if inner:
-                    raise invalid_syntax(f"{kind.name} inside an encrypted payload")
-                payloads.append(_pull_encrypted(buf, kind, next_type, critical))
-            elif (cls := _PAYLOADS.get(kind)) is not None:
-                payload = cls.pull_body(buf)
-                payload.critical = critical
-                payloads.append(payload)
-            elif critical:  # RFC 7296 §2.5
-                raise UnsupportedCriticalPayloadError(kind)
-            else:
-                payloads.append(UnknownPayload(kind, buf.pull_rest(), critical=critical))
-        if kind in (PayloadType.SK, PayloadType.SKF):
+        # Reader.limit's block, inline (it runs for every payload): the body is read
+        # within it and must be consumed exactly.
+        outer_end = buf._end
+        body_end = pos + length
+        if body_end > outer_end:
+            raise invalid_syntax(f"{kind.name}: length {length - 4} runs past the "
+                                 f"{outer_end - pos - 4} octets left")
+        buf._end = body_end
+        encrypted = kind in _ENCRYPTED
+        if encrypted:
+            if inner:
+                raise invalid_syntax(f"{kind.name} inside an encrypted payload")
+            payloads.append(_pull_encrypted(buf, kind, next_type, critical))
+        elif (cls := _PAYLOADS.get(kind)) is not None:
+            payload = cls.pull_body(buf)
+            payload.critical = critical
+            payloads.append(payload)
+        elif critical:  # RFC 7296 §2.5
+            raise UnsupportedCriticalPayloadError(kind)
+        else:
+            payloads.append(UnknownPayload(kind, buf.pull_rest(), critical=critical))
+        if buf._pos != body_end:
+            raise invalid_syntax(f"{kind.name}: {body_end - buf._pos} octets left over")
+        buf._end = outer_end
+        if encrypted:
             if buf.remaining:  # §3.14: the Encrypted payload MUST be the last payload
                 raise invalid_syntax(f"{buf.remaining} octets after the {kind.name} payload")
             break
@@ -1046,8 +1092,9 @@ def decode_payloads(first: int, data: bytes | bytearray | memoryview) -> list[Pa
 
 
 def _push_chain(buf: bytearray, payloads: Sequence[Payload], *, inner: bool) -> None:
+    final = len(payloads) - 1
     for i, payload in enumerate(payloads):
-        last = i == len(payloads) - 1
+        last = i == final
         if isinstance(payload, SK | SKF):
             if inner or not last:
                 raise IkeLocalError(f"{payload.payload_type.name} must be the last outer payload")
@@ -1055,11 +1102,13 @@ def _push_chain(buf: bytearray, payloads: Sequence[Payload], *, inner: bool) -> 
         else:
             next_type = PayloadType.NONE if last else int(payloads[i + 1].payload_type)
         start = len(buf)
-        _push_uint(buf, next_type, 1, "next payload")
-        buf.append(_CRITICAL if payload.critical else 0)
-        buf += b"\x00\x00"
+        buf += _pack(_GENERIC, "next payload", next_type, _CRITICAL if payload.critical else 0, 0)
         payload.push_body(buf)
-        _backfill_length(buf, start + 2, len(buf) - start, payload.payload_type.name)
+        length = len(buf) - start
+        if length > 0xFFFF:
+            raise IkeLocalError(f"{payload.payload_type.name} of {length} octets does not fit "
+                                f"its 16-bit length")
+        _U16.pack_into(buf, start + 2, length)
 
 
 def encode_payloads(payloads: Sequence[Payload]) -> tuple[PayloadType, bytes]:
@@ -1090,12 +1139,20 @@ class Header:
     @property
     def initiator(self) -> bool:
         """I flag: sent by the original initiator."""
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return bool(int(self.flags) & _I_FLAG)
 
     @property
     def response(self) -> bool:
         """R flag: this is a response."""
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return bool(int(self.flags) & _R_FLAG)
+
+
+_I_FLAG, _V_FLAG, _R_FLAG = int(HeaderFlag.INITIATOR), int(HeaderFlag.VERSION), int(HeaderFlag.RESPONSE)
+_FLAG_MASK = _I_FLAG | _V_FLAG | _R_FLAG
+# The eight combinations of the three flags, built once (flag arithmetic on the enum costs
+# an enum construction per operation).
+_HEADER_FLAGS = {value: HeaderFlag(value) for value in range(_FLAG_MASK + 1)
+                 if not value & ~_FLAG_MASK}
 
 
 def decode_header(data: bytes | bytearray | memoryview) -> Header:
@@ -1109,8 +1166,7 @@ def decode_header(data: bytes | bytearray | memoryview) -> Header:
         raise invalid_syntax(f"header says {length} octets, message has {len(data)}")
     return Header(
         spi_i, spi_r, PayloadType.of(next_payload), version >> 4, version & 0x0F,
-        ExchangeType.of(exchange), HeaderFlag(flags & (HeaderFlag.INITIATOR | HeaderFlag.VERSION | HeaderFlag.RESPONSE)),
-        message_id, length,
+        ExchangeType.of(exchange), _HEADER_FLAGS[flags & _FLAG_MASK], message_id, length,
     )
 
 
@@ -1132,19 +1188,14 @@ class Message:
     minor_version: int = 0  # §3.1: sent as zero, ignored on receipt
 
     def __post_init__(self) -> None:
-        self.exchange_type = ExchangeType.of(self.exchange_type)
+        if type(self.exchange_type) is not ExchangeType:
+            self.exchange_type = ExchangeType.of(self.exchange_type)
 
     @property
     def flags(self) -> HeaderFlag:
         """The flags octet."""
-        flags = HeaderFlag(0)
-        if self.initiator:
-            flags |= HeaderFlag.INITIATOR
-        if self.version_flag:
-            flags |= HeaderFlag.VERSION
-        if self.response:
-            flags |= HeaderFlag.RESPONSE
-        return flags
+        return _HEADER_FLAGS[(_I_FLAG if self.initiator else 0) | (_V_FLAG if self.version_flag else 0)
+                             | (_R_FLAG if self.response else 0)]
 
     def find(self, payload_type: type[_P]) -> list[_P]:
         """The payloads of one class, in order."""
@@ -1168,7 +1219,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     return Message(
         header.spi_i, header.spi_r, header.exchange_type, header.message_id,
         header.initiator, header.response, payloads,
-        bool(header.flags & HeaderFlag.VERSION), header.minor_version,
+        bool(int(header.flags) & _V_FLAG), header.minor_version,
     )
 
 
@@ -1179,7 +1230,7 @@ def _push_header(buf: bytearray, message: Message, next_payload: int, length: in
         raise IkeLocalError(f"minor version {message.minor_version}")
     buf += _HEADER.pack(
         message.spi_i, message.spi_r, next_payload, IKE_MAJOR_VERSION << 4 | message.minor_version,
-        _check_uint(message.exchange_type, 1, "exchange type"), message.flags,
+        _check_uint(message.exchange_type, 1, "exchange type"), int(message.flags),
         _check_uint(message.message_id, 4, "message ID"), _check_uint(length, 4, "message length"))
 
 

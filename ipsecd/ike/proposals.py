@@ -497,12 +497,55 @@ def select(offered: Sequence[Proposal], configured: Sequence[Proposal]) -> Propo
     an integrity transform other than NONE, an AEAD none (or NONE).
     Unknown transform ids and types are not matched, never an error.
     """
+    # Peers offer the same proposals again and again (every initiator of a connection, each
+    # IKE_SA_INIT and IKE_AUTH): the choice is remembered by what decides it - the offered
+    # and configured proposals' numbers, protocols and transforms, not the SPIs - as the
+    # index of the offered proposal and the transforms taken from it.
+    key = (tuple(map(_shape, offered)), tuple(map(_shape, configured)))
+    if key not in _SELECTED:
+        found = _select(offered, configured)
+        if len(_SELECTED) >= _SELECTED_MAX:
+            _SELECTED.clear()  # a peer sending ever new proposals cannot grow it
+        if found is None:
+            _SELECTED[key] = None
+            return None
+        index, chosen = found
+        _SELECTED[key] = (index, tuple(map(_transform_shape, chosen.transforms)))
+        return chosen
+    hit = _SELECTED[key]
+    if hit is None:
+        return None
+    index, transforms = hit
+    proposal = offered[index]
+    return Proposal(proposal.number, proposal.protocol, bytes(proposal.spi),
+                    [Transform(kind, ident, [TransformAttribute(a, v) for a, v in attributes])
+                     for kind, ident, attributes in transforms])
+
+
+def _select(offered: Sequence[Proposal],
+            configured: Sequence[Proposal]) -> tuple[int, Proposal] | None:
+    """:func:`select` computed (no memory), with the index of the offered proposal."""
     for ours in configured:
-        for proposal in offered:
+        for index, proposal in enumerate(offered):
             chosen = _match(proposal, ours)
             if chosen is not None:
-                return chosen
+                return index, chosen
     return None
+
+
+_TransformShape = tuple[TransformType, int,
+                        tuple[tuple[TransformAttributeType, int | bytes], ...]]
+_SELECTED: dict[object, tuple[int, tuple[_TransformShape, ...]] | None] = {}
+_SELECTED_MAX = 1024
+
+
+def _transform_shape(t: Transform) -> _TransformShape:
+    return (t.type, t.id, tuple([(a.type, a.value) for a in t.attributes]))
+
+
+def _shape(p: Proposal) -> tuple[int, ProtocolId, tuple[_TransformShape, ...]]:
+    """What of a proposal decides a choice (its SPI does not)."""
+    return (p.number, p.protocol, tuple(map(_transform_shape, p.transforms)))
 
 
 def _no_proposal(reason: str) -> IkeProtocolError:
@@ -739,5 +782,15 @@ def _name(transform: Transform) -> str:
 
 def describe(proposal: Proposal) -> str:
     """The transforms as strongSwan logs them: ``AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519``."""
-    return "/".join(_name(t) for t in proposal.transforms)
+    # Every IKE SA set up logs its suites: remembered by the transforms' shape.
+    key = tuple(map(_transform_shape, proposal.transforms))
+    text = _DESCRIBED.get(key)
+    if text is None:
+        if len(_DESCRIBED) >= _SELECTED_MAX:
+            _DESCRIBED.clear()
+        text = _DESCRIBED[key] = "/".join(_name(t) for t in proposal.transforms)
+    return text
+
+
+_DESCRIBED: dict[tuple[_TransformShape, ...], str] = {}
 

@@ -32,6 +32,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import random as _random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,7 +227,8 @@ class IkeContext:
     trust: Callable[[Any], list[Any]] = lambda conn: []
     allow_legacy: bool = False
     random: Callable[[int], bytes] = os.urandom
-    jitter: Callable[[], float] = lambda: int.from_bytes(os.urandom(2), "big") / 65535.0
+    # Spreads rekey times; needs no secrecy, so no system call (os.urandom) for it.
+    jitter: Callable[[], float] = _random.random
     on_count: Callable[[str], None] = lambda name: None  # "dpd_sent", for the metrics
     # the reqid of a child's trap policy (start_action = trap), which its SAs must carry
     reqid_for: Callable[[Any, Any], int | None] = lambda conn, child: None
@@ -755,7 +757,7 @@ class IkeSa:
             raise _Dropped() from None
         if message.payloads and isinstance(message.payloads[-1], SKF):
             try:
-                _, skf, chunk = crypto.unprotect_fragment(data, self._recv_cipher)
+                _, skf, chunk = crypto.unprotect_fragment(data, self._recv_cipher, message)
             except IkeDecryptError:
                 raise _Dropped() from None
             frags = self._fragments.setdefault(message.message_id, {})
@@ -771,7 +773,7 @@ class IkeSa:
                 raise _Dropped() from None
             return message, inner
         try:
-            message, inner = crypto.unprotect(data, self._recv_cipher)
+            message, inner = crypto.unprotect(data, self._recv_cipher, message)
         except IkeDecryptError:
             raise _Dropped() from None
         return message, inner

@@ -271,8 +271,14 @@ def _port_text(ts: TrafficSelector) -> str:
 
 def describe(ts: TrafficSelector) -> str:
     """The selector in swanctl's syntax: ``10.1.0.0/16``, ``10.1.0.0/16[tcp/80]``, ``10.1.0.5..10.1.0.9``."""
-    prefixes = to_prefixes(ts)
-    address = str(prefixes[0]) if len(prefixes) == 1 else f"{ts.start_address}..{ts.end_address}"
+    version, first, last = _range(ts)
+    size = last - first + 1
+    if first <= last and not size & (size - 1) and not first & (size - 1):
+        # one block (to_prefixes' quick case), written without building the network
+        address = f"{ts.start_address}/{(32 if version == 4 else 128) - size.bit_length() + 1}"
+    else:
+        prefixes = to_prefixes(ts)
+        address = str(prefixes[0]) if len(prefixes) == 1 else f"{ts.start_address}..{ts.end_address}"
     all_ports = ts.start_port == 0 and ts.end_port == 0xFFFF
     if ts.ip_protocol == 0 and all_ports:
         return address
