@@ -51,7 +51,9 @@ The loop waits in ``poll`` on the ring and TUN descriptors (at most
    outbound an ``OUT_IPCOMP`` decision compresses the packet before it
    joins the batch (``_compress``); inbound, what ESP or AH delivers with
    next header 108 reaches ``_inbound_ipcomp`` through their failure
-   branches only (docs/architecture.md, "IPComp in the datapath").
+   branches only, and so does KAME's nested form (IPComp tunnel inside
+   transport-mode ESP, ``_inbound_nested``) (docs/architecture.md, "IPComp
+   in the datapath").
 4. **Counters** are accumulated in local ints and added to the worker's
    own rows of the shared table once per batch, with the heartbeat.
 
@@ -388,8 +390,8 @@ class Worker:
         self.inbound_ah_by_dst: dict[tuple[int, bytes], _AhIn] = self.ah_index.by_dst
         self.outbound: dict[int, _Out] = {}
         # IPComp SAs (RFC 3173) by CPI - every worker has all of them (see _Ipcomp) -
-        # and outbound by slot; transport-mode copies of tunnel-mode ESP SAs, made on
-        # first use, for IPComp in tunnel mode (_twin).
+        # and outbound by slot; copies of ESP SAs in the other mode, made on first use,
+        # for IPComp in tunnel mode and the nested form (_twin).
         self.ipcomp_index: _SpiIndex[_Ipcomp] = _SpiIndex()
         self.ipcomp_out: dict[int, _Ipcomp] = {}
         self.twins: dict[int, _Out] = {}
