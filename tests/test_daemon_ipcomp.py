@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_harness import (
@@ -288,6 +289,50 @@ def test_nested_without_its_ipcomp_sa_sends_ip_in_ip(nested: Gateways, tmp_path:
             f"add {ga} {gb} ipcomp {CPI:#x} -m tunnel -C deflate;\n").encode())
         assert back.returncode == 0, back.stderr
     assert next_headers() == [IPCOMP, IPCOMP]
+
+
+def test_nested_takes_only_what_its_policy_covers(nested: Gateways) -> None:
+    """In authentic transport-mode ESP from gwA: IP-in-IP and IPComp tunnel packets whose
+    inner source is not site A's are `policy_mismatch` on gwB's ESP SA; the same with site
+    A's source is delivered (counted on the SA).
+
+    On the IPv6 SA A -> B with sequence numbers far ahead of daemon A's: no later test
+    sends IPv6 through this pair."""
+    topo = nested.topo
+    ga, gb = topo.gw_a_wan.v6, topo.gw_b_wan.v6
+    good, dst = topo.net_a.v6, topo.net_b.v6
+    bad = "2001:db8:dead::1"  # in no policy of gwB
+    sa = _scapy_sa(0x2601, KEY_AB)
+    sa.seq_num = 1 << 20
+
+    def esp_sa() -> dict[str, Any]:
+        found: dict[str, Any] = next(x for x in nested.b.status()["sas"]
+                                     if x["protocol"] == "esp" and x["spi"] == 0x2601)
+        return found
+
+    def inner(src: str) -> bytes:
+        return bytes(IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=7, data=PAYLOAD))
+
+    def compressed(src: str) -> Packet:
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = struct.pack("!BBH", 41, 0, CPI) + deflater.compress(inner(src)) + deflater.flush()
+        return IPv6(src=ga, dst=gb, nh=IPCOMP) / Raw(body)
+
+    before = esp_sa()
+    mismatched = before["drops"].get("policy_mismatch", 0)
+    inj = _marked_injector(topo.gw_a_wan.ns)
+    try:
+        for packet in (IPv6(src=ga, dst=gb, nh=41) / Raw(inner(bad)), compressed(bad)):
+            inj.raw6.sendto(bytes(sa.encrypt(packet)), (gb, 0))  # type: ignore[no-untyped-call]
+        assert wait_until(
+            lambda: esp_sa()["drops"].get("policy_mismatch", 0) == mismatched + 2, 3), esp_sa()
+        for packet in (IPv6(src=ga, dst=gb, nh=41) / Raw(inner(good)), compressed(good)):
+            inj.raw6.sendto(bytes(sa.encrypt(packet)), (gb, 0))  # type: ignore[no-untyped-call]
+        assert wait_until(lambda: esp_sa()["packets"] == before["packets"] + 2, 3), esp_sa()
+    finally:
+        inj.close()
+    assert esp_sa()["drops"].get("policy_mismatch", 0) == mismatched + 2
+    assert not _ipcomp_drops(nested.b, gb)
 
 
 def _marked_injector(ns: Netns) -> Injector:
