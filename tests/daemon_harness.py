@@ -61,24 +61,27 @@ def transport_script(a: str, b: str, *, spi_ab: int = 0x1001, spi_ba: int = 0x10
 
 
 def tunnel_script(topo: SiteToSite, side: str, *, spi: int = 0x2001, extra: str = "",
-                  ipcomp: int = 0) -> str:
+                  ipcomp: int = 0, nested: bool = False) -> str:
     """Site-to-site tunnel mode for gateway ``side`` ("a" or "b"): the IPv4 sites over the
     IPv4 WAN (SPIs ``spi``, ``spi + 1``), the IPv6 sites over the IPv6 WAN (``spi + 0x600``,
     ``spi + 0x601``).  ``ipcomp``: a CPI for tunnel-mode IPComp SAs both ways (the same
     for both families: the destination tells them apart) and policies
-    ``ipcomp/tunnel/A-B/use esp/tunnel/A-B/require``."""
+    ``ipcomp/tunnel/A-B/use esp/tunnel/A-B/require``; with ``nested`` Linux's form
+    instead, ``ipcomp/tunnel/A-B/use esp/transport//require`` with ESP SAs in transport
+    mode (gateway a's script) or setkey's default mode any (gateway b's)."""
     lines = ["flush;", "spdflush;"]
     wans = ((topo.gw_a_wan.v4, topo.gw_b_wan.v4), (topo.gw_a_wan.v6, topo.gw_b_wan.v6))
+    mode = "-m tunnel " if not nested else "-m transport " if side == "a" else ""
     for (ga, gb), site_a, site_b, base in zip(wans, topo.site_a, topo.site_b, (spi, spi + 0x600),
                                               strict=True):
-        lines += [f"add {ga} {gb} esp {base:#x} -m tunnel {extra}-E aes-gcm-16 {KEY_AB};",
-                  f"add {gb} {ga} esp {base + 1:#x} -m tunnel {extra}-E aes-gcm-16 {KEY_BA};"]
+        lines += [f"add {ga} {gb} esp {base:#x} {mode}{extra}-E aes-gcm-16 {KEY_AB};",
+                  f"add {gb} {ga} esp {base + 1:#x} {mode}{extra}-E aes-gcm-16 {KEY_BA};"]
         if ipcomp:
             lines += [f"add {ga} {gb} ipcomp {ipcomp:#x} -m tunnel -C deflate;",
                       f"add {gb} {ga} ipcomp {ipcomp:#x} -m tunnel -C deflate;"]
 
         def req(x: str, y: str) -> str:
-            esp = f"esp/tunnel/{x}-{y}/require"
+            esp = "esp/transport//require" if nested else f"esp/tunnel/{x}-{y}/require"
             return f"ipcomp/tunnel/{x}-{y}/use {esp}" if ipcomp else esp
 
         if side == "a":

@@ -8,11 +8,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
-import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,24 +182,6 @@ def ipsecd_children(d: Daemon) -> list[dict[str, Any]]:
 
 def established(d: Daemon) -> bool:
     return bool(ipsecd_children(d))
-
-
-def iperf(src: Any, dst_ns: Any, dst: str, size: str = "3M", timeout: float = 30,
-          seconds: float = 0, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """A bounded TCP transfer (``size`` bytes, or ``seconds`` long); iperf3's ``end`` summary.
-
-    ``extra``: more client options (``--repeating-payload``: compressible data)."""
-    server = dst_ns.popen("iperf3", "-s", "-1", stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-    bound = ["-t", str(seconds)] if seconds else ["-n", size]
-    try:
-        assert wait_until(lambda: b":5201" in dst_ns.run("ss", "-ltnH").stdout, 5)
-        r = src.run("iperf3", "-c", dst, *bound, *extra, "-J", timeout=timeout, check=False)
-        assert r.returncode == 0, r.stdout[-600:]
-    finally:
-        server.wait(10)
-    end: dict[str, Any] = json.loads(r.stdout)["end"]
-    return end
 
 
 def bring_up(a: Daemon, sw: StrongSwan, initiator: str) -> None:

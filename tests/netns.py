@@ -38,6 +38,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -551,6 +552,88 @@ def ping(ns: Netns, dst: str, *, count: int = 3, interval: float = 0.2,
     finally:
         sock.close()
     return len(seen)
+
+
+#: What :func:`tcp_transfer` sends by default: iperf3's ``--repeating-payload``
+#: (compressible, and easy to find in a capture of plaintext).
+REPEATING_PAYLOAD = b"0123456789" * 6554  # 65540 bytes
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What one :func:`tcp_transfer` moved."""
+
+    sent: int
+    """Bytes the sender wrote before it closed its side."""
+    received: int
+    """Bytes the receiver read before end of stream: equal to ``sent``, the helper checks."""
+    seconds: float
+    """From connect to the receiver's end of stream."""
+
+
+def tcp_transfer(src: Netns, dst_ns: Netns, dst: str, *, size: int = 0, seconds: float = 0,
+                 payload: bytes = REPEATING_PAYLOAD, timeout: float = 30.0) -> Transfer:
+    """A bounded TCP transfer from ``src`` to ``dst`` (an address in ``dst_ns``), counted at
+    both ends: ``size`` bytes, or as much as ``seconds`` allow.
+
+    Not iperf3: in ``-n`` (and ``-t``) mode iperf3's receiver stops counting when
+    the end of the test reaches it on the control connection, so data still in
+    flight is never counted (esnet/iperf#382: 350 KB "received" of a 1 MB
+    transfer; #705 made this deliberate), and ``sum_received`` - also as the
+    server's own JSON or after ``--get-server-output`` - can be any part of
+    what was sent.  Here the receiver (a thread; its socket lives in
+    ``dst_ns``) reads until the sender's FIN, so a correct transfer always ends
+    with ``received == sent``, asserted here; a stalled one raises
+    ``TimeoutError`` after ``timeout`` s without progress.
+    """
+    assert size or seconds, "a transfer needs a size or a duration"
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with dst_ns.enter():
+        listener = socket.socket(family, socket.SOCK_STREAM)
+    with src.enter():
+        sender = socket.socket(family, socket.SOCK_STREAM)
+    counted: list[int] = []
+    failed: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(timeout)
+                buf = bytearray(1 << 18)
+                total = 0
+                while n := conn.recv_into(buf):
+                    total += n
+                counted.append(total)
+        except BaseException as exc:  # reported by the caller's thread
+            failed.append(exc)
+
+    try:
+        listener.settimeout(timeout)
+        listener.bind((dst, 0))
+        listener.listen(1)
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        sender.settimeout(timeout)
+        start = time.monotonic()
+        sender.connect((dst, listener.getsockname()[1]))
+        view = memoryview(payload)
+        sent = 0
+        while (sent < size) if size else (time.monotonic() - start < seconds):
+            chunk = view[:size - sent] if size else view
+            sender.sendall(chunk)
+            sent += len(chunk)
+        sender.shutdown(socket.SHUT_WR)
+        receiver.join(timeout)
+        elapsed = time.monotonic() - start
+    finally:
+        sender.close()
+        listener.close()
+    if failed:
+        raise failed[0]
+    assert counted, f"the receiver did not finish in {timeout} s"
+    assert counted[0] == sent, f"sent {sent} bytes, received {counted[0]}"
+    return Transfer(sent, counted[0], elapsed)
 
 
 def _checksum(data: bytes) -> int:

@@ -57,12 +57,15 @@ SPI_AB, SPI_BA = 0x3001, 0x3002
 N = 200  # hostile packets of each kind
 
 
-def _ah_sas(a: str, b: str, mode: str, spi: int, ipcomp: int = 0) -> list[str]:
-    """AH SAs both ways; with ``ipcomp`` (a CPI) IPComp SAs of that mode too."""
+def _ah_sas(a: str, b: str, mode: str, spi: int, ipcomp: int = 0,
+            ah_mode: str = "") -> list[str]:
+    """AH SAs both ways; with ``ipcomp`` (a CPI) IPComp SAs of that mode too.  ``ah_mode``:
+    the AH SAs' mode when it differs (the nested form)."""
     comp = [f"add {a} {b} ipcomp {ipcomp:#x} -m {mode} -C deflate;",
             f"add {b} {a} ipcomp {ipcomp:#x} -m {mode} -C deflate;"] if ipcomp else []
-    return [f"add {a} {b} ah {spi:#x} -m {mode} -A hmac-sha256 0x{AUTH_AB.hex()};",
-            f"add {b} {a} ah {spi + 1:#x} -m {mode} -A hmac-sha256 0x{AUTH_BA.hex()};", *comp]
+    m = ah_mode or mode
+    return [f"add {a} {b} ah {spi:#x} -m {m} -A hmac-sha256 0x{AUTH_AB.hex()};",
+            f"add {b} {a} ah {spi + 1:#x} -m {m} -A hmac-sha256 0x{AUTH_BA.hex()};", *comp]
 
 
 def transport_script(topo: HostToHost, side: str, *, ipcomp: int = 0) -> str:
@@ -78,17 +81,19 @@ def transport_script(topo: HostToHost, side: str, *, ipcomp: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tunnel_script(topo: SiteToSite, side: str, *, ipcomp: int = 0) -> str:
-    """``ipcomp``: a CPI, and ``ipcomp/tunnel/A-B/use`` before the AH request."""
+def tunnel_script(topo: SiteToSite, side: str, *, ipcomp: int = 0, nested: bool = False) -> str:
+    """``ipcomp``: a CPI, and ``ipcomp/tunnel/A-B/use`` before the AH request; ``nested``:
+    Linux's form, ``ipcomp/tunnel/A-B/use ah/transport//require`` with transport-mode AH SAs."""
     lines = ["flush;", "spdflush;"]
     wans = ((topo.gw_a_wan.v4, topo.gw_b_wan.v4), (topo.gw_a_wan.v6, topo.gw_b_wan.v6))
 
     def req(x: str, y: str) -> str:
-        return (f"ipcomp/tunnel/{x}-{y}/use " if ipcomp else "") + f"ah/tunnel/{x}-{y}/require"
+        ah = "ah/transport//require" if nested else f"ah/tunnel/{x}-{y}/require"
+        return (f"ipcomp/tunnel/{x}-{y}/use " if ipcomp else "") + ah
 
     for (ga, gb), site_a, site_b, spi in zip(wans, topo.site_a, topo.site_b,
                                              (SPI_AB, SPI_AB + 0x600), strict=True):
-        lines += _ah_sas(ga, gb, "tunnel", spi, ipcomp)
+        lines += _ah_sas(ga, gb, "tunnel", spi, ipcomp, "transport" if nested else "")
         if side == "a":
             lines += [f"spdadd {site_a} {site_b} any -P out ipsec {req(ga, gb)};",
                       f"spdadd {site_b} {site_a} any -P in ipsec {req(gb, ga)};"]
@@ -410,10 +415,21 @@ def test_transport_ipcomp_then_ah(ipcomp_pair: Pair, family: int, tmp_path: Path
     assert len(comp) == 1 and comp[0]["packets"] >= 3 and not comp[0]["drops"]
 
 
+@pytest.fixture(scope="module")
+def nested_gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with tunnel_pair(tmp_path_factory.mktemp("ah-ipcomp-ne"), "ahn",
+                     script=lambda t, s: tunnel_script(t, s, ipcomp=CPI, nested=True)) as g:
+        yield g
+
+
+@pytest.mark.parametrize("form", ["ipcomp_gws", "nested_gws"])
 @pytest.mark.parametrize("family", [4, 6])
-def test_tunnel_ipcomp_then_ah(ipcomp_gws: Gateways, family: int, tmp_path: Path) -> None:
+def test_tunnel_ipcomp_then_ah(request: pytest.FixtureRequest, form: str, family: int,
+                               tmp_path: Path) -> None:
     """One outer header: IP(gwA -> gwB) | AH (next header 108) | IPComp (4 / 41) | deflate
-    of the inner packet."""
+    of the inner packet - with AH in tunnel mode, and in Linux's nested form (AH in
+    transport mode), whose small packets go as IP-in-IP inside AH."""
+    ipcomp_gws: Gateways = request.getfixturevalue(form)
     topo = ipcomp_gws.topo
     if family == 4:
         ga, gb, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_b.v4, SPI_AB
@@ -431,3 +447,4 @@ def test_tunnel_ipcomp_then_ah(ipcomp_gws: Gateways, family: int, tmp_path: Path
     comp = [s for s in ipcomp_gws.b.status()["sas"]
             if s["protocol"] == "ipcomp" and s["dst"] == gb]
     assert len(comp) == 1 and comp[0]["packets"] >= 3 and not comp[0]["drops"]
+    assert ping(topo.net_a.ns, dst, count=2, size=16) == 2  # below the threshold: uncompressed

@@ -3,7 +3,9 @@
 The HOWTO's manual keying with ``add A B ipcomp 0x1000 -C deflate`` both ways
 and policies ``ipcomp/transport//use esp/transport//require`` (host to host)
 or ``ipcomp/tunnel/A-B/use esp/tunnel/A-B/require`` (site to site), IPv4 and
-IPv6.  What goes on the wire is checked with implementations we did not
+IPv6; site to site also Linux's nested form ``ipcomp/tunnel/A-B/use
+esp/transport//require`` (ESP SAs in transport mode), on both gateways and
+against the tunnel/tunnel form.  What goes on the wire is checked with implementations we did not
 write: scapy's ESP decrypts captured packets with the script's keys, and
 zlib's raw inflate turns the IPComp data back into what was sent.  A scapy
 peer sends ESP(IPComp(raw deflate)) itself, and hostile IPComp inside valid
@@ -21,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_harness import (
@@ -85,6 +88,32 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     with tunnel_pair(tmp_path_factory.mktemp("ipcomp-tu"), "cu",
                      lambda topo, side: tunnel_script(topo, side, ipcomp=CPI)) as pair:
         yield pair
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    """Linux's form on both gateways: ipcomp/tunnel/A-B/use esp/transport//require."""
+    with tunnel_pair(tmp_path_factory.mktemp("ipcomp-ne"), "cn",
+                     lambda topo, side: tunnel_script(topo, side, ipcomp=CPI,
+                                                      nested=True)) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    """gwA with Linux's nested form, gwB with the tunnel/tunnel form: one wire format."""
+    with tunnel_pair(tmp_path_factory.mktemp("ipcomp-mx"), "cm",
+                     lambda topo, side: tunnel_script(topo, side, ipcomp=CPI,
+                                                      nested=side == "a")) as pair:
+        yield pair
+
+
+FORMS = ["tunnel", "nested", "mixed"]  # the fixture names are "gateways", "nested", "mixed"
+
+
+def _pair(request: pytest.FixtureRequest, form: str) -> Gateways:
+    pair: Gateways = request.getfixturevalue("gateways" if form == "tunnel" else form)
+    return pair
 
 
 def _scapy_sa(spi: int, key: str) -> ScapySA:
@@ -171,9 +200,13 @@ def test_small_packets_go_uncompressed_and_are_accepted(hosts: Hosts, tmp_path: 
         assert clear.proto == 1 and ICMP in clear
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("family", [4, 6])
-def test_tunnel_ping_is_compressed_then_encrypted(gateways: Gateways, family: int,
-                                                  tmp_path: Path) -> None:
+def test_tunnel_ping_is_compressed_then_encrypted(request: pytest.FixtureRequest, form: str,
+                                                  family: int, tmp_path: Path) -> None:
+    """Both forms (and one of each) put one outer header on the wire: ESP next header
+    108, IPComp's 4 / 41, the inner packet compressed."""
+    gateways = _pair(request, form)
     topo = gateways.topo
     if family == 4:
         ga, gb, src, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_a.v4, topo.net_b.v4, 0x2001
@@ -195,10 +228,111 @@ def test_tunnel_ping_is_compressed_then_encrypted(gateways: Gateways, family: in
         assert bytes(inner.payload).endswith(PAYLOAD)
         seen[(packet.src, packet.dst)] += 1
     assert seen == {(ga, gb): 3, (gb, ga): 3}
-    st = gateways.b.status()
-    comp = [sa for sa in st["sas"] if sa["protocol"] == "ipcomp" and sa["dst"] == gb]
-    assert len(comp) == 1 and comp[0]["packets"] >= 3 and comp[0]["mode"] == "tunnel"
-    assert not comp[0]["drops"]
+    for daemon, local in ((gateways.a, ga), (gateways.b, gb)):
+        st = daemon.status()
+        comp = [sa for sa in st["sas"] if sa["protocol"] == "ipcomp" and sa["dst"] == local]
+        assert len(comp) == 1 and comp[0]["packets"] >= 3 and comp[0]["mode"] == "tunnel"
+        assert not comp[0]["drops"]
+
+
+@pytest.mark.parametrize("form", ["nested", "mixed"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_tunnel_small_packets_go_as_ip_in_ip(request: pytest.FixtureRequest, form: str,
+                                             family: int, tmp_path: Path) -> None:
+    """Below the threshold Linux's IPComp tunnel state leaves the packet as IP-in-IP, so
+    the nested form sends ESP next header 4 / 41 (the tunnel/tunnel form's plain
+    tunnel-mode ESP on the wire) and takes it from either form."""
+    gateways = _pair(request, form)
+    topo = gateways.topo
+    if family == 4:
+        ga, gb, src, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_a.v4, topo.net_b.v4, 0x2001
+    else:
+        ga, gb, src, dst, spi = topo.gw_a_wan.v6, topo.gw_b_wan.v6, topo.net_a.v6, topo.net_b.v6, 0x2601
+    cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "wan.pcap")
+    assert ping(topo.net_a.ns, dst, count=2, size=16) == 2
+    cap.stop()
+    keys = {(ga, gb): _scapy_sa(spi, KEY_AB), (gb, ga): _scapy_sa(spi + 1, KEY_BA)}
+    seen = {(ga, gb): 0, (gb, ga): 0}
+    for packet in _esp_frames(cap.packets()):
+        if (packet.src, packet.dst) not in keys:
+            continue
+        clear = keys[(packet.src, packet.dst)].decrypt(packet)  # type: ignore[no-untyped-call]
+        nh = clear.proto if family == 4 else clear.nh
+        assert nh == (4 if family == 4 else 41)
+        inner = clear.payload
+        assert {inner.src, inner.dst} == {src, dst}
+        seen[(packet.src, packet.dst)] += 1
+    assert seen == {(ga, gb): 2, (gb, ga): 2}
+
+
+def test_nested_without_its_ipcomp_sa_sends_ip_in_ip(nested: Gateways, tmp_path: Path) -> None:
+    """gwA's outbound IPComp SA removed: its nested policy's traffic still leaves, as
+    IP-in-IP inside the transport-mode ESP SA (IPComp is optional, RFC 3173 §2.2), and
+    gwB (whose IPComp SA is still there) delivers it; put back, compression resumes."""
+    topo = nested.topo
+    ga, gb, dst = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_b.v4
+    sa = _scapy_sa(0x2001, KEY_AB)
+
+    def next_headers() -> list[int]:
+        cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "wan.pcap", "esp")
+        assert ping(topo.net_a.ns, dst, count=2, payload=PAYLOAD) == 2
+        cap.stop()
+        return [sa.decrypt(p).proto  # type: ignore[no-untyped-call]
+                for p in _esp_frames(cap.packets()) if (p.src, p.dst) == (ga, gb)]
+
+    gone = nested.a.ipsecd("setkey", "-c", input=f"delete {ga} {gb} ipcomp {CPI:#x};\n".encode())
+    assert gone.returncode == 0, gone.stderr
+    try:
+        assert next_headers() == [4, 4]
+    finally:
+        back = nested.a.ipsecd("setkey", "-c", input=(
+            f"add {ga} {gb} ipcomp {CPI:#x} -m tunnel -C deflate;\n").encode())
+        assert back.returncode == 0, back.stderr
+    assert next_headers() == [IPCOMP, IPCOMP]
+
+
+def test_nested_takes_only_what_its_policy_covers(nested: Gateways) -> None:
+    """In authentic transport-mode ESP from gwA: IP-in-IP and IPComp tunnel packets whose
+    inner source is not site A's are `policy_mismatch` on gwB's ESP SA; the same with site
+    A's source is delivered (counted on the SA).
+
+    On the IPv6 SA A -> B with sequence numbers far ahead of daemon A's: no later test
+    sends IPv6 through this pair."""
+    topo = nested.topo
+    ga, gb = topo.gw_a_wan.v6, topo.gw_b_wan.v6
+    good, dst = topo.net_a.v6, topo.net_b.v6
+    bad = "2001:db8:dead::1"  # in no policy of gwB
+    sa = _scapy_sa(0x2601, KEY_AB)
+    sa.seq_num = 1 << 20
+
+    def esp_sa() -> dict[str, Any]:
+        found: dict[str, Any] = next(x for x in nested.b.status()["sas"]
+                                     if x["protocol"] == "esp" and x["spi"] == 0x2601)
+        return found
+
+    def inner(src: str) -> bytes:
+        return bytes(IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=7, data=PAYLOAD))
+
+    def compressed(src: str) -> Packet:
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = struct.pack("!BBH", 41, 0, CPI) + deflater.compress(inner(src)) + deflater.flush()
+        return IPv6(src=ga, dst=gb, nh=IPCOMP) / Raw(body)
+
+    before = esp_sa()
+    mismatched = before["drops"].get("policy_mismatch", 0)
+    inj = _marked_injector(topo.gw_a_wan.ns)
+    try:
+        for packet in (IPv6(src=ga, dst=gb, nh=41) / Raw(inner(bad)), compressed(bad)):
+            inj.raw6.sendto(bytes(sa.encrypt(packet)), (gb, 0))  # type: ignore[no-untyped-call]
+        assert wait_until(
+            lambda: esp_sa()["drops"].get("policy_mismatch", 0) == mismatched + 2, 3), esp_sa()
+        for packet in (IPv6(src=ga, dst=gb, nh=41) / Raw(inner(good)), compressed(good)):
+            inj.raw6.sendto(bytes(sa.encrypt(packet)), (gb, 0))  # type: ignore[no-untyped-call]
+        assert wait_until(lambda: esp_sa()["packets"] == before["packets"] + 2, 3), esp_sa()
+    finally:
+        inj.close()
+    assert esp_sa()["drops"].get("policy_mismatch", 0) == mismatched + 2
+    assert not _ipcomp_drops(nested.b, gb)
 
 
 def _marked_injector(ns: Netns) -> Injector:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from netns import NETNS_DIR, PREFIX, Lab, host_to_host, remove_stale, site_to_site
+from netns import NETNS_DIR, PREFIX, Lab, host_to_host, remove_stale, site_to_site, tcp_transfer
 
 pytestmark = [pytest.mark.netns]
 
@@ -61,3 +61,23 @@ def test_stale_namespaces_of_dead_runs_are_removed() -> None:
         assert name not in _ours()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_tcp_transfer_counts_every_byte_at_the_receiver(family: int) -> None:
+    with Lab() as lab:
+        h = host_to_host(lab)
+        size = (3 << 20) + 7  # not a multiple of the payload's length
+        moved = tcp_transfer(h.a.ns, h.b.ns, h.b.v4 if family == 4 else h.b.v6, size=size)
+        assert moved.sent == moved.received == size
+
+
+def test_tcp_transfer_fails_when_the_data_does_not_arrive() -> None:
+    """A path that takes the handshake but loses the data: no count, an error."""
+    with Lab() as lab:
+        h = host_to_host(lab)
+        h.b.ns.run("nft", "-f", "-", input=b"table inet t { chain input { type filter hook "
+                   b"input priority 0; tcp flags & (syn | fin | rst) == 0 meta length > 200 "
+                   b"drop; }; }\n")
+        with pytest.raises((OSError, AssertionError)):
+            tcp_transfer(h.a.ns, h.b.ns, h.b.v4, size=1 << 20, timeout=2)

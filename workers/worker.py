@@ -51,7 +51,9 @@ The loop waits in ``poll`` on the ring and TUN descriptors (at most
    outbound an ``OUT_IPCOMP`` decision compresses the packet before it
    joins the batch (``_compress``); inbound, what ESP or AH delivers with
    next header 108 reaches ``_inbound_ipcomp`` through their failure
-   branches only (docs/architecture.md, "IPComp in the datapath").
+   branches only, and so does KAME's nested form (IPComp tunnel inside
+   transport-mode ESP, ``_inbound_nested``) (docs/architecture.md, "IPComp
+   in the datapath").
 4. **Counters** are accumulated in local ints and added to the worker's
    own rows of the shared table once per batch, with the heartbeat.
 
@@ -109,6 +111,7 @@ from workers.icmp import RateLimit, fragment_ipv4, fragment_ipv6, too_big_error
 from workers.offload import VNET_HDR_LEN, Coalescer
 from workers.policy import (
     ACTION_DISCARD,
+    ACTION_IPSEC,
     ACTION_NONE,
     MODE_TRANSPORT,
     MODE_TUNNEL,
@@ -135,6 +138,8 @@ ICMP_RATE = 200.0  # errors per second per worker (RFC 1812 §4.3.2.8 wants a li
 _ESP = int(IpProto.ESP)
 _AH = int(IpProto.AH)
 _IPCOMP = int(IpProto.IPCOMP)
+_IPIP = int(IpProto.IPV4)  # IP-in-IP next headers (RFC 2003, RFC 2473)
+_IPV6_IN = int(IpProto.IPV6)
 _V4_KEY = struct.Struct("!B5xBBxB2x8s")  # ver/ihl, flags/frag hi, frag lo, proto, src+dst
 _V6_KEY = struct.Struct("!6xB1x32s")  # next header, src+dst
 # IPv4 without options: flags/fragment offset, protocol, src+dst, first L4 word (ports).
@@ -223,12 +228,13 @@ class _Ipcomp:
     carried the packet (inbound) decides.
     """
 
-    __slots__ = ("dst", "slot", "spi", "transport", "tunnel", "uid")
+    __slots__ = ("dst", "slot", "spi", "src", "transport", "tunnel", "uid")
 
     def __init__(self, slot: int, uid: int, sa: SecurityAssociation) -> None:
         self.slot = slot
         self.uid = uid
         self.spi = sa.spi  # the CPI
+        self.src = sa.src.packed
         self.dst = sa.dst.packed
         self.transport = (IpcompContext(sa, mode=Mode.TRANSPORT)
                           if sa.mode is not Mode.TUNNEL else None)
@@ -385,11 +391,14 @@ class Worker:
         self.inbound_ah_by_dst: dict[tuple[int, bytes], _AhIn] = self.ah_index.by_dst
         self.outbound: dict[int, _Out] = {}
         # IPComp SAs (RFC 3173) by CPI - every worker has all of them (see _Ipcomp) -
-        # and outbound by slot; transport-mode copies of tunnel-mode ESP SAs, made on
-        # first use, for IPComp in tunnel mode (_transport_twin).
+        # and outbound by slot; copies of ESP SAs in the other mode, made on first use,
+        # for IPComp in tunnel mode and the nested form (_twin).
         self.ipcomp_index: _SpiIndex[_Ipcomp] = _SpiIndex()
         self.ipcomp_out: dict[int, _Ipcomp] = {}
         self.twins: dict[int, _Out] = {}
+        # Inbound tunnel-mode IPComp SAs by outer addresses, for IP-in-IP (_ipcomp_tunnel).
+        self._ipip: dict[bytes, _Ipcomp] = {}
+        self._ipip_generation = -1
         self.policy_generation = -1
         self.policies = PolicySet()
         self.out_flows: dict[Any, tuple[Any, ...]] = {}
@@ -620,6 +629,9 @@ class Worker:
                 if nh == _IPCOMP:  # transport mode: the check refuses protocol 108 to send it here
                     self._inbound_ipcomp(e, rx, s, en, tunnel=False, payload=False)
                     continue
+                if nh in (_IPIP, _IPV6_IN):  # uncompressed, nested form (_inbound_decide)
+                    self._inbound_ipip(e, rx, s, en)
+                    continue
                 self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
                 continue
             if push is not None:
@@ -675,8 +687,12 @@ class Worker:
         n = len(packet)
         rx[:n] = packet  # where ESP's plaintext would be: the GRO coalescer reads from rx
         if not self._inbound_check(e, rx, 0, n):
-            if e.mode == MODE_TRANSPORT and _upper_protocol(rx, n) == _IPCOMP:
+            upper = _upper_protocol(rx, n) if e.mode == MODE_TRANSPORT else -1
+            if upper == _IPCOMP:
                 self._inbound_ipcomp(e, rx, 0, n, tunnel=False, payload=False)
+                return
+            if upper in (_IPIP, _IPV6_IN):  # uncompressed, nested form
+                self._inbound_ipip(e, rx, 0, n)
                 return
             self._sa_drop(e.slot, Drop.POLICY_MISMATCH, spi)
             return
@@ -725,6 +741,10 @@ class Worker:
             self._sa_drop(e.slot, Drop.UNKNOWN_SPI, cpi)  # no IPComp SA: counted on its carrier
             return
         ctx = c.tunnel if tunnel else c.transport
+        if ctx is None and not tunnel and e.mode == MODE_TRANSPORT:
+            # A tunnel-mode IPComp SA inside transport-mode ESP: KAME's nested form.
+            self._inbound_nested(e, c, rx, s, en, compressed=True)
+            return
         if ctx is None:  # an IPComp SA of the other mode
             self._sa_drop(c.slot, Drop.BAD_NEXT_HEADER, cpi)
             return
@@ -741,16 +761,108 @@ class Worker:
         if not self._inbound_check(e, rx, 0, n):
             self._sa_drop(e.slot, Drop.POLICY_MISMATCH, e.spi)
             return
-        if self.gro is not None:
-            self.gro.push(rx, 0, n)
-        else:
-            try:
-                os.write(self.tun.fileno(), rx[:n])
-            except OSError as exc:
-                self._tun_write_failed(exc)
-                return  # not forwarded: not counted on the SAs
+        if not self._to_tun(rx, n):
+            return  # not forwarded: not counted on the SAs
         self._count(self.acc, e.slot, 1, carried)
         self._count(self.acc, c.slot, 1, n)
+
+    def _inbound_ipip(self, e: _In, rx: memoryview, s: int, en: int) -> None:
+        """IP-in-IP from transport-mode ESP or AH ``e``, ``rx[s:en]``: an IPComp tunnel's packet.
+
+        What Linux's IPComp tunnel state sends a packet not worth compressing
+        in (see _nested_decision); ``_inbound_decide`` sends it here only when a
+        tunnel-mode IPComp SA between the outer addresses is installed (as
+        Linux's IPIP state that comes with it), other IP-in-IP goes on as it is.
+        """
+        c = self._ipcomp_tunnel(_outer_addresses(rx, s)) if e.mode == MODE_TRANSPORT else None
+        if c is None:  # tunnel-mode ESP (a policy mismatch), or the SA went since the check
+            self._sa_drop(e.slot, Drop.POLICY_MISMATCH, e.spi)
+            return
+        self._inbound_nested(e, c, rx, s, en, compressed=False)
+
+    def _inbound_nested(self, e: _In, c: _Ipcomp, rx: memoryview, s: int, en: int, *,
+                        compressed: bool) -> None:
+        """KAME's nested form inbound: ``rx[s:en]``, from transport-mode ``e``, is outer IP |
+        IPComp | compressed inner packet, or outer IP | inner packet (IP-in-IP).
+
+        The tunnel-mode IPComp SA ``c`` unwraps it (ECN merged, RFC 6040 §4.2);
+        the inner packet must match an ``ipsec`` policy with an IPComp tunnel
+        request between the outer addresses and a transport request ``e``
+        satisfies (_nested_decide).  Uncompressed packets are counted on ``e``
+        only, as the tunnel/tunnel form's plain tunnel-mode ESP is.
+        """
+        outer = _outer_addresses(rx, s)
+        drop, packet = c.tunnel.decap(rx[s:en])  # type: ignore[union-attr]
+        if drop:
+            self._sa_drop(c.slot, drop, c.spi)
+            return
+        carried = en - s
+        n = len(packet)
+        rx[:n] = packet
+        selectors = _selectors(rx, 0, n)
+        if selectors is None:
+            self._sa_drop(c.slot, Drop.MALFORMED, c.spi)
+            return
+        key = (e.slot, outer, *selectors)
+        ok = self.in_flows.get(key)
+        if ok is None:
+            if len(self.in_flows) > 65536:
+                self.in_flows.clear()
+            ok = self.in_flows[key] = self._nested_decide(e, outer, *selectors)
+        if not ok:
+            self._sa_drop(e.slot, Drop.POLICY_MISMATCH, e.spi)
+            return
+        if not self._to_tun(rx, n):
+            return
+        self._count(self.acc, e.slot, 1, carried)
+        if compressed:
+            self._count(self.acc, c.slot, 1, n)
+
+    def _nested_decide(self, e: _In, outer: bytes, version: int, addrs: bytes, proto: int,
+                       ports: int) -> int:
+        """RFC 4301 §5.2 for the nested form: the inner packet's policy asks for an IPComp
+        tunnel between the outer addresses and for ``e`` in transport mode (as Linux's
+        template check, an IPComp or IPIP tunnel state must match its template)."""
+        half = len(addrs) // 2
+        src, dst = addrs[:half], addrs[half:]
+        ps = self.policies
+        rule = ps.lookup("in" if dst in ps.local else "fwd", version, int.from_bytes(src, "big"),
+                         int.from_bytes(dst, "big"), proto, ports >> 16, ports & 0xFFFF)
+        if rule is None or rule.action != ACTION_IPSEC:
+            return 0
+        o = len(outer) // 2
+        tunnel = carrier = False
+        for req in rule.requests:
+            if req.protocol == _IPCOMP:
+                tunnel = tunnel or (req.mode == MODE_TUNNEL and req.src == outer[:o]
+                                    and req.dst == outer[o:])
+            elif req.protocol == e.proto and req.mode == MODE_TRANSPORT:
+                carrier = carrier or not req.reqid or req.reqid == e.reqid
+        return int(tunnel and carrier)
+
+    def _ipcomp_tunnel(self, outer: bytes) -> _Ipcomp | None:
+        """Our inbound tunnel-mode IPComp SA from the outer source to the outer destination.
+
+        An index made on first use after each SA generation: IP-in-IP inside
+        transport-mode ESP is rare, so the SA loading pays nothing for it.
+        """
+        if self._ipip_generation != self.sa_generation:
+            self._ipip_generation = self.sa_generation
+            self._ipip = {c.src + c.dst: c for c in self.ipcomp_index.by_dst.values()
+                          if c.transport is None}
+        return self._ipip.get(outer)
+
+    def _to_tun(self, rx: memoryview, n: int) -> bool:
+        """``rx[:n]``, decapsulated and checked, to the TUN (through GRO); False if refused."""
+        if self.gro is not None:
+            self.gro.push(rx, 0, n)
+            return True
+        try:
+            os.write(self.tun.fileno(), rx[:n])
+        except OSError as exc:
+            self._tun_write_failed(exc)
+            return False
+        return True
 
     def _tun_write_failed(self, exc: OSError, packets: int = 1) -> None:
         """A write the kernel refused: counted (per packet inside it) and logged.
@@ -875,6 +987,9 @@ class Worker:
         transport = e.mode == MODE_TRANSPORT
         if proto == _IPCOMP and transport:
             return 0  # IPComp inside transport-mode ESP: _inbound_ipcomp checks what it holds
+        if proto in (_IPIP, _IPV6_IN) and transport and \
+                self._ipcomp_tunnel(addrs) is not None:
+            return 0  # an IPComp tunnel's uncompressed packet: _inbound_ipip checks the inner one
         if rule is None or rule.action == ACTION_NONE:
             # As Linux (__xfrm_policy_check): without a policy that asks for
             # IPsec, only what came through transport-mode SAs is accepted.
@@ -1094,7 +1209,12 @@ class Worker:
                 if comp_req is None:
                     comp_req = req
                 continue
-            slot = self.policies.outbound_slot(req, src, dst)
+            if comp_req is not None and _nested(comp_req, req):
+                # KAME's nested form (Linux's, strongSwan's): ESP transport protects the
+                # IPComp tunnel's outer packet, so its SA is the one between the end points.
+                slot = self.policies.outbound_slot(req, comp_req.src, comp_req.dst)  # type: ignore[arg-type]
+            else:
+                slot = self.policies.outbound_slot(req, src, dst)
             out = self.outbound.get(slot) if slot is not None else None
             if req.protocol != _ESP and req.protocol != _AH:
                 continue  # nothing else is a request setkey or IKE makes
@@ -1123,6 +1243,8 @@ class Worker:
         info = self.policies.slots.get(chosen.slot)
         path_mtu = info.path_mtu if info is not None else 1500
         tx = self.txs.get(info.ifname, self.tx_default) if info is not None else self.tx_default
+        if comp_req is not None and chosen_req is not None and _nested(comp_req, chosen_req):
+            return self._nested_decision(chosen, comp_req, tx, version, path_mtu, src, dst)
         if chosen.tunnel:
             header = 0
         elif version == 4:
@@ -1170,15 +1292,49 @@ class Worker:
             return d
         encap = d[2]
         if tunnel:
-            twin = self._transport_twin(chosen)
+            twin = self._twin(chosen)
             if twin is None:
                 return d
             encap = twin.encap
         return (OUT_IPCOMP, *d[1:], ctx, c.slot, (OUT_ESP, d[1], encap, *d[3:]))
 
-    def _transport_twin(self, out: _Out) -> _Out | None:
-        """A transport-mode context of the tunnel-mode ESP or AH SA ``out`` (made once, kept).
+    def _nested_decision(self, chosen: _Out, comp_req: Request, tx: TxSender, version: int,
+                         path_mtu: int, src: bytes, dst: bytes) -> tuple[Any, ...]:
+        """KAME's nested form, ``ipcomp/tunnel/A-B/use esp/transport//require``.
 
+        ``chosen`` is the transport-mode ESP (or AH) SA from A to B.  Linux's
+        IPComp tunnel state builds outer IP (A -> B) | IPComp | compressed inner
+        packet, and the ESP transport state encrypts what follows that header:
+        the same packet as the tunnel/tunnel form's, ESP next header 108.  A
+        packet not worth compressing leaves that state as IP-in-IP (Linux's
+        ``ipcomp_output`` leaves the tunnel mode's outer header, protocol 4 or
+        41, in place), which under ESP transport is, on the wire, tunnel-mode
+        ESP between A and B: a tunnel-mode copy of ``chosen`` sends it.  Without
+        a (tunnel-mode) IPComp SA every packet goes that way, as the
+        tunnel/tunnel form sends plain tunnel-mode ESP - where Linux, skipping
+        the optional template, would look for an ESP SA between the inner
+        addresses (``xfrm_tmpl_resolve_one``) and drop the packet.
+        """
+        twin = self._twin(chosen)
+        if twin is None:
+            return (OUT_DROP, Drop.NO_SA, None)  # replaced meanwhile: a new decision follows
+        d = (OUT_ESP, chosen.slot, twin.encap, twin.max_inner(path_mtu, 0), tx, version, path_mtu)
+        slot = self.policies.outbound_slot(comp_req, src, dst)
+        c = self.ipcomp_out.get(slot) if slot is not None else None
+        if c is None:
+            return d
+        if c.transport is not None:  # mode any: a transport SA, as on Linux (see _Ipcomp)
+            self._note("ipcomp_unusable", f"IPComp SA {c.spi:#x} is not a tunnel-mode SA: "
+                       f"{_addr(src)} -> {_addr(dst)} goes uncompressed")
+            return d
+        return (OUT_IPCOMP, *d[1:], c.tunnel, c.slot, (OUT_ESP, d[1], chosen.encap, *d[3:]))
+
+    def _twin(self, out: _Out) -> _Out | None:
+        """A context of the ESP or AH SA ``out`` in the other mode (made once, kept).
+
+        Transport mode for a tunnel-mode SA (IPComp in tunnel mode puts the
+        outer header in front of ESP itself), tunnel mode between the SA's
+        addresses for a transport-mode one (the nested form, _nested_decision).
         The worker wiped its copy of the keys when it built ``out``, so the slot
         is read again (seqlock copy) and this copy wiped in turn.  Sequence
         numbers still come from the slot's one counter, so the two contexts
@@ -1192,7 +1348,7 @@ class Worker:
             return None  # replaced meanwhile: the next generation brings new decisions
         sa = entry.sa
         try:
-            sa.mode = Mode.TRANSPORT
+            sa.mode = Mode.TRANSPORT if out.tunnel else Mode.TUNNEL
             if isinstance(out, _AhOut):
                 twin = _AhOut(out.slot, out.uid,
                               AhContext(sa, allow_legacy=self.spec.allow_legacy), sa)
@@ -1550,6 +1706,42 @@ class _SpiIndex(Generic[_E]):
         self.by_dst.clear()
         self._key_of_slot.clear()
         self._dsts.clear()
+
+
+def _nested(comp: Request, req: Request) -> bool:
+    """KAME's nested form: an IPComp tunnel request and an ESP or AH request in transport mode."""
+    return (comp.mode == MODE_TUNNEL and req.mode == MODE_TRANSPORT
+            and comp.src is not None and comp.dst is not None)
+
+
+def _outer_addresses(buf: memoryview, s: int) -> bytes:
+    """Source and destination of the IP header at ``buf[s]``, packed."""
+    return bytes(buf[s + 12:s + 20]) if buf[s] >> 4 == 4 else bytes(buf[s + 8:s + 40])
+
+
+def _selectors(buf: memoryview, s: int, end: int) -> tuple[int, bytes, int, int] | None:
+    """Version, packed addresses, protocol and ports of the IP packet ``buf[s:end]``.
+
+    What ``Worker._inbound_check`` reads inline (a call less per packet there).
+    """
+    version = buf[s] >> 4
+    if version == 4:
+        if end - s < 20:
+            return None
+        b0, frag_hi, frag_lo, proto, addrs = _V4_KEY.unpack_from(buf, s)
+        at = s + ((b0 & 15) << 2)
+        ports = 0 if (frag_hi & 0x1F or frag_lo) else _ports(proto, buf, at, end)
+    elif version == 6:
+        if end - s < 40:
+            return None
+        proto, addrs = _V6_KEY.unpack_from(buf, s)
+        at = s + 40
+        while proto in _IPV6_EXT and at + 8 <= end:
+            proto, at = buf[at], at + ((buf[at + 1] + 1) << 3)
+        ports = _ports(proto, buf, at, end)
+    else:
+        return None
+    return version, addrs, proto, ports
 
 
 def _ports(proto: int, buf: memoryview, at: int, end: int) -> int:
