@@ -1353,7 +1353,8 @@ class Worker:
                 twin = _AhOut(out.slot, out.uid,
                               AhContext(sa, allow_legacy=self.spec.allow_legacy), sa)
             else:
-                ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False)
+                ctx = EspContext(sa, allow_legacy=self.spec.allow_legacy, legacy_warning=False,
+                                 fast_paths="encap")  # a copy only ever sends
                 twin = _Out(out.slot, out.uid, ctx, sa)
             self.twins[out.slot] = twin
         except Exception as exc:  # as in _reload_sas: the control process validated it
