@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import select
 import signal
@@ -122,9 +123,10 @@ class Capture:
 
     proc: subprocess.Popen[bytes]
     path: Path
+    summary: str = ""  # what tcpdump said when it stopped
 
     def stop(self) -> None:
-        """Stop tcpdump (SIGINT flushes the file) and wait for it."""
+        """Stop tcpdump (SIGINT flushes the file and prints its counts) and wait for it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -132,6 +134,18 @@ class Capture:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.summary += self.proc.stderr.read().decode(errors="replace")
+            self.proc.stderr.close()
+
+    @property
+    def kernel_drops(self) -> int:
+        """Packets the capture socket lost (tcpdump's "dropped by kernel"), after :meth:`stop`:
+        on a loaded machine tcpdump may fall behind, which is the capture's loss, not ours."""
+        found = re.search(r"(\d+) packets? dropped by kernel", self.summary)
+        if found is None:
+            raise RuntimeError(f"tcpdump did not report its drops: {self.summary!r}")
+        return int(found.group(1))
 
     def packets(self) -> list[bytes]:
         """The captured frames (link-layer included), after :meth:`stop`."""
