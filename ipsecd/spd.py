@@ -181,6 +181,9 @@ class Selector:
     proto: int | None = None
     sport: int = 0
     dport: int = 0
+    # A selector keys the SPD (with a direction) and is hashed at every SPD operation, each
+    # time two ipaddress networks in Python: hashed once, when made.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         if self.src.version != self.dst.version:
@@ -189,6 +192,11 @@ class Selector:
             raise ValueError(f"upper-layer protocol {self.proto} out of range 0..255")
         if not (0 <= self.sport <= 0xFFFF and 0 <= self.dport <= 0xFFFF):
             raise ValueError("port out of range 0..65535")
+        object.__setattr__(self, "_hash",
+                           hash((self.src, self.dst, self.proto, self.sport, self.dport)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def make(
