@@ -690,9 +690,13 @@ class Daemon:
         if now - self._local_at > 1.0:  # a netlink round trip: not once per install under load
             self.local = self._nl(self._local_addresses)
             self._local_at = now
-        spd2, sad2 = self.spd.copy(), self.sad.copy()
+        # A transaction in place (savepoints), not on copies: a copy of the SPD and SAD
+        # costs their size, thousands of entries, for the few this adds.
+        spd, sad = self.spd, self.sad
         planned: list[tuple[Any, list[Any]]] = []
         failed: dict[int, str] = {}
+        spd.savepoint()
+        sad.savepoint()
         try:
             for ike, child in pairs:
                 sas = [child.inbound, child.outbound]
@@ -703,19 +707,21 @@ class Daemon:
                     sa.extra["child"] = child.name
                 policies = self._child_policies(ike, child)
                 for sa in sas:
-                    sad2.add(sa)
+                    sad.add(sa)
                 for policy in policies:
-                    spd2.update(policy)
+                    spd.update(policy)
                 planned.append((child, policies))
-            self._check_plan(spd2, sad2)
+            self._check_plan(spd, sad)
         except Exception as exc:
+            spd.rollback()
+            sad.rollback()
             if len(pairs) == 1:
                 return {id(pairs[0][1]): str(exc)}
             for pair in pairs:
                 failed.update(self.ike_install_children([pair]))
             return failed
-        self.sad.replace_with(sad2)
-        self.spd.replace_with(spd2)
+        spd.release()
+        sad.release()
         for child, policies in planned:
             self._ike_children.setdefault(child.reqid, []).append(child)
             self._ike_policies[child.reqid] = [p.key for p in policies]
