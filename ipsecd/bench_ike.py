@@ -508,9 +508,11 @@ def raised_limit(total: int, concurrency: int) -> int:
 
 
 _PROFILE_WRAPPER = """\
-import cProfile, signal, sys
+import cProfile, signal, sys, time
 out = sys.argv.pop(1)
-prof = cProfile.Profile()
+# CPU time, not wall time: waiting in poll and being preempted right after a sendmsg
+# woke the peer would otherwise pass for the daemon's work.
+prof = cProfile.Profile(time.process_time)
 def _on(signum, frame):
     prof.enable()
 def _off(signum, frame):

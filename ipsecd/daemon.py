@@ -67,8 +67,11 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import heapq
 import ipaddress
+import itertools
 import logging
+import math
 import operator
 import os
 import secrets
@@ -438,6 +441,15 @@ class Daemon:
         self.workers: list[_WorkerState] = []
         self.slots: dict[tuple[SAKey, Direction], _Slot] = {}
         self.usage: dict[int, _Usage] = {}  # id(sa) -> usage
+        # Lifetimes (_lifetimes): the installed slots by number, each slot's packet and byte
+        # sums when last looked at, the SAs installed since, and per SA (by id) when a
+        # time limit of it is next due, in a heap of (due, n, SA) hints.
+        self._by_slot: dict[int, _Slot] = {}
+        self._seen_counts: tuple[list[int], list[int]] = ([], [])
+        self._life_new: dict[int, SecurityAssociation] = {}
+        self._life_heap: list[tuple[float, int, SecurityAssociation]] = []
+        self._life_due: dict[int, float] = {}
+        self._life_seq = itertools.count()
         self.routes: dict[str, str | None] = {}  # prefix -> preferred source
         self.accounting = Accounting()  # per-child counters across rekeys, for the exporter
         self.tun_mtu = 1500
@@ -678,9 +690,13 @@ class Daemon:
         if now - self._local_at > 1.0:  # a netlink round trip: not once per install under load
             self.local = self._nl(self._local_addresses)
             self._local_at = now
-        spd2, sad2 = self.spd.copy(), self.sad.copy()
+        # A transaction in place (savepoints), not on copies: a copy of the SPD and SAD
+        # costs their size, thousands of entries, for the few this adds.
+        spd, sad = self.spd, self.sad
         planned: list[tuple[Any, list[Any]]] = []
         failed: dict[int, str] = {}
+        spd.savepoint()
+        sad.savepoint()
         try:
             for ike, child in pairs:
                 sas = [child.inbound, child.outbound]
@@ -691,19 +707,21 @@ class Daemon:
                     sa.extra["child"] = child.name
                 policies = self._child_policies(ike, child)
                 for sa in sas:
-                    sad2.add(sa)
+                    sad.add(sa)
                 for policy in policies:
-                    spd2.update(policy)
+                    spd.update(policy)
                 planned.append((child, policies))
-            self._check_plan(spd2, sad2)
+            self._check_plan(spd, sad)
         except Exception as exc:
+            spd.rollback()
+            sad.rollback()
             if len(pairs) == 1:
                 return {id(pairs[0][1]): str(exc)}
             for pair in pairs:
                 failed.update(self.ike_install_children([pair]))
             return failed
-        self.sad.replace_with(sad2)
-        self.spd.replace_with(spd2)
+        spd.release()
+        sad.release()
         for child, policies in planned:
             self._ike_children.setdefault(child.reqid, []).append(child)
             self._ike_policies[child.reqid] = [p.key for p in policies]
@@ -1103,6 +1121,7 @@ class Daemon:
                 continue
             self._retire(s)
             del self.slots[key]
+            self._by_slot.pop(s.slot, None)
             retired.append(s.sa)
         for key, sa in plan:
             if sa is None or key in self.slots:
@@ -1114,7 +1133,9 @@ class Daemon:
             slot = self._free_slot()
             uid = table.install(slot, sa, direction)
             self._order += 1
-            self.slots[key] = _Slot(sa, slot, uid, direction, self._order, fp)
+            self.slots[key] = self._by_slot[slot] = _Slot(sa, slot, uid, direction,
+                                                          self._order, fp)
+            self._life_new[id(sa)] = sa  # looked at by the next _lifetimes
             if direction is Direction.OUT:
                 self._outbound[slot] = InstalledSA(sa, slot, self._order)
                 self._mark_dirty(slot)
@@ -1722,10 +1743,19 @@ class Daemon:
         self._save_seq_file()
 
     def _lifetimes(self, now: float) -> None:
+        """Soft and hard lifetimes, in proportion to what is due, not to the SAs installed.
+
+        An SA's outcome can only change when its counters move or a time limit of it
+        passes, so each tick looks at: the SAs installed since the last (their first look),
+        those of the slots whose packet or byte sums changed (found in C), and those whose
+        next time limit (creation + add_seconds, first use + use_seconds) is due, from a
+        heap.  After a look an SA is scheduled again at its next time limit.  The same
+        outcome as looking at every installed SA every tick (tests/test_daemon_lifetimes.py
+        checks it against that full scan).
+        """
         assert self.table is not None
         table = self.table
-        # Two columns of every worker's counters, each in one strided copy (in C): this runs
-        # every tick over every slot.
+        # Two columns of every worker's counters, each in one strided copy (in C).
         slot_packets = [0] * table.n_slots
         slot_bytes = [0] * table.n_slots
         for w in range(table.n_workers):
@@ -1734,36 +1764,74 @@ class Daemon:
                                         view[SACounter.PACKETS::SA_COUNTER_COLUMNS].tolist()))
                 slot_bytes = list(map(operator.add, slot_bytes,
                                       view[SACounter.BYTES::SA_COUNTER_COLUMNS].tolist()))
-        per_sa: dict[int, tuple[SecurityAssociation, int, int, int]] = {}
-        for s in self.slots.values():
-            sa, packets, nbytes, _ = per_sa.get(id(s.sa), (s.sa, 0, 0, 0))
-            per_sa[id(s.sa)] = (sa, packets + slot_packets[s.slot], nbytes + slot_bytes[s.slot],
-                                0)
+        seen_packets, seen_bytes = self._seen_counts
+        self._seen_counts = (slot_packets, slot_bytes)
+        todo, self._life_new = self._life_new, {}
+        moved: Iterable[int]
+        if len(seen_packets) == len(slot_packets):
+            moved = itertools.compress(range(table.n_slots), map(
+                operator.or_, map(operator.ne, slot_packets, seen_packets),
+                map(operator.ne, slot_bytes, seen_bytes)))
+        else:  # the first tick
+            moved = list(self._by_slot)
+        by_slot = self._by_slot
+        for slot in moved:
+            s = by_slot.get(slot)
+            if s is not None:
+                todo[id(s.sa)] = s.sa
+        heap, due = self._life_heap, self._life_due
+        while heap and heap[0][0] <= now:
+            at, _, sa = heapq.heappop(heap)
+            if due.get(id(sa)) == at:
+                del due[id(sa)]
+                todo[id(sa)] = sa
         expired: list[SecurityAssociation] = []
         changed = False
-        for key, (sa, packets, nbytes, _) in per_sa.items():
+        slots = self.slots
+        looks: list[tuple[int, int, SecurityAssociation, list[_Slot]]] = []
+        for key, sa in todo.items():
+            mine = [s for s in (slots.get((sa.key, d)) for d in Direction)
+                    if s is not None and s.sa is sa]
+            if mine:
+                looks.append((min(s.order for s in mine), key, sa, mine))
+            else:
+                due.pop(key, None)  # no longer installed
+        looks.sort(key=operator.itemgetter(0))  # in install order, as a scan of the slots
+        for _, key, sa, mine in looks:
+            packets = sum(slot_packets[s.slot] for s in mine)
+            nbytes = sum(slot_bytes[s.slot] for s in mine)
             usage = self.usage.setdefault(key, _Usage())
             if packets and usage.first_used is None:
                 usage.first_used = now
-                self.accounting.first_used([s.uid for s in self.slots.values() if s.sa is sa], now)
+                self.accounting.first_used([s.uid for s in mine], now)
             try:
-                age = now - self.sad.created(sa)
+                created = self.sad.created(sa)
             except Exception:
+                self._life_schedule(sa, now)  # looked at again next tick, as a scan would
                 continue
+            age = now - created
             used = now - usage.first_used if usage.first_used is not None else 0.0
             if _reached(sa.hard, age, used, nbytes, packets, usage.first_used is not None):
                 expired.append(sa)
-            elif (not usage.soft_fired
-                  and _reached(sa.soft, age, used, nbytes, packets, usage.first_used is not None)):
+                self._life_schedule(sa, now)  # if it is still installed next tick
+                continue
+            if (not usage.soft_fired
+                    and _reached(sa.soft, age, used, nbytes, packets,
+                                 usage.first_used is not None)):
                 usage.soft_fired = True
                 sa.state = SAState.DYING
-                out = self.slots.get((sa.key, Direction.OUT))
+                out = slots.get((sa.key, Direction.OUT))
                 if out is not None and out.sa is sa:
                     self._mark_dirty(out.slot)  # its rank among the candidates changes
                 changed = True
                 self._ike_lifetime_event(sa, hard=False)
                 log.log(25, "SA %s spi %#x %s -> %s reached its soft lifetime: dying",
                         sa.protocol.name.lower(), sa.spi, sa.src, sa.dst)
+            nxt = _next_time_limit(sa.hard, created, usage.first_used)
+            if not usage.soft_fired:
+                nxt = min(nxt, _next_time_limit(sa.soft, created, usage.first_used))
+            if nxt != math.inf:
+                self._life_schedule(sa, nxt)
         for sa in expired:
             log.log(25, "SA %s spi %#x %s -> %s reached its hard lifetime: removed",
                     sa.protocol.name.lower(), sa.spi, sa.src, sa.dst)
@@ -1778,6 +1846,16 @@ class Daemon:
                 self._ike_lifetime_event(sa, hard=True)
         elif changed:
             self._publish()  # SAs became dying (their slots are marked): candidate lists change
+        if len(heap) > 2 * len(due) + 64:  # hints of SAs gone or moved: not kept forever
+            self._life_heap = [e for e in heap if due.get(id(e[2])) == e[0]]
+            heapq.heapify(self._life_heap)
+
+    def _life_schedule(self, sa: SecurityAssociation, at: float) -> None:
+        """Look at ``sa`` at the first tick from ``at`` on (unless already due sooner)."""
+        if self._life_due.get(id(sa), math.inf) <= at:
+            return
+        self._life_due[id(sa)] = at
+        heapq.heappush(self._life_heap, (at, next(self._life_seq), sa))
 
     # -- run --------------------------------------------------------------------------------------
 
@@ -1943,6 +2021,16 @@ class Daemon:
         self._rp_restore.clear()
         with contextlib.suppress(OSError):
             self._state_file.unlink()
+
+
+def _next_time_limit(limit: Any, created: float, first_used: float | None) -> float:
+    """When ``limit``'s time conditions (of :func:`_reached`) are next met; inf: never."""
+    out = math.inf
+    if limit.add_seconds:
+        out = created + limit.add_seconds
+    if limit.use_seconds and first_used is not None:
+        out = min(out, first_used + limit.use_seconds)
+    return out
 
 
 def _reached(limit: Any, age: float, used: float, nbytes: int, packets: int,

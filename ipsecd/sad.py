@@ -45,6 +45,7 @@ Outbound SA selection (:meth:`SAD.find_outbound`)
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,19 @@ class _Slot:
 
 
 @dataclass(slots=True)
+class _Undo:
+    """What :meth:`SAD.rollback` restores."""
+
+    generation: int
+    next_order: int
+    changed: dict[SAKey, None] | None  # the journal object (it may be dropped meanwhile)
+    journaled: int  # its length then: keys past it were added since
+    # (key, pair, the pair's list then or None, its length then), in order
+    added: list[tuple[SAKey, tuple[IPAddress, IPAddress, IpProto],
+                      list[SecurityAssociation] | None, int]]
+
+
+@dataclass(slots=True)
 class SAD:
     """The SA database. Not thread-safe: one writer (the control process)."""
 
@@ -96,6 +110,8 @@ class SAD:
     # Keys changed since take_changes() (a dict as an ordered set); None: too many.
     _changed: dict[SAKey, None] | None = field(default_factory=dict, compare=False,
                                                      repr=False)
+    # Inside a savepoint: what undoes the additions since (savepoint, rollback).
+    _undo: _Undo | None = field(default=None, compare=False, repr=False)
 
     # -- changes ---------------------------------------------------------------
 
@@ -204,6 +220,7 @@ class SAD:
 
     def take_changes(self) -> list[SAKey] | None:
         """:meth:`changes`, and start a new journal."""
+        self._no_savepoint()
         out = self.changes()
         self._changed = {}
         return out
@@ -221,6 +238,7 @@ class SAD:
 
     def copy(self) -> SAD:
         """A shallow copy for a transaction: shares the SAs, defers their wiping."""
+        self._no_savepoint()
         new = SAD(generation=self.generation, _next_order=self._next_order, _deferred=[],
                   _changed=None if self._changed is None else dict(self._changed))
         new._slots = dict(self._slots)
@@ -231,6 +249,7 @@ class SAD:
 
     def replace_with(self, other: SAD) -> None:
         """Commit a transaction made on :meth:`copy`: take its contents, wipe what it removed."""
+        self._no_savepoint()
         self._slots = other._slots
         self._by_pair = other._by_pair
         self._owned = other._owned
@@ -247,7 +266,49 @@ class SAD:
             if slot is None or slot.sa is not sa:
                 sa.wipe()
 
+    def savepoint(self) -> None:
+        """Start a transaction in place that can only add SAs: :meth:`rollback` takes the
+        additions back, :meth:`release` keeps them.  Unlike :meth:`copy` it costs what is
+        added, not the size of the SAD (IKE installs a few SAs at a time into thousands)."""
+        if self._undo is not None:
+            raise SADError("a savepoint is already open")
+        changed = self._changed
+        self._undo = _Undo(self.generation, self._next_order, changed,
+                           0 if changed is None else len(changed), [])
+
+    def rollback(self) -> None:
+        """Undo every addition since :meth:`savepoint`: the SAD is as it was then (its lists
+        and journal included); the SAs taken back are not wiped (they were never kept)."""
+        undo, self._undo = self._undo, None
+        if undo is None:
+            raise SADError("no savepoint to roll back")
+        for key, pair, siblings, length in reversed(undo.added):
+            del self._slots[key]
+            now = self._by_pair[pair]
+            if now is not siblings:  # a new list was made for the addition
+                self._owned.discard(id(now))
+            if siblings is None:
+                del self._by_pair[pair]
+            else:
+                del siblings[length:]  # appended in place, or untouched
+                self._by_pair[pair] = siblings
+        self.generation, self._next_order = undo.generation, undo.next_order
+        changed = self._changed = undo.changed
+        if changed is not None:
+            for key in list(itertools.islice(changed, undo.journaled, None)):
+                del changed[key]
+
+    def release(self) -> None:
+        """Keep the changes since :meth:`savepoint`."""
+        if self._undo is None:
+            raise SADError("no savepoint to release")
+        self._undo = None
+
     # -- internals -------------------------------------------------------------
+
+    def _no_savepoint(self) -> None:
+        if self._undo is not None:  # they would share or drop what a rollback restores
+            raise SADError("not inside a savepoint")
 
     def _journal(self, key: SAKey) -> None:
         if self._changed is not None:
@@ -261,6 +322,8 @@ class SAD:
         self._next_order += 1
         pair = (sa.src, sa.dst, sa.protocol)
         siblings = self._by_pair.get(pair)
+        if self._undo is not None:
+            self._undo.added.append((key, pair, siblings, len(siblings or ())))
         if siblings is not None and id(siblings) in self._owned:
             siblings.append(sa)
         else:  # none yet, or a list shared with a copy: a new one
@@ -270,6 +333,8 @@ class SAD:
         self._journal(key)
 
     def _remove(self, key: SAKey) -> SecurityAssociation:
+        if self._undo is not None:
+            raise SADError("a savepoint undoes additions only")
         slot = self._slots.pop(key)
         sa = slot.sa
         pair = (sa.src, sa.dst, sa.protocol)

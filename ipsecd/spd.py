@@ -63,6 +63,7 @@ from __future__ import annotations
 import bisect
 import enum
 import ipaddress
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -181,6 +182,9 @@ class Selector:
     proto: int | None = None
     sport: int = 0
     dport: int = 0
+    # A selector keys the SPD (with a direction) and is hashed at every SPD operation, each
+    # time two ipaddress networks in Python: hashed once, when made.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         if self.src.version != self.dst.version:
@@ -189,6 +193,11 @@ class Selector:
             raise ValueError(f"upper-layer protocol {self.proto} out of range 0..255")
         if not (0 <= self.sport <= 0xFFFF and 0 <= self.dport <= 0xFFFF):
             raise ValueError("port out of range 0..65535")
+        object.__setattr__(self, "_hash",
+                           hash((self.src, self.dst, self.proto, self.sport, self.dport)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def make(
@@ -304,16 +313,39 @@ class _Bucket:
         self.keys.insert(i, key)
         self.items.insert(i, _compile(entry.policy))
 
-    def remove(self, entry: SPDEntry) -> None:
+    def remove(self, entry: SPDEntry) -> _Compiled:
         key = _sort_key(entry)
         i = bisect.bisect_left(self.keys, key)
         if i == len(self.keys) or self.keys[i] != key:  # pragma: no cover - internal invariant
             raise RuntimeError("SPD index out of step with its entries")
         del self.keys[i]
-        del self.items[i]
+        item = self.items.pop(i)
+        return item
+
+    def restore(self, entry: SPDEntry, item: _Compiled) -> None:
+        """Put back an item :meth:`remove` returned (the same object: the publisher diffs
+        items by identity)."""
+        key = _sort_key(entry)
+        i = bisect.bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.items.insert(i, item)
 
     def copy(self) -> _Bucket:
         return _Bucket(list(self.keys), list(self.items))
+
+
+@dataclass(slots=True)
+class _Undo:
+    """What :meth:`SPD.rollback` restores."""
+
+    generation: int
+    next_spid: int
+    next_order: int
+    changed: dict[tuple[Selector, Direction], SPDEntry | None] | None  # the journal object
+    journaled: int  # its length then: keys past it were added since
+    buckets: set[tuple[Direction, int]]  # the lookup lists there were
+    # (key, the entry before the change or None, its lookup item), in order
+    steps: list[tuple[tuple[Selector, Direction], SPDEntry | None, _Compiled | None]]
 
 
 @dataclass(slots=True)
@@ -328,6 +360,8 @@ class SPD:
     # key -> the entry before the first change since take_changes(); None: too many.
     _changed: dict[tuple[Selector, Direction], SPDEntry | None] | None = field(
         default_factory=dict, compare=False, repr=False)
+    # Inside a savepoint: what undoes the changes since (savepoint, rollback).
+    _undo: _Undo | None = field(default=None, compare=False, repr=False)
 
     # -- changes ---------------------------------------------------------------
 
@@ -351,6 +385,8 @@ class SPD:
         self._entries[policy.key] = entry
         self._bucket(policy).insert(entry)
         self.generation += 1
+        if self._undo is not None:
+            self._undo.steps.append((policy.key, None, None))
         return entry
 
     def update(self, policy: Policy, *, now: float | None = None, auto: bool = False) -> SPDEntry:
@@ -364,8 +400,10 @@ class SPD:
             return self.add(policy, now=now, auto=auto)
         entry = SPDEntry(policy, old.spid, _now(now), old.order, auto)
         bucket = self._bucket(policy)
-        bucket.remove(old)
+        item = bucket.remove(old)
         bucket.insert(entry)
+        if self._undo is not None:
+            self._undo.steps.append((policy.key, old, item))
         self._journal(policy.key, old)
         self._entries[policy.key] = entry
         self.generation += 1
@@ -377,12 +415,15 @@ class SPD:
         if entry is None:
             raise SPDError(f"no {direction.value} policy for {_describe(selector)}")
         self._journal((selector, direction), entry)
-        self._bucket(entry.policy).remove(entry)
+        item = self._bucket(entry.policy).remove(entry)
         self.generation += 1
+        if self._undo is not None:
+            self._undo.steps.append(((selector, direction), entry, item))
         return entry.policy
 
     def flush(self) -> int:
         """Remove every policy; returns how many there were."""
+        self._no_savepoint()
         count = len(self._entries)
         if self._changed is not None and count + len(self._changed) > JOURNAL_LIMIT:
             self._changed = None
@@ -437,6 +478,7 @@ class SPD:
 
     def take_changes(self) -> dict[tuple[Selector, Direction], SPDEntry | None] | None:
         """:meth:`changes`, and start a new journal."""
+        self._no_savepoint()
         out = self._changed
         self._changed = {}
         return out
@@ -469,6 +511,7 @@ class SPD:
 
     def copy(self) -> SPD:
         """An independent SPD with the same policies (policies are immutable, so shared)."""
+        self._no_savepoint()
         new = SPD(
             generation=self.generation, _next_spid=self._next_spid, _next_order=self._next_order,
             _changed=None if self._changed is None else dict(self._changed),
@@ -479,12 +522,56 @@ class SPD:
 
     def replace_with(self, other: SPD) -> None:
         """Take over ``other``'s contents (commit of a transaction built on :meth:`copy`)."""
+        self._no_savepoint()
         self._entries = other._entries
         self._index = other._index
         self._changed = other._changed
         self._next_spid = other._next_spid
         self._next_order = other._next_order
         self.generation = max(self.generation, other.generation)
+
+    def savepoint(self) -> None:
+        """Start a transaction in place (add, update, delete): :meth:`rollback` undoes its
+        changes, :meth:`release` keeps them.  Unlike :meth:`copy` it costs what changes,
+        not the size of the SPD (IKE installs a few policies at a time into thousands)."""
+        if self._undo is not None:
+            raise SPDError("a savepoint is already open")
+        changed = self._changed
+        self._undo = _Undo(self.generation, self._next_spid, self._next_order, changed,
+                           0 if changed is None else len(changed), set(self._index), [])
+
+    def rollback(self) -> None:
+        """Undo every change since :meth:`savepoint`: entries, lookup lists (the same item
+        objects), counters and journal are as they were then."""
+        undo, self._undo = self._undo, None
+        if undo is None:
+            raise SPDError("no savepoint to roll back")
+        for key, old, item in reversed(undo.steps):
+            now = self._entries.pop(key, None)
+            if now is not None:
+                self._bucket(now.policy).remove(now)
+            if old is not None:
+                assert item is not None
+                self._entries[key] = old
+                self._bucket(old.policy).restore(old, item)
+        for bkey in [k for k, b in self._index.items() if not b.keys and k not in undo.buckets]:
+            del self._index[bkey]  # made for an addition taken back
+        self.generation, self._next_spid, self._next_order = (
+            undo.generation, undo.next_spid, undo.next_order)
+        changed = self._changed = undo.changed
+        if changed is not None:
+            for key in list(itertools.islice(changed, undo.journaled, None)):
+                del changed[key]
+
+    def release(self) -> None:
+        """Keep the changes since :meth:`savepoint`."""
+        if self._undo is None:
+            raise SPDError("no savepoint to release")
+        self._undo = None
+
+    def _no_savepoint(self) -> None:
+        if self._undo is not None:  # they would share or drop what a rollback restores
+            raise SPDError("not inside a savepoint")
 
     def _bucket(self, policy: Policy) -> _Bucket:
         key = (policy.direction, policy.selector.version)

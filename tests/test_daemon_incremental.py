@@ -8,6 +8,7 @@ import ipaddress
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,6 +159,67 @@ def test_an_sa_that_becomes_dying_drops_behind_a_mature_one(tmp_path: Path) -> N
         assert candidates() == [slot_old, slot_new]  # mature before dying
     finally:
         reader.close()
+        d.policy_table.close()
+        d.table.close()
+        d._netlink.shutdown(wait=True)
+
+
+def test_a_batch_of_children_that_does_not_fit_changes_nothing_it_refuses(
+        tmp_path: Path) -> None:
+    """IKE's install is a transaction in place (SPD/SAD savepoints): a batch that does not
+    fit is taken back whole, then each child is tried alone; the refused ones leave no
+    SA, policy or journal entry behind, and their SAs are not wiped."""
+    import asyncio
+    import types
+
+    from ipsecd.ike.messages import TrafficSelector
+    from ipsecd.sad import JOURNAL_LIMIT
+
+    d = _daemon(tmp_path)
+    assert d.table is not None and d.policy_table is not None
+    d._local_at = float("inf")  # no netlink: d.local stays as set
+    local_ts = [TrafficSelector(ip("10.1.0.0"), ip("10.1.255.255"))]
+
+    def child(i: int) -> tuple[Any, Any]:
+        peer = ip(0xC6120000 + i)
+        inner = ip(0x0A090000 + i)
+
+        def esp(spi: int, src: Any, dst: Any) -> SecurityAssociation:
+            return SecurityAssociation(spi=spi, protocol=IpProto.ESP, src=src, dst=dst,
+                                       mode=Mode.TUNNEL, reqid=0x1000 + i,
+                                       enc=EncrId.ENCR_AES_GCM_16, enc_key=bytearray(range(20)))
+        c = types.SimpleNamespace(
+            inbound=esp(0xC000 + i, peer, LOCAL[0]), outbound=esp(0x1000 + i, LOCAL[0], peer),
+            ipcomp_in=None, ipcomp_out=None, name="c", reqid=0x1000 + i, mode=Mode.TUNNEL,
+            local_ts=local_ts, remote_ts=[TrafficSelector(inner, inner)])
+        ike = types.SimpleNamespace(name=f"peer[{i}]", local=types.SimpleNamespace(address=LOCAL[0]),
+                                    remote=types.SimpleNamespace(address=peer))
+        return ike, c
+
+    async def run() -> None:
+        pairs = [child(i) for i in range(34)]  # 2 slots each: 32 fit in 64
+        assert d.ike_install_children(pairs[:30]) == {}
+        spd_before = [(e.policy, e.spid) for e in d.spd.entries()]
+        failed = d.ike_install_children(pairs[30:])
+        assert set(failed) == {id(pairs[32][1]), id(pairs[33][1])}
+        assert all("the SA table is full" in why for why in failed.values())
+        for _, c in pairs[32:]:
+            assert d.sad.get(c.inbound.spi, IpProto.ESP, LOCAL[0]) is None
+            assert any(c.inbound.enc_key)  # not wiped: IKE still owns them
+        installed = {e.policy.key for e in d.spd.entries()}
+        assert len(installed) == 32 * 3 and len(d.sad) == 64
+        # the first 30 as they were; the rolled-back batch used up no policy ids
+        assert set(spd_before) <= {(e.policy, e.spid) for e in d.spd.entries()}
+        assert sorted(e.spid for e in d.spd.entries()) == list(range(1, 32 * 3 + 1))
+        assert {key: s.sa for key, s in d.slots.items()} == d._desired(d.sad)
+        changes = d.spd.changes()
+        assert changes is not None and len(changes) < JOURNAL_LIMIT
+        assert all(d.spd.get(*k) is not None or v is not None for k, v in changes.items())
+
+    try:
+        d._sync()
+        asyncio.run(run())
+    finally:
         d.policy_table.close()
         d.table.close()
         d._netlink.shutdown(wait=True)

@@ -292,3 +292,65 @@ def test_journal_names_every_changed_key_and_copies_share_nothing(
             db = live
         check(db)
         check(live)
+
+
+def _sad_state(d: SAD) -> object:
+    """Everything a savepoint must restore: the slots, the pair lists (objects and
+    contents), which lists the SAD may change in place, counters and the journal."""
+    return ({k: (id(s.sa), s.created, s.order) for k, s in d._slots.items()},
+            {p: (id(lst), [id(x) for x in lst]) for p, lst in d._by_pair.items()},
+            {i for i in d._owned if any(id(lst) == i for lst in d._by_pair.values())},
+            d.generation, d._next_order,
+            None if d._changed is None else list(d._changed))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["add", "delete"]), st.integers(1, 6),
+                          st.sampled_from([A, C])), max_size=12),
+       st.lists(st.tuples(st.integers(1, 9), st.sampled_from([A, C])), max_size=8),
+       st.booleans(), st.booleans())
+def test_savepoint_rollback_restores_and_release_equals_a_copy(
+        before: list[tuple[str, int, ipaddress.IPv4Address]],
+        added: list[tuple[int, ipaddress.IPv4Address]], take: bool, copied: bool) -> None:
+    """A savepoint (IKE's in-place transaction, additions only): rolled back, the SAD is
+    exactly as it was, the SAs taken back not wiped; released, it equals the same additions
+    made on a copy and committed."""
+    live = SAD()
+    for op, k, src in before:
+        if op == "add" and live.get(k, ESP, B) is None:
+            live.add(sa(k, src), now=float(k))
+        elif op == "delete" and live.get(k, ESP, B) is not None:
+            live.delete(k, ESP, B)
+    if take:
+        live.take_changes()
+    if copied:  # the pair lists now shared with a copy: an addition must not change them
+        other = live.copy()
+        shared = {p: list(lst) for p, lst in other._by_pair.items()}
+    state = _sad_state(live)
+    live.savepoint()
+    new = []
+    for k, src in added:
+        if live.get(0x100 + k, ESP, B) is None:
+            x = sa(0x100 + k, src)
+            live.add(x, now=5.0)
+            new.append(x)
+    with pytest.raises(SADError):
+        live.delete(0x100 + added[0][0], ESP, B) if added else live.copy()
+    live.rollback()
+    assert _sad_state(live) == state
+    assert not any(wiped(x) for x in new)
+    if copied:
+        assert {p: list(lst) for p, lst in other._by_pair.items()} == shared
+
+    ref = live.copy()
+    live.savepoint()
+    for x in new:
+        ref.add(x, now=5.0)
+        live.add(x, now=5.0)
+    live.release()
+    assert [(x.key, live.created(x)) for x in live.dump()] == \
+        [(x.key, ref.created(x)) for x in ref.dump()]
+    assert {p: list(lst) for p, lst in live._by_pair.items()} == \
+        {p: list(lst) for p, lst in ref._by_pair.items()}
+    assert (live.generation, live._next_order, live.changes()) == \
+        (ref.generation, ref._next_order, ref.changes())

@@ -340,3 +340,62 @@ def test_journal_names_every_change_with_the_entry_before(ops: list[tuple[str, i
             spd = live  # the transaction is thrown away: the live journal is as it was
         check(spd)
         check(live)
+
+
+def _spd_state(db: SPD) -> object:
+    """Everything a savepoint must restore: entries (by identity), the lookup lists (keys and
+    item objects), counters and the journal."""
+    return ({k: id(e) for k, e in db._entries.items()},
+            {k: (list(b.keys), [id(i) for i in b.items]) for k, b in db._index.items()},
+            db.generation, db._next_spid, db._next_order,
+            None if db._changed is None else [(k, id(v)) for k, v in db._changed.items()])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["update", "delete"]), st.integers(0, 4),
+                          st.sampled_from(list(Direction)), st.sampled_from([0, 5])),
+                max_size=12),
+       st.lists(st.tuples(st.sampled_from(["update", "delete"]), st.integers(0, 4),
+                          st.sampled_from(list(Direction)), st.sampled_from([0, 5])),
+                max_size=12),
+       st.booleans())
+def test_savepoint_rollback_restores_and_release_equals_a_copy(
+        before: list[tuple[str, int, Direction, int]],
+        during: list[tuple[str, int, Direction, int]], keep: bool) -> None:
+    """A savepoint (IKE's in-place transaction): rolled back, the SPD is exactly as it was
+    (same entry and item objects, counters, journal); released, it equals the same changes
+    made on a copy and committed (the transaction it replaces)."""
+    def run(db: SPD, ops: list[tuple[str, int, Direction, int]]) -> None:
+        for op, k, direction, prio in ops:
+            sel = _JOURNAL_SELECTORS[k]
+            if op == "update":
+                db.update(Policy(sel, direction, Action.DISCARD, priority=prio), now=1.0)
+            elif db.get(sel, direction) is not None:
+                db.delete(sel, direction)
+
+    live = SPD()
+    run(live, before)
+    if keep:
+        live.take_changes()
+    state = _spd_state(live)
+    live.savepoint()
+    run(live, during)
+    with pytest.raises(SPDError):
+        live.copy()  # nothing may share what a rollback restores
+    live.rollback()
+    assert _spd_state(live) == state
+    assert [p for p in live] == [p for p in live.copy()]
+
+    ref = live.copy()
+    run(ref, during)
+    live.savepoint()
+    run(live, during)
+    live.release()
+    assert [(e.policy, e.spid, e.order) for e in live.entries()] == \
+        [(e.policy, e.spid, e.order) for e in ref.entries()]
+    assert {k: [c.policy for c in b.items] for k, b in live._index.items() if b.keys} == \
+        {k: [c.policy for c in b.items] for k, b in ref._index.items() if b.keys}
+    assert (live.generation, live._next_spid, live._next_order) == \
+        (ref.generation, ref._next_spid, ref._next_order)
+    assert (None if live._changed is None else list(live._changed.items())) == \
+        (None if ref._changed is None else list(ref._changed.items()))
