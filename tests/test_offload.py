@@ -467,7 +467,11 @@ def test_gro_off_writes_every_packet_and_still_carries_tcp(lab: Lab, tmp_path: P
         writes0, esp0 = tun_rx(), decrypted()
         assert tcp_transfer(topo.net_a.ns, topo.net_b.ns, topo.net_b.v4,
                             size=8 << 20).received == 8 << 20
-        writes, esp = tun_rx() - writes0, decrypted() - esp0
+        # The worker publishes its counts after the writes: read the count first,
+        # so that a late packet (an ACK, a FIN) between the two reads cannot be
+        # counted and not yet seen written.  (The baseline is read the other way.)
+        esp = decrypted() - esp0
+        writes = tun_rx() - writes0
         assert esp > (4 << 20) // 1500
         assert writes >= esp  # every decrypted packet its own write (and a few of the kernel's)
     finally:
