@@ -8,7 +8,7 @@ and we must be able to carry them, log them and refuse them by name.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Self, cast
+from typing import Self
 
 
 class _OpenEnum(IntEnum):
@@ -28,7 +28,8 @@ class _OpenEnum(IntEnum):
         """``cls(value)``, a dict lookup when ``value`` has a name (the IKE decoder's hot
         path calls this for every payload, transform and notify)."""
         try:
-            return cast("Self", cls._value2member_map_[value])
+            # no typing.cast: a function call at run time, 60 of them per IKE SA setup
+            return cls._value2member_map_[value]  # type: ignore[return-value]
         except KeyError:
             return cls(value)
 
