@@ -852,13 +852,17 @@ def _pull_traffic_selector(buf: Reader) -> TrafficSelector | RawTrafficSelector:
     with buf.limit(length - 4, "traffic selector"):
         if ts_type not in (TsType.TS_IPV4_ADDR_RANGE, TsType.TS_IPV6_ADDR_RANGE):
             return RawTrafficSelector(ts_type, second, buf.pull_rest())
-        size = 4 if ts_type == TsType.TS_IPV4_ADDR_RANGE else 16
+        address: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]
+        if ts_type == TsType.TS_IPV4_ADDR_RANGE:
+            size, address = 4, ipaddress.IPv4Address
+        else:  # the class for the size, not ip_address's trial of IPv4 first
+            size, address = 16, ipaddress.IPv6Address
         if length != 8 + 2 * size:
             raise invalid_syntax(f"{ts_type.name} of length {length}")
         start_port = buf.pull_uint16("start port")
         end_port = buf.pull_uint16("end port")
-        start = ipaddress.ip_address(buf.pull_bytes(size, "start address"))
-        end = ipaddress.ip_address(buf.pull_bytes(size, "end address"))
+        start = address(buf.pull_bytes(size, "start address"))
+        end = address(buf.pull_bytes(size, "end address"))
     return TrafficSelector(start, end, second, start_port, end_port)
 
 
