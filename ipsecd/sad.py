@@ -214,9 +214,19 @@ class SAD:
         :data:`JOURNAL_LIMIT`: anything may have changed."""
         if self._changed is None:
             return None
+        # Each key looked up once: an SA key hashes its address (ipaddress's hash formats
+        # the address in hex every time), and an install asks for these twice.
         slots = self._slots
-        present = sorted((k for k in self._changed if k in slots), key=lambda k: slots[k].order)
-        return present + [k for k in self._changed if k not in slots]
+        present: list[tuple[int, SAKey]] = []
+        absent: list[SAKey] = []
+        for k in self._changed:
+            slot = slots.get(k)
+            if slot is None:
+                absent.append(k)
+            else:
+                present.append((slot.order, k))
+        present.sort(key=_first)  # stable, as the sort by order it replaces
+        return [k for _, k in present] + absent
 
     def take_changes(self) -> list[SAKey] | None:
         """:meth:`changes`, and start a new journal."""
@@ -356,3 +366,7 @@ class SAD:
 
 
 __all__ = ["SAD", "SA_PROTOCOLS", "SADError", "SAKey", "describe"]
+
+
+def _first(item: tuple[int, SAKey]) -> int:
+    return item[0]
