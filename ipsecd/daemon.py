@@ -491,6 +491,8 @@ class Daemon:
         self._route_entries: dict[str, dict[Any, Any]] = {}  # prefix -> its out ipsec entries
         self._route_want: dict[str, str | None] = {}  # prefix -> preferred source
         self._route_local: frozenset[IPAddress] | None = None  # self.local _route_want is for
+        # (version, source prefix) -> _route_source's answer for _route_local (emptied with it)
+        self._route_sources: dict[tuple[int, Any], str | None] = {}
         self._route_retry: set[str] = set()  # prefixes whose route could not be set
         self._route_refresh_at = 0.0  # when the outbound slots' paths are asked again
         self._slot_cursor = 0  # where the search for a free SA slot starts
@@ -1359,6 +1361,7 @@ class Daemon:
         local = frozenset(self.local)
         if changes is None or local != self._route_local:
             self._route_local = local
+            self._route_sources = {}
             self._route_entries = {}
             for entry in self.spd.entries(PolicyDirection.OUT):
                 if entry.policy.action is Action.IPSEC:
@@ -1394,9 +1397,21 @@ class Daemon:
 
     def _route_source(self, policy: Any) -> str | None:
         """The preferred source of the route for an out policy: a local address of its
-        selector's source prefix (the lowest, as text)."""
-        return min((str(a) for a in self.local if a.version == policy.selector.version
-                    and a in policy.selector.src), default=None)
+        selector's source prefix (the lowest, as text).  Remembered per prefix for the
+        local addresses of ``_route_local`` (IKE's children share a few source prefixes,
+        and each answer formats every local address)."""
+        selector = policy.selector
+        key = (selector.version, selector.src)
+        try:
+            return self._route_sources[key]
+        except KeyError:
+            pass
+        source = min((str(a) for a in self.local if a.version == selector.version
+                      and a in selector.src), default=None)
+        if len(self._route_sources) >= 4096:
+            self._route_sources.clear()
+        self._route_sources[key] = source
+        return source
 
     def _wanted_routes(self) -> dict[str, str | None]:
         """Prefix -> preferred source of the routes into the TUN, from the whole SPD."""
