@@ -122,6 +122,16 @@ def _scapy_sa(spi: int, key: str) -> ScapySA:
                    crypt_key=bytes.fromhex(key[2:]))
 
 
+def _tunnel_ends(topo: Any, family: int) -> tuple[str, str, str, str, dict[tuple[str, str], ScapySA]]:
+    """gwA's and gwB's wan addresses, netA's and netB's, and scapy's SA for each direction
+    of the tunnel script's ESP SAs (0x2001/0x2002 over IPv4, 0x2601/0x2602 over IPv6)."""
+    v = "v4" if family == 4 else "v6"
+    ga, gb = getattr(topo.gw_a_wan, v), getattr(topo.gw_b_wan, v)
+    spi = 0x2001 if family == 4 else 0x2601
+    return (ga, gb, getattr(topo.net_a, v), getattr(topo.net_b, v),
+            {(ga, gb): _scapy_sa(spi, KEY_AB), (gb, ga): _scapy_sa(spi + 1, KEY_BA)})
+
+
 def _esp_frames(frames: list[bytes]) -> list[Packet]:
     """The captured frames' IP packets, after checking nothing but ESP carried traffic.
 
@@ -208,14 +218,10 @@ def test_tunnel_ping_is_compressed_then_encrypted(request: pytest.FixtureRequest
     108, IPComp's 4 / 41, the inner packet compressed."""
     gateways = _pair(request, form)
     topo = gateways.topo
-    if family == 4:
-        ga, gb, src, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_a.v4, topo.net_b.v4, 0x2001
-    else:
-        ga, gb, src, dst, spi = topo.gw_a_wan.v6, topo.gw_b_wan.v6, topo.net_a.v6, topo.net_b.v6, 0x2601
+    ga, gb, src, dst, keys = _tunnel_ends(topo, family)
     cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "wan.pcap")
     assert ping(topo.net_a.ns, dst, count=3, payload=PAYLOAD) == 3
     cap.stop()
-    keys = {(ga, gb): _scapy_sa(spi, KEY_AB), (gb, ga): _scapy_sa(spi + 1, KEY_BA)}
     seen = {(ga, gb): 0, (gb, ga): 0}
     for packet in _esp_frames(cap.packets()):
         if (packet.src, packet.dst) not in keys:
@@ -244,14 +250,10 @@ def test_tunnel_small_packets_go_as_ip_in_ip(request: pytest.FixtureRequest, for
     tunnel-mode ESP on the wire) and takes it from either form."""
     gateways = _pair(request, form)
     topo = gateways.topo
-    if family == 4:
-        ga, gb, src, dst, spi = topo.gw_a_wan.v4, topo.gw_b_wan.v4, topo.net_a.v4, topo.net_b.v4, 0x2001
-    else:
-        ga, gb, src, dst, spi = topo.gw_a_wan.v6, topo.gw_b_wan.v6, topo.net_a.v6, topo.net_b.v6, 0x2601
+    ga, gb, src, dst, keys = _tunnel_ends(topo, family)
     cap = topo.gw_a_wan.ns.capture("wan0", tmp_path / "wan.pcap")
     assert ping(topo.net_a.ns, dst, count=2, size=16) == 2
     cap.stop()
-    keys = {(ga, gb): _scapy_sa(spi, KEY_AB), (gb, ga): _scapy_sa(spi + 1, KEY_BA)}
     seen = {(ga, gb): 0, (gb, ga): 0}
     for packet in _esp_frames(cap.packets()):
         if (packet.src, packet.dst) not in keys:
