@@ -2,7 +2,7 @@
 
     sudo PYTHONPATH=tests .venv/bin/python -m ipsecd.bench_ike [--count 1000]
          [--concurrency 64] [--responders ipsecd,strongswan] [--limits raised,default]
-         [--timeout 60] [--profile none|inproc|daemon] [--json]
+         [--timeout 60] [--profile none|inproc|daemon|sample] [--stacks FILE] [--json]
     .venv/bin/python -m ipsecd.bench_ike --profile inproc --only-profile   # no root needed
 
 What is measured: IKEv2 SAs (PSK, ``aes128gcm16-prfsha256-x25519``, one
@@ -80,7 +80,12 @@ responder's calls are profiled).  ``--profile daemon``: the ipsecd daemon
 of the first ipsecd scenario runs under cProfile (a wrapper that switches
 it on by SIGUSR1 after the warm-up and dumps at SIGUSR2 when the run is
 over; that scenario's rate and memory are then not comparable and it is
-marked).
+marked).  ``--profile sample``: the same, with a stack sampler instead of
+cProfile (the main thread's Python stack every 0.5 ms of the process's CPU
+time, SIGPROF): no cost per call, so the shares of small Python functions and
+of C work (DH, HMAC, system calls) are those of an unprofiled run, and the
+rate stays within a few per cent.  It prints self and inclusive shares;
+``--stacks FILE`` keeps the collapsed stacks for a flame graph.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -525,6 +531,38 @@ sys.argv[0] = "ipsecd"
 raise SystemExit(main(sys.argv[1:]))
 """
 
+# A statistical profiler: every SAMPLE_INTERVAL of the process's CPU time (ITIMER_PROF),
+# the main thread's Python stack is counted.  Unlike cProfile it costs nothing per call,
+# so code made of many small calls (the IKE codec) is not inflated relative to C work
+# (DH, HMAC, system calls), and the proportions are those of the real run.  The stacks are
+# written in the "collapsed" format (frame;frame;... count) that flame-graph tools read.
+SAMPLE_INTERVAL = 0.0005
+_SAMPLE_WRAPPER = """\
+import collections, os, signal, sys
+out, interval = sys.argv.pop(1), float(sys.argv.pop(1))
+stacks = collections.Counter()
+def _sample(signum, frame):
+    names = []
+    while frame is not None:
+        code = frame.f_code
+        names.append(f"{code.co_filename.rsplit('/', 2)[-1]}:{code.co_name}:{code.co_firstlineno}")
+        frame = frame.f_back
+    stacks[";".join(reversed(names))] += 1
+def _on(signum, frame):
+    signal.signal(signal.SIGPROF, _sample)
+    signal.setitimer(signal.ITIMER_PROF, interval, interval)
+def _off(signum, frame):
+    signal.setitimer(signal.ITIMER_PROF, 0, 0)
+    with open(out + ".part", "w") as fh:
+        fh.writelines(f"{k} {v}\\n" for k, v in stacks.items())
+    os.rename(out + ".part", out)
+signal.signal(signal.SIGUSR1, _on)
+signal.signal(signal.SIGUSR2, _off)
+from ipsecd.cli import main
+sys.argv[0] = "ipsecd"
+raise SystemExit(main(sys.argv[1:]))
+"""
+
 
 @contextlib.contextmanager
 def ipsecd_responder(ns: Any, workdir: Path, *, total: int, concurrency: int, limits: str,
@@ -559,7 +597,10 @@ def ipsecd_responder(ns: Any, workdir: Path, *, total: int, concurrency: int, li
     else:
         config = dh.write_config(workdir, name, outside=["eth0"], workers=1, extra=extra)
         log = workdir / name / "daemon.log"
-        proc = ns.popen(sys.executable, "-c", _PROFILE_WRAPPER, str(profile_out), "run",
+        wrapper = [_PROFILE_WRAPPER, str(profile_out)]
+        if profile_out.suffix == ".stacks":
+            wrapper = [_SAMPLE_WRAPPER, str(profile_out), str(SAMPLE_INTERVAL)]
+        proc = ns.popen(sys.executable, "-c", *wrapper, "run",
                         "--config", str(config), env=dh.ENV, cwd=dh.ROOT,
                         stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         daemon = dh.Daemon(ns, name, config, workdir / name / "run" / "ipsecd.sock", log, proc)
@@ -688,7 +729,8 @@ def measure(responder: str, limits: str, *, count: int, concurrency: int, warmup
                 if profile_out is not None:
                     os.kill(resp.daemon.proc.pid, signal.SIGUSR2)
                     netns.wait_until(profile_out.exists, 10, 0.1)
-                    run.note = "profiled (cProfile slows it down)"
+                    run.note = ("sampled" if profile_out.suffix == ".stacks"
+                                else "profiled (cProfile slows it down)")
                 run.mem_after = resp.memory()
                 run.gen_cpu_s = (gen1 - gen0) + (own1 - own0)
                 run.busy_cpu_s = busy1 - busy0
@@ -865,6 +907,30 @@ def inproc(count: int, concurrency: int, *, profile: bool = False,
     return result
 
 
+def sample_report(stacks: str, top: int = 30) -> str:
+    """Self and inclusive shares of the sampled frames (collapsed stacks, one per line:
+    ``frame;frame;... count``).  A frame counts once per sample however often it recurs."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in stacks.splitlines():
+        path, _, n = line.rpartition(" ")
+        if not path or not n.isdigit():
+            continue
+        frames = path.split(";")
+        total += int(n)
+        own[frames[-1]] += int(n)
+        for frame in set(frames):
+            inclusive[frame] += int(n)
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples, {SAMPLE_INTERVAL * 1e3:g} ms of CPU apart", "  self:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    lines.append("  inclusive:")
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
 def daemon_profile(path: Path, top: int = 30) -> str:
     text = io.StringIO()
     stats = pstats.Stats(str(path), stream=text)
@@ -972,12 +1038,13 @@ def goals(runs: Sequence[Run]) -> list[str]:
 
 def run(*, count: int = 1000, concurrency: int = 64, warmup: int = 16, timeout: float = 60.0,
         responders: Sequence[str] = RESPONDERS, limits: Sequence[str] = LIMITS,
-        profile_dir: Path | None = None,
+        profile_dir: Path | None = None, profile: str = "daemon",
         log: Callable[[str], None] = print) -> tuple[list[Run], list[tuple[str, str]]]:
     """Every (limits, responder) scenario: (runs, [(scenario, why it has no row)]).
 
-    ``profile_dir``: the first ipsecd scenario runs under cProfile, its stats in
-    ``profile_dir / "ipsecd.prof"``.
+    ``profile_dir``: the first ipsecd scenario's control process runs under cProfile
+    (``profile`` "daemon"; stats in ``profile_dir / "ipsecd.prof"``) or the stack sampler
+    (``profile`` "sample"; collapsed stacks in ``profile_dir / "ipsecd.stacks"``).
     """
     runs: list[Run] = []
     missing: list[tuple[str, str]] = []
@@ -988,7 +1055,7 @@ def run(*, count: int = 1000, concurrency: int = 64, warmup: int = 16, timeout: 
             log(f"{name}: {count} setups, {concurrency} in flight")
             out = None
             if profile_dir is not None and responder == "ipsecd" and not profiled:
-                out = profile_dir / "ipsecd.prof"
+                out = profile_dir / ("ipsecd.stacks" if profile == "sample" else "ipsecd.prof")
                 profiled = True
             try:
                 r = measure(responder, lim, count=count, concurrency=concurrency,
@@ -1025,8 +1092,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--responders", default=",".join(RESPONDERS))
     parser.add_argument("--limits", default=",".join(LIMITS),
                         help="raised (DoS limits lifted) and/or default")
-    parser.add_argument("--profile", choices=("none", "inproc", "daemon"), default="none",
-                        help="also profile ipsecd's responder (module docstring)")
+    parser.add_argument("--profile", choices=("none", "inproc", "daemon", "sample"),
+                        default="none", help="also profile ipsecd's responder (module docstring)")
+    parser.add_argument("--stacks", type=Path, default=None,
+                        help="with --profile sample: also keep the collapsed stacks here")
     parser.add_argument("--only-profile", action="store_true",
                         help="with --profile inproc: only that, no namespaces")
     parser.add_argument("--json", action="store_true", help="print the runs as JSON at the end")
@@ -1062,16 +1131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"IKE setup-rate benchmark: {args.count} IKE SAs per scenario, {args.concurrency} "
           f"in flight, {IKE_PROPOSAL} / ESP {ESP_PROPOSAL}, PSK", flush=True)
     with tempfile.TemporaryDirectory(prefix="bike-prof-") as prof_tmp:
-        prof_dir = Path(prof_tmp) if args.profile == "daemon" else None
+        prof_dir = Path(prof_tmp) if args.profile in ("daemon", "sample") else None
         runs, missing = run(count=args.count, concurrency=args.concurrency,
                             warmup=args.warmup, timeout=timeout, responders=responders,
-                            limits=limits, profile_dir=prof_dir,
+                            limits=limits, profile_dir=prof_dir, profile=args.profile,
                             log=lambda s: print(s, flush=True))
         print()
         print(report(runs, missing))
         if prof_dir is not None and (prof_dir / "ipsecd.prof").exists():
             print("\nipsecd daemon profile (control process, main thread, the run only):")
             print(daemon_profile(prof_dir / "ipsecd.prof"))
+        if prof_dir is not None and (prof_dir / "ipsecd.stacks").exists():
+            stacks = (prof_dir / "ipsecd.stacks").read_text()
+            print("\nipsecd daemon, sampled (control process, main thread, the run only):")
+            print(sample_report(stacks))
+            if args.stacks is not None:
+                args.stacks.write_text(stacks)
     print(f"(total {time.monotonic() - started:.0f} s; 2 shared vCPUs: expect 10-20 % "
           "variance; 'quarters' = setups/s in each quarter of the run)")
     if args.json:

@@ -3,9 +3,11 @@ tiny real run against both responders."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from ipsecd.bench_ike import Run, inproc, report, run
+from ipsecd.bench_ike import Run, inproc, report, run, sample_report
 
 
 def _runs(ipsecd_ms: float, kb: float) -> list[Run]:
@@ -49,6 +51,38 @@ def test_inproc_responder_sets_up_every_sa() -> None:
     assert result["responder_sas"] == 12
     assert result["responder_ms"] > 0 and result["initiator_ms"] > 0
     assert "manager.py" in result["profile"]
+
+
+def test_sample_report_shares() -> None:
+    stacks = ("run;receive;decode 6\n"
+              "run;receive;derive;hmac 3\n"
+              "run;flush 1\n"
+              "run;walk;walk;walk 10\n"  # recursion: a frame counts once per sample
+              "garbage line\n")
+    text = sample_report(stacks, top=10)
+    assert text.startswith("20 samples")
+    self_part, incl_part = text.split("inclusive:")
+    assert "  50.0%  walk" in self_part and "  30.0%  decode" in self_part
+    assert " 15.0%  hmac" in self_part and "  5.0%  flush" in self_part
+    assert "100.0%  run" in incl_part and " 45.0%  receive" in incl_part
+    assert " 50.0%  walk" in incl_part
+    assert sample_report("") == "no samples"
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_sampled_daemon_run(tmp_path: Path) -> None:
+    log: list[str] = []
+    runs, missing = run(count=30, concurrency=8, warmup=2, timeout=20.0, limits=["raised"],
+                        responders=["ipsecd"], profile_dir=tmp_path, profile="sample",
+                        log=log.append)
+    assert missing == [] and runs[0].ok == 30, log
+    assert runs[0].note == "sampled"
+    stacks = (tmp_path / "ipsecd.stacks").read_text()
+    text = sample_report(stacks)
+    assert int(text.split()[0]) > 0
+    # the IKE manager's receive path did the work of the run
+    assert "manager.py:receive:" in text, text
 
 
 @pytest.mark.netns
