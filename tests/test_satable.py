@@ -10,6 +10,8 @@ import time
 
 import multiprocess
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipsecd.iana import EncrId, IntegId, IpProto
 from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
@@ -20,6 +22,8 @@ from ipsecd.satable import (
     SACounter,
     SATable,
     TableFull,
+    changed_slots,
+    pack_generation,
 )
 
 A = ipaddress.ip_address("192.0.2.1")
@@ -250,3 +254,36 @@ def test_free_slot_searches_from_start_then_wraps_around() -> None:
                 used.discard(gone)
     finally:
         t.close()
+
+
+def test_slot_generations_are_every_slots_generation() -> None:
+    """slot_generations (one strided copy) against slot_generation slot by slot, as the
+    slots are written and freed; changed_slots names exactly the slots that moved."""
+    t = SATable.create(None, n_slots=300, n_workers=1, max_replay_window=64)
+    try:
+        before = t.slot_generations()
+        assert before == bytes(4 * 300)  # a slot never written: generation 0
+        for i, slot in enumerate((0, 5, 64, 299, 5)):
+            t.install(slot, make_sa(0x2000 + i, i, replay_window=0), Direction.OUT)
+        t.remove(64)
+        after = t.slot_generations()
+        assert after == b"".join(pack_generation(t.slot_generation(s)) for s in range(300))
+        assert changed_slots(after, before) == [0, 5, 64, 299]
+        assert changed_slots(after, bytearray(after)) == []
+    finally:
+        t.close()
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 9000), st.lists(st.tuples(st.integers(0, 8999), st.integers(1, (1 << 32) - 1)),
+                                     max_size=40))
+def test_changed_slots_is_a_slot_by_slot_comparison(n: int, writes: list[tuple[int, int]]) -> None:
+    old = bytearray(4 * n)
+    for i in range(0, n, 7):
+        old[4 * i:4 * i + 4] = pack_generation(2 * i)
+    new = bytearray(old)
+    for slot, gen in writes:
+        if slot < n:
+            new[4 * slot:4 * slot + 4] = pack_generation(gen)
+    want = [s for s in range(n) if new[4 * s:4 * s + 4] != old[4 * s:4 * s + 4]]
+    assert changed_slots(bytes(new), old) == want

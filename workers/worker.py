@@ -105,6 +105,8 @@ from ipsecd.satable import (
     SACounter,
     SATable,
     WorkerCounter,
+    changed_slots,
+    pack_generation,
 )
 from workers import bpf
 from workers.icmp import RateLimit, fragment_ipv4, fragment_ipv6, too_big_error
@@ -377,7 +379,10 @@ class Worker:
 
         # SA and policy state, rebuilt on generation changes.
         self.sa_generation = -1
-        self.slot_gen: dict[int, int] = {}
+        # Every slot's generation as this worker last took it up (SATable.slot_generations):
+        # a refresh reads only the slots whose generation moved since.  Zero is a slot
+        # never written, which holds nothing to take up.
+        self.slot_gens = bytearray(4 * self.table.n_slots)
         # Inbound SAs by SPI - the hot-path lookup - and, for the rare SPIs
         # that several SAs share (the SAD key is SPI, protocol and destination),
         # by (SPI, destination): then the SPI maps to None here.
@@ -480,19 +485,19 @@ class Worker:
     def _reload_sas(self) -> None:
         table = self.table
         n, k = self.spec.count, self.k
-        for slot in range(table.n_slots):
-            gen = table.slot_generation(slot)
-            if self.slot_gen.get(slot) == gen:
-                continue
+        gens = table.slot_generations()
+        known = self.slot_gens
+        for slot in changed_slots(gens, known):
+            at = 4 * slot
             entry = table.read(slot)
             if entry is None:
-                if gen & 1:  # being written: look again next turn
-                    self.sa_generation = -1
+                if gens[at] & 1:  # being written (little-endian: bit 0 is in the first byte)
+                    self.sa_generation = -1  # look again next turn
                     continue
-                self.slot_gen[slot] = gen
+                known[at:at + 4] = gens[at:at + 4]
                 self._forget(slot)
                 continue
-            self.slot_gen[slot] = entry.generation
+            known[at:at + 4] = pack_generation(entry.generation)
             self._forget(slot)
             sa = entry.sa
             try:
