@@ -389,7 +389,7 @@ class SATable:
         """
         off = self._slot_off(slot)
         buf = self.buf
-        scratch = bytearray(SLOT_SIZE)
+        scratch = bytearray(_ZERO_SLOT)
         try:
             for _ in range(retries):
                 gen1 = _GEN.unpack_from(buf, off)[0]
@@ -402,7 +402,7 @@ class SATable:
                 return _decode_slot(slot, scratch)
             return None
         finally:
-            scratch[:] = bytes(SLOT_SIZE)
+            scratch[:] = _ZERO_SLOT
 
     # -- sequence numbers (workers) -------------------------------------------------------
 
@@ -522,27 +522,45 @@ def pack_generation(generation: int) -> bytes:
     return _GEN.pack(generation)
 
 
+_ZERO_SLOT = bytes(SLOT_SIZE)
+_MODES = (Mode.ANY, Mode.TRANSPORT, Mode.TUNNEL)
+_IPV4 = ipaddress.IPv4Address
+_IPV6 = ipaddress.IPv6Address
+
+# The code points a slot names, by value: a worker decodes a slot for every SA it takes up,
+# and calling an enum class costs several dict look-ups and Python frames; a value not in
+# these tables goes to the class, which raises as before.
+_PROTOCOLS = {int(m): m for m in IpProto}
+_ENCRS = {int(m): m for m in EncrId}
+_INTEGS = {int(m): m for m in IntegId}
+_DIRECTIONS = {int(m): m for m in Direction}
+
+
 def _decode_slot(slot: int, raw: bytearray) -> SlotEntry | None:
     (gen, state, direction, proto, mode, spi, reqid, window, enc_id, auth_id, comp_id,
      enc_len, auth_len, flags, family, sport, dport, _, src, dst, uid) = _SLOT.unpack_from(raw)
     if state != SlotState.ACTIVE:
         return None
-    alen = 4 if family == 4 else 16
+    protocol = _PROTOCOLS.get(proto)
+    integ = _INTEGS.get(auth_id)
+    enc = None if enc_id == _NONE16 else _ENCRS.get(enc_id)
+    way = _DIRECTIONS.get(direction)
     sa = SecurityAssociation(
         spi=spi,
-        protocol=IpProto(proto),
-        src=ipaddress.ip_address(src[:alen]),
-        dst=ipaddress.ip_address(dst[:alen]),
-        mode=(Mode.ANY, Mode.TRANSPORT, Mode.TUNNEL)[mode],
+        protocol=IpProto(proto) if protocol is None else protocol,
+        # what ipaddress.ip_address makes of 4 or 16 packed bytes
+        src=_IPV4(src[:4]) if family == 4 else _IPV6(src),
+        dst=_IPV4(dst[:4]) if family == 4 else _IPV6(dst),
+        mode=_MODES[mode],
         reqid=reqid,
         replay_window=window,
-        enc=None if enc_id == _NONE16 else EncrId(enc_id),
+        enc=EncrId(enc_id) if enc is None and enc_id != _NONE16 else enc,
         enc_key=raw[_ENC_KEY_OFF:_ENC_KEY_OFF + enc_len],
-        auth=IntegId(auth_id),
+        auth=IntegId(auth_id) if integ is None else integ,
         auth_key=raw[_AUTH_KEY_OFF:_AUTH_KEY_OFF + auth_len],
         comp=None if comp_id == _NONE16 else IpcompId(comp_id),
         esn=bool(flags & _FLAG_ESN),
         encap=UdpEncap(sport, dport) if flags & _FLAG_ENCAP else None,
         legacy=bool(flags & _FLAG_LEGACY),
     )
-    return SlotEntry(slot, gen, uid, Direction(direction), sa)
+    return SlotEntry(slot, gen, uid, Direction(direction) if way is None else way, sa)

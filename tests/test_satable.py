@@ -287,3 +287,45 @@ def test_changed_slots_is_a_slot_by_slot_comparison(n: int, writes: list[tuple[i
             new[4 * slot:4 * slot + 4] = pack_generation(gen)
     want = [s for s in range(n) if new[4 * s:4 * s + 4] != old[4 * s:4 * s + 4]]
     assert changed_slots(bytes(new), old) == want
+
+
+def _reference_decode(raw: bytearray) -> tuple[object, ...]:
+    """What a slot decodes to, by the enum classes and ipaddress.ip_address themselves."""
+    from ipsecd.satable import _SLOT
+
+    (_, _, direction, proto, mode, spi, reqid, window, enc_id, auth_id, _, _, _, _, family,
+     _, _, _, src, dst, _) = _SLOT.unpack_from(raw)
+    alen = 4 if family == 4 else 16
+    return (Direction(direction), IpProto(proto), EncrId(enc_id), IntegId(auth_id),
+            ipaddress.ip_address(src[:alen]), ipaddress.ip_address(dst[:alen]),
+            (Mode.ANY, Mode.TRANSPORT, Mode.TUNNEL)[mode], spi, reqid, window)
+
+
+@settings(max_examples=200)
+@given(direction=st.sampled_from([1, 2, 3]), proto=st.integers(0, 255),
+       enc=st.integers(0, 40), auth=st.integers(0, 20), family=st.sampled_from([4, 6]),
+       src=st.binary(min_size=16, max_size=16), dst=st.binary(min_size=16, max_size=16))
+def test_decoding_a_slot_is_what_the_enum_classes_make(direction: int, proto: int, enc: int,
+                                                       auth: int, family: int, src: bytes,
+                                                       dst: bytes) -> None:
+    """_decode_slot's look-up tables of code points against the enum classes: the same
+    members, the same ValueError for a value that is none; addresses as ip_address makes
+    them."""
+    from ipsecd.satable import _SLOT, _decode_slot
+
+    raw = bytearray(256)
+    _SLOT.pack_into(raw, 0, 2, 1, direction, proto, 2, 0x1234, 7, 64, enc, auth, 0xFFFF, 0, 0,
+                    0, family, 0, 0, 0, src, dst, 9)
+    try:
+        want = _reference_decode(raw)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _decode_slot(0, raw)
+        return
+    entry = _decode_slot(0, raw)
+    assert entry is not None
+    sa = entry.sa
+    got = (entry.direction, sa.protocol, sa.enc, sa.auth, sa.src, sa.dst, sa.mode, sa.spi,
+           sa.reqid, sa.replay_window)
+    assert got == want
+    assert [type(v) for v in got] == [type(v) for v in want]
