@@ -377,7 +377,23 @@ class Worker:
         self._big: memoryview | None = None
         self._ident = int.from_bytes(os.urandom(3), "big")  # IPv6 fragment ids (_next_ident)
 
-        # SA and policy state, rebuilt on generation changes.
+        self._init_tables()
+
+        # Local counters, flushed once per batch.
+        self.acc: dict[int, list[int]] = {}  # slot -> [packets, bytes]
+        self.sa_drops: dict[tuple[int, int], int] = {}
+        self.wk_drops: dict[int, int] = {}
+        self.packets_in = 0
+        self.packets_out = 0
+        self.icmp_limit = RateLimit(ICMP_RATE, ICMP_RATE / 2)
+        self._log_last: dict[str, float] = {}
+        self._log_count: dict[str, int] = {}
+        self._next_stats = 0.0
+        # Worker rows outlive a worker: a restarted one adds to what its predecessor counted.
+        self._ring_drops_base = int(self.wk_ctr[WorkerCounter.RING_DROPS])
+
+    def _init_tables(self) -> None:
+        """The SA and policy state, rebuilt on generation changes (see _refresh)."""
         self.sa_generation = -1
         # Every slot's generation as this worker last took it up (SATable.slot_generations):
         # a refresh reads only the slots whose generation moved since.  Zero is a slot
@@ -409,18 +425,21 @@ class Worker:
         self.out_flows: dict[Any, tuple[Any, ...]] = {}
         self.in_flows: dict[Any, int] = {}
 
-        # Local counters, flushed once per batch.
-        self.acc: dict[int, list[int]] = {}  # slot -> [packets, bytes]
-        self.sa_drops: dict[tuple[int, int], int] = {}
-        self.wk_drops: dict[int, int] = {}
-        self.packets_in = 0
-        self.packets_out = 0
-        self.icmp_limit = RateLimit(ICMP_RATE, ICMP_RATE / 2)
-        self._log_last: dict[str, float] = {}
-        self._log_count: dict[str, int] = {}
-        self._next_stats = 0.0
-        # Worker rows outlive a worker: a restarted one adds to what its predecessor counted.
-        self._ring_drops_base = int(self.wk_ctr[WorkerCounter.RING_DROPS])
+    @classmethod
+    def tables_only(cls, spec: WorkerSpec) -> Worker:
+        """A worker that follows the SA and policy tables and does nothing else (no TUN,
+        rings or sockets: only ``_refresh`` works): what ``python -m workers.bench_takeup``
+        times."""
+        self = cls.__new__(cls)
+        self.spec = spec
+        self.k = spec.index
+        self.table = SATable.attach(spec.table)
+        self.policy_reader = PolicyReader(spec.policy)
+        self._log_last = {}
+        self._log_count = {}
+        self.rings, self.txs = [], {}  # for close()
+        self._init_tables()
+        return self
 
     # -- the loop ---------------------------------------------------------------------
 
