@@ -79,6 +79,7 @@ _ENC_KEY_OFF = 80  # keys sit after the fixed fields, outside the struct so they
 _AUTH_KEY_OFF = _ENC_KEY_OFF + MAX_KEY_BYTES  # copied into immutable (unwipeable) bytes
 assert _SLOT.size <= _ENC_KEY_OFF and _AUTH_KEY_OFF + MAX_KEY_BYTES <= SLOT_SIZE
 _GEN = struct.Struct("<I")
+_HEAD = struct.Struct("<IBBBxI")  # a slot's generation, state, direction, protocol, (mode,) SPI
 _U64 = struct.Struct("<Q")
 _SEQ = struct.Struct("<QQ")  # last sequence number handed out, uid of the SA (0: none)
 SEQ_GONE = -1  # alloc_seq: the SA is no longer in the slot
@@ -379,6 +380,23 @@ class SATable:
             return words[::SLOT_SIZE // 4].tobytes()
         finally:
             words.release()
+
+    def read_head(self, slot: int) -> tuple[int, int, int, int] | None:
+        """(generation, direction, protocol, SPI) of the SA in ``slot``, read as :meth:`read`
+        reads a slot but without decoding it: None when the slot is free or being written.
+
+        A worker needs no more to see that an inbound SA is another worker's (the SPI
+        steers its packets elsewhere), and then neither builds the SA nor copies its keys.
+        """
+        off = self._slot_off(slot)
+        buf = self.buf
+        gen1 = _GEN.unpack_from(buf, off)[0]
+        if gen1 & 1:
+            return None
+        gen, state, direction, proto, spi = _HEAD.unpack_from(buf, off)
+        if gen != gen1 or _GEN.unpack_from(buf, off)[0] != gen1 or state != SlotState.ACTIVE:
+            return None
+        return gen, direction, proto, spi
 
     def read(self, slot: int, retries: int = 100) -> SlotEntry | None:
         """A consistent copy of ``slot``, or None when it is free.

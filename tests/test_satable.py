@@ -329,3 +329,26 @@ def test_decoding_a_slot_is_what_the_enum_classes_make(direction: int, proto: in
            sa.reqid, sa.replay_window)
     assert got == want
     assert [type(v) for v in got] == [type(v) for v in want]
+
+
+def test_read_head_is_what_read_decodes(table: SATable) -> None:
+    """read_head (the fields that steer an inbound SA, undecoded) against read; None for a
+    free slot and for one being written (odd generation)."""
+    from ipsecd.satable import _GEN
+
+    table.install(2, make_sa(0x3001, 1), Direction.IN)
+    table.install(5, make_sa(0x3002, 2, replay_window=0).replace(protocol=IpProto.AH),
+                  Direction.OUT)
+    table.install(6, make_sa(0x3003, 3), Direction.OUT)
+    table.remove(6)
+    for slot in range(8):
+        entry = table.read(slot)
+        want = None if entry is None else (entry.generation, entry.direction,
+                                           entry.sa.protocol, entry.sa.spi)
+        assert table.read_head(slot) == want
+    off = table._slot_off(2)
+    gen = _GEN.unpack_from(table.buf, off)[0]
+    _GEN.pack_into(table.buf, off, gen + 1)
+    assert table.read_head(2) is None
+    _GEN.pack_into(table.buf, off, gen)
+    assert table.read_head(2) is not None

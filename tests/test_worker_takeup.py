@@ -80,8 +80,13 @@ def test_refreshes_take_up_what_a_fresh_worker_reads(tables: tuple[SATable, Work
         fresh._refresh()
         assert _view(worker) == _view(fresh)
         _close(fresh)
-        # inbound SAs are this worker's share only (SPI % count == index)
-        assert all(spi % 2 == 1 for spi in worker.inbound)
+        # slot by slot: every outbound SA, and the inbound SAs whose SPI steers to this
+        # worker (SPI % count == index)
+        entries = [e for e in map(table.read, range(SLOTS)) if e is not None]
+        assert _view(worker) == (
+            {e.slot: (e.uid, e.sa.spi) for e in entries if e.direction is Direction.OUT},
+            {e.sa.spi: (e.slot, e.uid) for e in entries
+             if e.direction is Direction.IN and e.sa.spi % 2 == 1})
     assert worker.outbound and worker.inbound
     _close(worker)
 

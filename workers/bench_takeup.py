@@ -11,7 +11,8 @@ daemon) runs its refresh, which is timed in CPU time.  Printed per SA: the
 median over the runs, the first and the last quarter of the run (cost that
 grows with the number of SAs shows as a last quarter above the first), the
 part the cyclic garbage collector took, and the worker's tracked objects at
-the end.  Needs /dev/shm, no root.  Figures vary by 10-20 % from run to run
+the end.  ``--workers N``: the timed worker is one of N, which takes up every
+outbound SA and the inbound SAs whose SPI steers to it.  Needs /dev/shm, no root.  Figures vary by 10-20 % from run to run
 on a shared 2-core VM.
 """
 
@@ -71,13 +72,14 @@ def _worker(spec: WorkerSpec, go: int, done: int) -> NoReturn:
     os._exit(0)
 
 
-def run(children: int, batch: int) -> dict[str, float]:
-    """One run: ``children`` children in batches; per-SA figures in microseconds."""
+def run(children: int, batch: int, workers: int = 1) -> dict[str, float]:
+    """One run: ``children`` children in batches, timed in worker 0 of ``workers``; per-SA
+    figures in microseconds."""
     tag = f"ipsecd-takeup-{os.getpid()}"
     table = SATable.create(f"{tag}-sa", 2 * children + 64, 1)
     policy = PolicyTable(f"{tag}-policy")
     try:
-        spec = WorkerSpec(index=0, count=1, table=table.name, policy=policy.name, tun="",
+        spec = WorkerSpec(index=0, count=workers, table=table.name, policy=policy.name, tun="",
                           outside=(), mark=0)
         publisher = PolicyPublisher(policy)
         spd = SPD()
@@ -142,7 +144,8 @@ def run(children: int, batch: int) -> dict[str, float]:
         table.close()
         policy.close()
     result = json.loads(data)
-    if (result["outbound"], result["inbound"], result["rules"]) != (children, children,
+    ours = sum(1 for k in range(children) if (0xC000_0000 + k) % workers == 0)
+    if (result["outbound"], result["inbound"], result["rules"]) != (children, ours,
                                                                       3 * children):
         raise RuntimeError(f"the worker did not take up every SA and policy: {result}")
     times = result["times"]
@@ -160,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", default="1000,3000", help="children per run (default 1000,3000)")
     parser.add_argument("--batch", type=int, default=45, help="children per publication (default 45)")
     parser.add_argument("--runs", type=int, default=3, help="runs per size; the median is printed")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers the inbound SAs are steered over (the one timed takes up "
+                             "every outbound SA and its share of the inbound ones; default 1)")
     args = parser.parse_args(argv)
-    print("worker CPU per SA taken up (us): median of runs; first / last quarter, garbage "
-          "collector, tracked objects of the last run")
+    print(f"worker CPU per SA installed (us), worker 0 of {args.workers}: median of runs; first / "
+          "last quarter, garbage collector, tracked objects of the last run")
     for children in (int(c) for c in args.children.split(",")):
-        runs = [run(children, args.batch) for _ in range(args.runs)]
+        runs = [run(children, args.batch, args.workers) for _ in range(args.runs)]
         median = statistics.median(r["per_sa"] for r in runs)
         last = runs[-1]
         print(f"  {children:6d} children: {median:6.1f} us per SA  (first quarter "

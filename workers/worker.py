@@ -506,8 +506,17 @@ class Worker:
         n, k = self.spec.count, self.k
         gens = table.slot_generations()
         known = self.slot_gens
+        steered = self._steered
         for slot in changed_slots(gens, known):
             at = 4 * slot
+            head = table.read_head(slot)
+            if head is not None and head[1] == Direction.IN and head[2] in steered \
+                    and head[3] % n != k:
+                # Another worker's inbound ESP or AH SA (socket filter): nothing to build, no
+                # keys to copy; only what the slot held before goes.
+                known[at:at + 4] = pack_generation(head[0])
+                self._forget(slot)
+                continue
             entry = table.read(slot)
             if entry is None:
                 if gens[at] & 1:  # being written (little-endian: bit 0 is in the first byte)
@@ -550,6 +559,10 @@ class Worker:
                 self._note("bad_sa", f"SA {sa.spi:#x} in slot {slot} unusable: {exc}")
             finally:
                 sa.wipe()  # the context holds what it needs; the copy's keys go
+
+    # Inbound SAs of these protocols are steered to one worker by their SPI (spi % n == k,
+    # workers/bpf.py); every worker takes up the others (outbound SAs, inbound IPComp).
+    _steered = frozenset((_ESP, _AH))
 
     def _load_ah(self, slot: int, uid: int, direction: Direction,
                  sa: SecurityAssociation) -> None:
