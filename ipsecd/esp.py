@@ -605,6 +605,39 @@ def _struct(fmt: str) -> struct.Struct:
     return struct.Struct(fmt)
 
 
+# The fast paths' helpers that depend on the SA's shape only, made once and shared by the
+# SAs' namespaces: every SA a worker takes up would otherwise make its own bound methods
+# and tuples, which the cyclic collector then walks for as long as the SA lives.  (Bounded:
+# the arguments are an alignment of 4, 8 or 16 and a few switches.)
+_UNPACK_KEY = _U64.unpack_from
+_UNPACK_WORD = _U32.unpack_from
+_UNPACK_FIELDS = _IN_V4_SPI.unpack
+_UNPACK_FIELDS_UDP = _IN_V4_UDP.unpack
+_UNPACK_HEADER = struct.Struct("!24sI8s").unpack_from  # outer header + SPI, seq, IV
+_UNPACK_HEADER_UDP = struct.Struct("!26s2xII8s").unpack_from  # ... + UDP header
+_PACK_ESN = _NONCE_AAD_ESN_IV.pack_into
+
+
+@functools.lru_cache(maxsize=64)
+def _pack_into(fmt: str) -> Callable[..., None]:
+    return _struct(fmt).pack_into
+
+
+@functools.lru_cache(maxsize=64)
+def _encap_tails(align: int, esn: bool) -> tuple[tuple[bytes, ...], tuple[Callable[..., None], ...]]:
+    """Per pad length: the trailer and the ICV's place (the salt follows), and the pack_into
+    that writes them with the salt, IV, SPI and sequence number (encapsulation fast path)."""
+    heads = tuple(_PADS_AND_LENGTH[n] + b"\x04" + bytes(16) for n in range(align))
+    aad = "III" if esn else "II"
+    return heads, tuple(_pack_into(f"!{len(head) + 4}sQ{aad}") for head in heads)
+
+
+@functools.lru_cache(maxsize=64)
+def _decap_trailers(align: int) -> tuple[bytes, ...]:
+    """Index = pad length + 2: pad bytes, pad length, next header 4."""
+    return (b"", b"", *(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align)))
+
+
 def _render(template: str, constants: dict[str, int | bytes | bool]) -> str:
     """``template`` with each ``$NAME`` replaced by the literal of an SA constant."""
     for name, value in constants.items():
@@ -807,6 +840,7 @@ class EspContext:
         "_cbc_enc",
         "_df_policy",
         "_dst",
+        "_encap_layout",
         "_esp_iv",
         "_forget",
         "_iv_mask",
@@ -910,8 +944,9 @@ class EspContext:
         # Nonce (salt + IV) and AAD live side by side in one scratch buffer,
         # filled by a single pack_into per packet.
         self._scratch = bytearray(24)
-        self._nonce = memoryview(self._scratch)[:12]
-        self._nonce_aad = memoryview(self._scratch)[12 : 24 if sa.esn else 20]
+        scratch = memoryview(self._scratch)  # one export for both views
+        self._nonce = scratch[:12]
+        self._nonce_aad = scratch[12 : 24 if sa.esn else 20]
         if enc.aead:
             cipher_key, salt = key[: -enc.salt_bytes], key[-enc.salt_bytes :]
             self._scratch[:4] = salt
@@ -1379,58 +1414,26 @@ class EspContext:
         align = self.align
         udp = self._udp_ports
         proto = _UDP if udp else _ESP
-        base = self._v4_base
         copy_df = self._df_policy == "copy"
-        fixed_df = IPV4_DF if self._df_policy == "set" else 0
-        addresses = self._src + self._dst
-        spi_bytes = _U32.pack(self.spi)
         # Per pad length: the bytes written after the payload up to the nonce's IV (trailer, the
         # ICV's place, salt), and the pack_into that adds IV, SPI and sequence number.
         salt = bytes(self._scratch[:4])
-        aad = "III" if self.esn else "II"
-        tails = tuple(_PADS_AND_LENGTH[n] + b"\x04" + bytes(16) + salt for n in range(align))
-        pack_tails = tuple(_struct(f"!{len(tail)}sQ{aad}").pack_into for tail in tails)
+        heads, pack_tails = _encap_tails(align, self.esn)
+        tails = tuple(head + salt for head in heads)
         shapes: dict[int, _EncapShape] = {}
+        # shape_of is a bound method, not a closure: a closure holds a cell per variable,
+        # objects the cyclic collector walks for the SA's life.
+        self._encap_layout = (shapes, tails, pack_tails)
 
-        def shape_of(key: int) -> _EncapShape | None:
-            """The layout of an encapsulated inner packet, from its first 8 bytes (masked)."""
-            if key >> 56 != 0x45:
-                return None  # IPv6 or IPv4 options: the general path
-            length = key >> 32 & 0xFFFF
-            if length < 20:
-                return None
-            tos = key >> 48 & 0xFF
-            flags = (key & IPV4_DF if copy_df else fixed_df) and IPV4_DF
-            pad = -(length + 2) % align
-            ct_len = length + pad + 2
-            total = headroom + ct_len + 16
-            udp_header = _UDP_HDR.pack(udp[0], udp[1], total - 20, 0) if udp else b""
-            csum = base + (0x4500 | tos) + total + flags
-            header: bytes | tuple[bytes, bytes]
-            if flags:
-                # RFC 6864 §4.1: an atomic datagram has ID 0, so header, checksum and SPI are fixed.
-                csum = (csum & 0xFFFF) + (csum >> 16)
-                csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
-                header = _IPV4_HDR.pack(0x45, tos, total, 0, flags, self.ttl, proto, csum, self._src, self._dst)
-                header += udp_header + spi_bytes
-                csum = -1
-            else:
-                # The ID is the low 16 bits of the sequence number: the checksum is completed per packet.
-                header = (_IPV4_START.pack(0x45, tos, total), addresses + udp_header + spi_bytes)
-            if len(shapes) >= _LAYOUT_CACHE_MAX:
-                shapes.clear()
-            shape = shapes[key] = (length, pack_tails[pad], tails[pad], ct_len, header, csum)
-            return shape
-
-        fixed = len(addresses) + len(spi_bytes) + (8 if udp else 0)
+        fixed = 8 + (8 if udp else 0) + 4  # addresses [+ UDP header] + SPI
         encap_into, forget = self._build(
             _FAST_ENCAP_TEMPLATE, "encap_into",
             {
-                "general": self._general_encap, "shapes": shapes, "shape_of": shape_of,
+                "general": self._general_encap, "shapes": shapes, "shape_of": self._encap_shape,
                 "encrypt_into": self._aead.encrypt_into,  # type: ignore[union-attr]
-                "unpack_key": _U64.unpack_from,
-                "pack_atomic": _struct(f"!{12 + fixed}sIQ").pack_into,
-                "pack_ident": _struct(f"!4sH4sH{fixed}sIQ").pack_into,
+                "unpack_key": _UNPACK_KEY,
+                "pack_atomic": _pack_into(f"!{12 + fixed}sIQ"),
+                "pack_ident": _pack_into(f"!4sH4sH{fixed}sIQ"),
                 "log": log, "memoryview": memoryview,
                 "E_SEQ_OVERFLOW": _E_SEQ_OVERFLOW, "E_MALFORMED": _E_MALFORMED, "OK": _OK,
             },
@@ -1448,6 +1451,43 @@ class EspContext:
         self._forget = (*self._forget, forget)
         return encap_into  # type: ignore[return-value]
 
+    def _encap_shape(self, key: int) -> _EncapShape | None:
+        """The layout of an encapsulated inner packet, from its first 8 bytes (masked): the
+        encapsulation fast path's ``shape_of``, kept in its ``shapes``."""
+        if key >> 56 != 0x45:
+            return None  # IPv6 or IPv4 options: the general path
+        length = key >> 32 & 0xFFFF
+        if length < 20:
+            return None
+        shapes, tails, pack_tails = self._encap_layout
+        udp = self._udp_ports
+        proto = _UDP if udp else _ESP
+        spi_bytes = _U32.pack(self.spi)
+        tos = key >> 48 & 0xFF
+        df_policy = self._df_policy
+        flags = (key & IPV4_DF if df_policy == "copy" else IPV4_DF if df_policy == "set" else 0) \
+            and IPV4_DF
+        pad = -(length + 2) % self.align
+        ct_len = length + pad + 2
+        total = self.headroom + ct_len + 16
+        udp_header = _UDP_HDR.pack(udp[0], udp[1], total - 20, 0) if udp else b""
+        csum = self._v4_base + (0x4500 | tos) + total + flags
+        header: bytes | tuple[bytes, bytes]
+        if flags:
+            # RFC 6864 §4.1: an atomic datagram has ID 0, so header, checksum and SPI are fixed.
+            csum = (csum & 0xFFFF) + (csum >> 16)
+            csum = ~((csum & 0xFFFF) + (csum >> 16)) & 0xFFFF
+            header = _IPV4_HDR.pack(0x45, tos, total, 0, flags, self.ttl, proto, csum, self._src, self._dst)
+            header += udp_header + spi_bytes
+            csum = -1
+        else:
+            # The ID is the low 16 bits of the sequence number: the checksum is completed per packet.
+            header = (_IPV4_START.pack(0x45, tos, total), self._src + self._dst + udp_header + spi_bytes)
+        if len(shapes) >= _LAYOUT_CACHE_MAX:
+            shapes.clear()
+        shape = shapes[key] = (length, pack_tails[pad], tails[pad], ct_len, header, csum)
+        return shape
+
     def _fast_decap(self) -> DecapFn | None:
         """AEAD, tunnel mode, IPv4 outer header (20 bytes): the straight-line decapsulation.
 
@@ -1459,8 +1499,7 @@ class EspContext:
         udp = self._udp_ports is not None
         ct_offset = (28 if udp else 20) + self._esp_iv  # outer header [+ UDP] + ESP header + IV
         align = self.align
-        # Index = pad length + 2: pad bytes, pad length, next header 4.
-        trailers = (b"", b"", *(_PADS_AND_LENGTH[n] + b"\x04" for n in range(align)))
+        trailers = _decap_trailers(align)
         decap_into, forget = self._build(
             _FAST_DECAP_TEMPLATE, "decap_into",
             {
@@ -1468,11 +1507,11 @@ class EspContext:
                 "decrypt_into": self._aead.decrypt_into,  # type: ignore[union-attr]
                 "salt": bytes(self._scratch[:4]),
                 "nonce": self._nonce, "aad": self._nonce_aad, "scratch": self._scratch,
-                "unpack_header": struct.Struct("!26s2xII8s" if udp else "!24sI8s").unpack_from,
-                "unpack_fields": (_IN_V4_UDP if udp else _IN_V4_SPI).unpack,
-                "unpack_word": _U32.unpack_from,
+                "unpack_header": _UNPACK_HEADER_UDP if udp else _UNPACK_HEADER,
+                "unpack_fields": _UNPACK_FIELDS_UDP if udp else _UNPACK_FIELDS,
+                "unpack_word": _UNPACK_WORD,
                 "inner_check": _inner_check,
-                "pack_esn": _NONCE_AAD_ESN_IV.pack_into,
+                "pack_esn": _PACK_ESN,
                 "trailers": trailers, "pads": _PADS, "log": log, "memoryview": memoryview,
                 "InvalidTag": InvalidTag, "OK": _OK, "D_REPLAY": _D_REPLAY, "D_ICV": _D_ICV,
                 "D_PADDING": _D_PADDING, "D_MALFORMED": _D_MALFORMED, "D_DUMMY": _D_DUMMY,

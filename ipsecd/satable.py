@@ -79,6 +79,7 @@ _ENC_KEY_OFF = 80  # keys sit after the fixed fields, outside the struct so they
 _AUTH_KEY_OFF = _ENC_KEY_OFF + MAX_KEY_BYTES  # copied into immutable (unwipeable) bytes
 assert _SLOT.size <= _ENC_KEY_OFF and _AUTH_KEY_OFF + MAX_KEY_BYTES <= SLOT_SIZE
 _GEN = struct.Struct("<I")
+_HEAD = struct.Struct("<IBBBxI")  # a slot's generation, state, direction, protocol, (mode,) SPI
 _U64 = struct.Struct("<Q")
 _SEQ = struct.Struct("<QQ")  # last sequence number handed out, uid of the SA (0: none)
 SEQ_GONE = -1  # alloc_seq: the SA is no longer in the slot
@@ -366,6 +367,37 @@ class SATable:
     def slot_generation(self, slot: int) -> int:
         return int(_GEN.unpack_from(self.buf, self._slot_off(slot))[0])
 
+    def slot_generations(self) -> bytes:
+        """Every slot's generation as it is stored (4 bytes per slot, in slot order).
+
+        One strided copy in C: a worker compares it with the copy it took at its
+        last refresh (:func:`changed_slots`) instead of reading thousands of slot
+        generations one Python call at a time when IKE has changed a few.
+        """
+        off = self._slots_off
+        words = self.buf[off:off + self.n_slots * SLOT_SIZE].cast("I")
+        try:
+            return words[::SLOT_SIZE // 4].tobytes()
+        finally:
+            words.release()
+
+    def read_head(self, slot: int) -> tuple[int, int, int, int] | None:
+        """(generation, direction, protocol, SPI) of the SA in ``slot``, read as :meth:`read`
+        reads a slot but without decoding it: None when the slot is free or being written.
+
+        A worker needs no more to see that an inbound SA is another worker's (the SPI
+        steers its packets elsewhere), and then neither builds the SA nor copies its keys.
+        """
+        off = self._slot_off(slot)
+        buf = self.buf
+        gen1 = _GEN.unpack_from(buf, off)[0]
+        if gen1 & 1:
+            return None
+        gen, state, direction, proto, spi = _HEAD.unpack_from(buf, off)
+        if gen != gen1 or _GEN.unpack_from(buf, off)[0] != gen1 or state != SlotState.ACTIVE:
+            return None
+        return gen, direction, proto, spi
+
     def read(self, slot: int, retries: int = 100) -> SlotEntry | None:
         """A consistent copy of ``slot``, or None when it is free.
 
@@ -375,7 +407,7 @@ class SATable:
         """
         off = self._slot_off(slot)
         buf = self.buf
-        scratch = bytearray(SLOT_SIZE)
+        scratch = bytearray(_ZERO_SLOT)
         try:
             for _ in range(retries):
                 gen1 = _GEN.unpack_from(buf, off)[0]
@@ -388,7 +420,7 @@ class SATable:
                 return _decode_slot(slot, scratch)
             return None
         finally:
-            scratch[:] = bytes(SLOT_SIZE)
+            scratch[:] = _ZERO_SLOT
 
     # -- sequence numbers (workers) -------------------------------------------------------
 
@@ -481,27 +513,72 @@ def _unlink(shm: shared_memory.SharedMemory) -> None:
         pass
 
 
+def changed_slots(new: bytes, old: bytes | bytearray) -> list[int]:
+    """The slots whose generation differs between two :meth:`SATable.slot_generations`.
+
+    Compared a block at a time (memcmp in C), and slot by slot only in the blocks
+    that differ: the cost follows the slots that changed, not the table's size.
+    """
+    out: list[int] = []
+    n = len(new)
+    for a in range(0, n, 16384):  # 4096 slots
+        b = min(n, a + 16384)
+        if new[a:b] == old[a:b]:
+            continue
+        for c in range(a, b, 256):  # 64 slots
+            d = min(b, c + 256)
+            if new[c:d] == old[c:d]:
+                continue
+            for e in range(c, d, 4):
+                if new[e:e + 4] != old[e:e + 4]:
+                    out.append(e >> 2)
+    return out
+
+
+def pack_generation(generation: int) -> bytes:
+    """A generation as :meth:`SATable.slot_generations` shows it."""
+    return _GEN.pack(generation)
+
+
+_ZERO_SLOT = bytes(SLOT_SIZE)
+_MODES = (Mode.ANY, Mode.TRANSPORT, Mode.TUNNEL)
+_IPV4 = ipaddress.IPv4Address
+_IPV6 = ipaddress.IPv6Address
+
+# The code points a slot names, by value: a worker decodes a slot for every SA it takes up,
+# and calling an enum class costs several dict look-ups and Python frames; a value not in
+# these tables goes to the class, which raises as before.
+_PROTOCOLS = {int(m): m for m in IpProto}
+_ENCRS = {int(m): m for m in EncrId}
+_INTEGS = {int(m): m for m in IntegId}
+_DIRECTIONS = {int(m): m for m in Direction}
+
+
 def _decode_slot(slot: int, raw: bytearray) -> SlotEntry | None:
     (gen, state, direction, proto, mode, spi, reqid, window, enc_id, auth_id, comp_id,
      enc_len, auth_len, flags, family, sport, dport, _, src, dst, uid) = _SLOT.unpack_from(raw)
     if state != SlotState.ACTIVE:
         return None
-    alen = 4 if family == 4 else 16
+    protocol = _PROTOCOLS.get(proto)
+    integ = _INTEGS.get(auth_id)
+    enc = None if enc_id == _NONE16 else _ENCRS.get(enc_id)
+    way = _DIRECTIONS.get(direction)
     sa = SecurityAssociation(
         spi=spi,
-        protocol=IpProto(proto),
-        src=ipaddress.ip_address(src[:alen]),
-        dst=ipaddress.ip_address(dst[:alen]),
-        mode=(Mode.ANY, Mode.TRANSPORT, Mode.TUNNEL)[mode],
+        protocol=IpProto(proto) if protocol is None else protocol,
+        # what ipaddress.ip_address makes of 4 or 16 packed bytes
+        src=_IPV4(src[:4]) if family == 4 else _IPV6(src),
+        dst=_IPV4(dst[:4]) if family == 4 else _IPV6(dst),
+        mode=_MODES[mode],
         reqid=reqid,
         replay_window=window,
-        enc=None if enc_id == _NONE16 else EncrId(enc_id),
+        enc=EncrId(enc_id) if enc is None and enc_id != _NONE16 else enc,
         enc_key=raw[_ENC_KEY_OFF:_ENC_KEY_OFF + enc_len],
-        auth=IntegId(auth_id),
+        auth=IntegId(auth_id) if integ is None else integ,
         auth_key=raw[_AUTH_KEY_OFF:_AUTH_KEY_OFF + auth_len],
         comp=None if comp_id == _NONE16 else IpcompId(comp_id),
         esn=bool(flags & _FLAG_ESN),
         encap=UdpEncap(sport, dport) if flags & _FLAG_ENCAP else None,
         legacy=bool(flags & _FLAG_LEGACY),
     )
-    return SlotEntry(slot, gen, uid, Direction(direction), sa)
+    return SlotEntry(slot, gen, uid, Direction(direction) if way is None else way, sa)

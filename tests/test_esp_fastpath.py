@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dis
 import itertools
+import struct
 from typing import Any
 
 import pytest
@@ -168,3 +169,27 @@ def test_a_one_way_context_compiles_one_fast_path_and_does_both(
             drop, start, end, _ = ctx.decap_into(memoryview(work), 0, len(work), window)
             assert drop is Drop.OK
             assert bytes(work[start:end]) == packet
+
+
+@pytest.mark.parametrize("align", [4, 8, 16])
+@pytest.mark.parametrize("esn", [False, True])
+def test_the_shared_trailers_are_the_ones_an_sa_would_make(align: int, esn: bool) -> None:
+    """The per-shape tuples the fast paths share (``_encap_tails``, ``_decap_trailers``)
+    against the straightforward computation for one SA: trailer (RFC 4303 §2.4: pad 1, 2,
+    ..., pad length, next header 4), the ICV's place, then the salt, and the pack_into of
+    exactly those bytes, IV, SPI [, high 32 bits], sequence number."""
+    salt = bytes((1, 2, 3, 4))
+    heads, pack_tails = esp._encap_tails(align, esn)
+    assert esp._encap_tails(align, esn) is esp._encap_tails(align, esn)
+    for pad in range(align):
+        tail = bytes(range(1, pad + 1)) + bytes((pad, 4)) + bytes(16) + salt
+        assert heads[pad] + salt == tail
+        fmt = f"!{len(tail)}sQ{'III' if esn else 'II'}"
+        want, got = bytearray(64), bytearray(64)
+        args = (0x0102030405060708, 0xA1B2C3D4, *((7,) if esn else ()), 0x99)
+        struct.Struct(fmt).pack_into(want, 3, tail, *args)
+        pack_tails[pad](got, 3, tail, *args)
+        assert got == want
+    trailers = esp._decap_trailers(align)
+    assert trailers[:2] == (b"", b"")
+    assert trailers[2:] == tuple(bytes(range(1, n + 1)) + bytes((n, 4)) for n in range(align))

@@ -10,6 +10,8 @@ import time
 
 import multiprocess
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipsecd.iana import EncrId, IntegId, IpProto
 from ipsecd.sa import Mode, SecurityAssociation, UdpEncap
@@ -20,6 +22,8 @@ from ipsecd.satable import (
     SACounter,
     SATable,
     TableFull,
+    changed_slots,
+    pack_generation,
 )
 
 A = ipaddress.ip_address("192.0.2.1")
@@ -250,3 +254,101 @@ def test_free_slot_searches_from_start_then_wraps_around() -> None:
                 used.discard(gone)
     finally:
         t.close()
+
+
+def test_slot_generations_are_every_slots_generation() -> None:
+    """slot_generations (one strided copy) against slot_generation slot by slot, as the
+    slots are written and freed; changed_slots names exactly the slots that moved."""
+    t = SATable.create(None, n_slots=300, n_workers=1, max_replay_window=64)
+    try:
+        before = t.slot_generations()
+        assert before == bytes(4 * 300)  # a slot never written: generation 0
+        for i, slot in enumerate((0, 5, 64, 299, 5)):
+            t.install(slot, make_sa(0x2000 + i, i, replay_window=0), Direction.OUT)
+        t.remove(64)
+        after = t.slot_generations()
+        assert after == b"".join(pack_generation(t.slot_generation(s)) for s in range(300))
+        assert changed_slots(after, before) == [0, 5, 64, 299]
+        assert changed_slots(after, bytearray(after)) == []
+    finally:
+        t.close()
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 9000), st.lists(st.tuples(st.integers(0, 8999), st.integers(1, (1 << 32) - 1)),
+                                     max_size=40))
+def test_changed_slots_is_a_slot_by_slot_comparison(n: int, writes: list[tuple[int, int]]) -> None:
+    old = bytearray(4 * n)
+    for i in range(0, n, 7):
+        old[4 * i:4 * i + 4] = pack_generation(2 * i)
+    new = bytearray(old)
+    for slot, gen in writes:
+        if slot < n:
+            new[4 * slot:4 * slot + 4] = pack_generation(gen)
+    want = [s for s in range(n) if new[4 * s:4 * s + 4] != old[4 * s:4 * s + 4]]
+    assert changed_slots(bytes(new), old) == want
+
+
+def _reference_decode(raw: bytearray) -> tuple[object, ...]:
+    """What a slot decodes to, by the enum classes and ipaddress.ip_address themselves."""
+    from ipsecd.satable import _SLOT
+
+    (_, _, direction, proto, mode, spi, reqid, window, enc_id, auth_id, _, _, _, _, family,
+     _, _, _, src, dst, _) = _SLOT.unpack_from(raw)
+    alen = 4 if family == 4 else 16
+    return (Direction(direction), IpProto(proto), EncrId(enc_id), IntegId(auth_id),
+            ipaddress.ip_address(src[:alen]), ipaddress.ip_address(dst[:alen]),
+            (Mode.ANY, Mode.TRANSPORT, Mode.TUNNEL)[mode], spi, reqid, window)
+
+
+@settings(max_examples=200)
+@given(direction=st.sampled_from([1, 2, 3]), proto=st.integers(0, 255),
+       enc=st.integers(0, 40), auth=st.integers(0, 20), family=st.sampled_from([4, 6]),
+       src=st.binary(min_size=16, max_size=16), dst=st.binary(min_size=16, max_size=16))
+def test_decoding_a_slot_is_what_the_enum_classes_make(direction: int, proto: int, enc: int,
+                                                       auth: int, family: int, src: bytes,
+                                                       dst: bytes) -> None:
+    """_decode_slot's look-up tables of code points against the enum classes: the same
+    members, the same ValueError for a value that is none; addresses as ip_address makes
+    them."""
+    from ipsecd.satable import _SLOT, _decode_slot
+
+    raw = bytearray(256)
+    _SLOT.pack_into(raw, 0, 2, 1, direction, proto, 2, 0x1234, 7, 64, enc, auth, 0xFFFF, 0, 0,
+                    0, family, 0, 0, 0, src, dst, 9)
+    try:
+        want = _reference_decode(raw)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _decode_slot(0, raw)
+        return
+    entry = _decode_slot(0, raw)
+    assert entry is not None
+    sa = entry.sa
+    got = (entry.direction, sa.protocol, sa.enc, sa.auth, sa.src, sa.dst, sa.mode, sa.spi,
+           sa.reqid, sa.replay_window)
+    assert got == want
+    assert [type(v) for v in got] == [type(v) for v in want]
+
+
+def test_read_head_is_what_read_decodes(table: SATable) -> None:
+    """read_head (the fields that steer an inbound SA, undecoded) against read; None for a
+    free slot and for one being written (odd generation)."""
+    from ipsecd.satable import _GEN
+
+    table.install(2, make_sa(0x3001, 1), Direction.IN)
+    table.install(5, make_sa(0x3002, 2, replay_window=0).replace(protocol=IpProto.AH),
+                  Direction.OUT)
+    table.install(6, make_sa(0x3003, 3), Direction.OUT)
+    table.remove(6)
+    for slot in range(8):
+        entry = table.read(slot)
+        want = None if entry is None else (entry.generation, entry.direction,
+                                           entry.sa.protocol, entry.sa.spi)
+        assert table.read_head(slot) == want
+    off = table._slot_off(2)
+    gen = _GEN.unpack_from(table.buf, off)[0]
+    _GEN.pack_into(table.buf, off, gen + 1)
+    assert table.read_head(2) is None
+    _GEN.pack_into(table.buf, off, gen)
+    assert table.read_head(2) is not None

@@ -105,6 +105,8 @@ from ipsecd.satable import (
     SACounter,
     SATable,
     WorkerCounter,
+    changed_slots,
+    pack_generation,
 )
 from workers import bpf
 from workers.icmp import RateLimit, fragment_ipv4, fragment_ipv6, too_big_error
@@ -375,9 +377,28 @@ class Worker:
         self._big: memoryview | None = None
         self._ident = int.from_bytes(os.urandom(3), "big")  # IPv6 fragment ids (_next_ident)
 
-        # SA and policy state, rebuilt on generation changes.
+        self._init_tables()
+
+        # Local counters, flushed once per batch.
+        self.acc: dict[int, list[int]] = {}  # slot -> [packets, bytes]
+        self.sa_drops: dict[tuple[int, int], int] = {}
+        self.wk_drops: dict[int, int] = {}
+        self.packets_in = 0
+        self.packets_out = 0
+        self.icmp_limit = RateLimit(ICMP_RATE, ICMP_RATE / 2)
+        self._log_last: dict[str, float] = {}
+        self._log_count: dict[str, int] = {}
+        self._next_stats = 0.0
+        # Worker rows outlive a worker: a restarted one adds to what its predecessor counted.
+        self._ring_drops_base = int(self.wk_ctr[WorkerCounter.RING_DROPS])
+
+    def _init_tables(self) -> None:
+        """The SA and policy state, rebuilt on generation changes (see _refresh)."""
         self.sa_generation = -1
-        self.slot_gen: dict[int, int] = {}
+        # Every slot's generation as this worker last took it up (SATable.slot_generations):
+        # a refresh reads only the slots whose generation moved since.  Zero is a slot
+        # never written, which holds nothing to take up.
+        self.slot_gens = bytearray(4 * self.table.n_slots)
         # Inbound SAs by SPI - the hot-path lookup - and, for the rare SPIs
         # that several SAs share (the SAD key is SPI, protocol and destination),
         # by (SPI, destination): then the SPI maps to None here.
@@ -404,18 +425,21 @@ class Worker:
         self.out_flows: dict[Any, tuple[Any, ...]] = {}
         self.in_flows: dict[Any, int] = {}
 
-        # Local counters, flushed once per batch.
-        self.acc: dict[int, list[int]] = {}  # slot -> [packets, bytes]
-        self.sa_drops: dict[tuple[int, int], int] = {}
-        self.wk_drops: dict[int, int] = {}
-        self.packets_in = 0
-        self.packets_out = 0
-        self.icmp_limit = RateLimit(ICMP_RATE, ICMP_RATE / 2)
-        self._log_last: dict[str, float] = {}
-        self._log_count: dict[str, int] = {}
-        self._next_stats = 0.0
-        # Worker rows outlive a worker: a restarted one adds to what its predecessor counted.
-        self._ring_drops_base = int(self.wk_ctr[WorkerCounter.RING_DROPS])
+    @classmethod
+    def tables_only(cls, spec: WorkerSpec) -> Worker:
+        """A worker that follows the SA and policy tables and does nothing else (no TUN,
+        rings or sockets: only ``_refresh`` works): what ``python -m workers.bench_takeup``
+        times."""
+        self = cls.__new__(cls)
+        self.spec = spec
+        self.k = spec.index
+        self.table = SATable.attach(spec.table)
+        self.policy_reader = PolicyReader(spec.policy)
+        self._log_last = {}
+        self._log_count = {}
+        self.rings, self.txs = [], {}  # for close()
+        self._init_tables()
+        return self
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -480,19 +504,28 @@ class Worker:
     def _reload_sas(self) -> None:
         table = self.table
         n, k = self.spec.count, self.k
-        for slot in range(table.n_slots):
-            gen = table.slot_generation(slot)
-            if self.slot_gen.get(slot) == gen:
+        gens = table.slot_generations()
+        known = self.slot_gens
+        steered = self._steered
+        for slot in changed_slots(gens, known):
+            at = 4 * slot
+            head = table.read_head(slot)
+            if head is not None and head[1] == Direction.IN and head[2] in steered \
+                    and head[3] % n != k:
+                # Another worker's inbound ESP or AH SA (socket filter): nothing to build, no
+                # keys to copy; only what the slot held before goes.
+                known[at:at + 4] = pack_generation(head[0])
+                self._forget(slot)
                 continue
             entry = table.read(slot)
             if entry is None:
-                if gen & 1:  # being written: look again next turn
-                    self.sa_generation = -1
+                if gens[at] & 1:  # being written (little-endian: bit 0 is in the first byte)
+                    self.sa_generation = -1  # look again next turn
                     continue
-                self.slot_gen[slot] = gen
+                known[at:at + 4] = gens[at:at + 4]
                 self._forget(slot)
                 continue
-            self.slot_gen[slot] = entry.generation
+            known[at:at + 4] = pack_generation(entry.generation)
             self._forget(slot)
             sa = entry.sa
             try:
@@ -526,6 +559,10 @@ class Worker:
                 self._note("bad_sa", f"SA {sa.spi:#x} in slot {slot} unusable: {exc}")
             finally:
                 sa.wipe()  # the context holds what it needs; the copy's keys go
+
+    # Inbound SAs of these protocols are steered to one worker by their SPI (spi % n == k,
+    # workers/bpf.py); every worker takes up the others (outbound SAs, inbound IPComp).
+    _steered = frozenset((_ESP, _AH))
 
     def _load_ah(self, slot: int, uid: int, direction: Direction,
                  sa: SecurityAssociation) -> None:
