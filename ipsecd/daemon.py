@@ -487,6 +487,7 @@ class Daemon:
         self._link_cache: dict[int, tuple[float, str, int]] = {}  # oif -> (until, name, MTU)
         self._ipr = threading.local()  # .handle: a pyroute2 IPRoute per thread
         self._ipr_handles: list[Any] = []
+        self._rtnl: Any = None  # ipsecd.rtnl.Rtnl of _route_infos, in the loop's thread
         self._manual_reqids: set[int] = set()  # reqids of setkey's SAs and policies
         self._good_kinds: set[tuple[Any, ...]] = set()  # SA shapes whose context builds
         self._local_at = 0.0  # when self.local was last read from the kernel
@@ -1314,9 +1315,16 @@ class Daemon:
         from ipsecd.rtnl import Rtnl
 
         try:
-            with Rtnl() as rtnl:  # one request per destination, sent together
-                routes = rtnl.get_routes(dsts, self.config.datapath.mark)
+            # One socket kept for the daemon's life (IKE asks at every install batch; making,
+            # binding and closing one each time cost about as much as the requests), made
+            # again after any error.  The control process never changes network namespace.
+            if self._rtnl is None:
+                self._rtnl = Rtnl()
+            routes = self._rtnl.get_routes(dsts, self.config.datapath.mark)  # sent together
         except OSError:
+            if self._rtnl is not None:
+                self._rtnl.close()
+                self._rtnl = None
             return [SlotInfo(self.tun_mtu, "")] * len(dsts)
         now = time.monotonic()
         oifs = {route.oif for route in routes.values() if route is not None and route.oif}
@@ -2016,6 +2024,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 ipr.close()
         self._ipr_handles.clear()
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
         if self.routing is not None:
             try:
                 self.routing.remove()
