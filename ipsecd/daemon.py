@@ -146,7 +146,7 @@ class _Slot:
     uid: int
     direction: Direction
     order: int
-    fingerprint: bytes
+    fingerprint: bytes  # _fingerprint of an outbound SA (b"" where unused: see _sync)
 
 
 @dataclass(slots=True)
@@ -1146,8 +1146,13 @@ class Daemon:
             if sa is None or key in self.slots:
                 continue
             direction = key[1]
-            fp = _fingerprint(self._salt, sa)
-            if direction is Direction.OUT:
+            # The fingerprint serves outbound SAs only: to continue a remembered sequence
+            # number and, for manual keys, to be remembered (_remember_seq, _save_seq_file).
+            # IKE's are never remembered: with no memory at all there is nothing to look up
+            # (a keyed hash costs microseconds, and IKE installs thousands).
+            fp = b""
+            if direction is Direction.OUT and (self._seq_memory or "ike" not in sa.extra):
+                fp = _fingerprint(self._salt, sa)
                 sa.seq = max(sa.seq, self._seq_memory.get(fp, 0))
             slot = self._free_slot()
             uid = table.install(slot, sa, direction)
