@@ -1164,11 +1164,14 @@ class Daemon:
                 self._outbound[slot] = InstalledSA(sa, slot, self._order)
                 self._mark_dirty(slot)
             self.accounting.install(slot, uid, sa, direction.name.lower(), self.sad.created(sa))
-            # IKE's SAs: its "CHILD_SA ... established" line names them already
-            log.log(logging.DEBUG if "ike" in sa.extra else logging.INFO,
-                    "SA %s spi %#x %s -> %s installed in slot %d (%s)",
-                    sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
-                    direction.name.lower())
+            # IKE's SAs: its "CHILD_SA ... established" line names them already (and the
+            # arguments are only worked out for a line that is written: enum names are
+            # properties in Python)
+            level = logging.DEBUG if "ike" in sa.extra else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "SA %s spi %#x %s -> %s installed in slot %d (%s)",
+                        sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
+                        direction.name.lower())
         for sa in retired:  # lifetime bookkeeping is per SA: gone with its last slot
             if all(getattr(self.slots.get((sa.key, d)), "sa", None) is not sa
                    for d in Direction):
