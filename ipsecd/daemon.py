@@ -93,7 +93,7 @@ from ipsecd.drops import Drop
 from ipsecd.esp import EspContext
 from ipsecd.iana import IpProto
 from ipsecd.ipcomp import IpcompContext
-from ipsecd.sa import IPAddress, SAState, SecurityAssociation
+from ipsecd.sa import IPAddress, Mode, SAState, SecurityAssociation
 from ipsecd.sad import SAD, SAKey
 from ipsecd.satable import (
     DROP_COLUMNS,
@@ -105,7 +105,7 @@ from ipsecd.satable import (
     WorkerCounter,
 )
 from ipsecd.setkey import Script, SetkeyError, apply, dump, parse
-from ipsecd.spd import SPD, Action
+from ipsecd.spd import SPD, Action, IpsecRequest, Level, Policy, Selector
 from ipsecd.spd import Direction as PolicyDirection
 from ipsecd.transforms import TransformError
 from metrics.accounting import Accounting
@@ -625,8 +625,6 @@ class Daemon:
         templates for IPComp are.
         """
         from ipsecd.ike.ts import to_prefixes
-        from ipsecd.sa import Mode
-        from ipsecd.spd import IpsecRequest, Level, Policy, Selector
 
         tunnel = mode is Mode.TUNNEL
         req_out = IpsecRequest(IpProto.ESP, mode, local if tunnel else None,
@@ -641,22 +639,26 @@ class Daemon:
             reqs_in = (IpsecRequest(IpProto.IPCOMP, mode, req_in.src, req_in.dst,
                                     Level.UNIQUE, reqid), req_in)
         out: list[Any] = []
+        ipsec, d_out, d_in, d_fwd = (Action.IPSEC, PolicyDirection.OUT, PolicyDirection.IN,
+                                     PolicyDirection.FWD)
         for lts in local_ts:
+            lprefixes = None  # worked out for the first remote selector of its family
             for rts in remote_ts:
                 if lts.start_address.version != rts.start_address.version:
                     continue
                 proto = lts.ip_protocol or rts.ip_protocol or None
                 lport = lts.start_port if lts.start_port == lts.end_port else 0
                 rport = rts.start_port if rts.start_port == rts.end_port else 0
-                for lp in to_prefixes(lts):
+                if lprefixes is None:
+                    lprefixes = to_prefixes(lts)
+                for lp in lprefixes:
                     for rp in to_prefixes(rts):
                         out.append(Policy(Selector(lp, rp, proto, lport, rport),
-                                          PolicyDirection.OUT, Action.IPSEC, reqs_out))
+                                          d_out, ipsec, reqs_out))
                         inbound = Selector(rp, lp, proto, rport, lport)
-                        out.append(Policy(inbound, PolicyDirection.IN, Action.IPSEC, reqs_in))
+                        out.append(Policy(inbound, d_in, ipsec, reqs_in))
                         if tunnel:
-                            out.append(Policy(inbound, PolicyDirection.FWD, Action.IPSEC,
-                                              reqs_in))
+                            out.append(Policy(inbound, d_fwd, ipsec, reqs_in))
         return out
 
     def ike_install_trap(self, local: IPAddress, remote: IPAddress, cfg: Any, reqid: int) -> None:
