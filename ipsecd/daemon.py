@@ -93,7 +93,7 @@ from ipsecd.drops import Drop
 from ipsecd.esp import EspContext
 from ipsecd.iana import IpProto
 from ipsecd.ipcomp import IpcompContext
-from ipsecd.sa import IPAddress, SAState, SecurityAssociation
+from ipsecd.sa import IPAddress, Mode, SAState, SecurityAssociation
 from ipsecd.sad import SAD, SAKey
 from ipsecd.satable import (
     DROP_COLUMNS,
@@ -105,7 +105,7 @@ from ipsecd.satable import (
     WorkerCounter,
 )
 from ipsecd.setkey import Script, SetkeyError, apply, dump, parse
-from ipsecd.spd import SPD, Action
+from ipsecd.spd import SPD, Action, IpsecRequest, Level, Policy, Selector
 from ipsecd.spd import Direction as PolicyDirection
 from ipsecd.transforms import TransformError
 from metrics.accounting import Accounting
@@ -146,7 +146,7 @@ class _Slot:
     uid: int
     direction: Direction
     order: int
-    fingerprint: bytes
+    fingerprint: bytes  # _fingerprint of an outbound SA (b"" where unused: see _sync)
 
 
 @dataclass(slots=True)
@@ -212,10 +212,11 @@ class CleartextFilter:
     jumps to in turn (a verdict in a chunk ends the hook's evaluation, no
     match returns to the next jump: the same first-match order as one flat
     list).  A chunk covers a range of SPD sort keys.  A change rewrites only
-    the chunks it touches (``flush chain`` and their rules again), and a
-    policy after all others opens a new chunk once the last is full, all in
-    one atomic ``nft`` batch - no rule handles, and nft need not read the
-    table back.  The table is written whole at the first change, after a
+    the chunks it touches (``flush chain`` and their rules again; a chunk that
+    only grew at its end gets just the new rules, appended), and a policy
+    after all others opens a new chunk once the last is full, all in one
+    atomic ``nft`` batch - no rule handles, and nft need not read the table
+    back.  The table is written whole at the first change, after a
     batch failed (a failed batch changes nothing), and when a chunk has
     grown past four times its size.
     """
@@ -290,7 +291,13 @@ class CleartextFilter:
     def _apply_changes(self, spd: SPD, changes: dict[Any, Any]) -> None:
         state, self._chunks = self._chunks, None  # unknown until nft has answered
         assert state is not None
-        touched: set[str] = set()
+        touched: set[str] = set()  # chunks written again whole (flush chain, every rule)
+        # Chunks that only grew at their end: name -> how many rules they had (the ones
+        # after are appended with "add rule", no flush).  IKE's policies come after every
+        # other of their priority, so most changes are appends to the last chunk, and the
+        # kernel's cost is per rule written (about 30 us each): rewriting that chunk's
+        # earlier rules at every batch cost as much again as the new rules.
+        grown: dict[str, int] = {}
         created: list[tuple[str, _Chunk]] = []
         for key, old in changes.items():
             direction = key[1]
@@ -319,22 +326,31 @@ class CleartextFilter:
                     created.append((hook, chunk))
                     i = len(chunks) - 1
                 chunk = chunks[i]
+                if chunk.name not in touched and (not chunk.keys or k > chunk.keys[-1]):
+                    grown.setdefault(chunk.name, len(chunk.keys))
+                else:
+                    touched.add(chunk.name)
                 chunk.insert(entry)
                 if len(chunk.keys) > 4 * CHUNK:
                     self.apply(spd)  # grown in the middle: cut it up again
                     return
-                touched.add(chunk.name)
         new_names = {chunk.name for _, chunk in created}
         lines: list[str] = []
         for _, chunk in created:
             lines.append(f"add chain inet {self.table} {chunk.name}")
         for chunks in state.values():
             for chunk in chunks:
-                if chunk.name not in touched and chunk.name not in new_names:
-                    continue
-                if chunk.name not in new_names:
+                if chunk.name in new_names:
+                    first = 0
+                elif chunk.name in touched:
                     lines.append(f"flush chain inet {self.table} {chunk.name}")
-                lines += [f"add rule inet {self.table} {chunk.name} {r}" for r in chunk.rules]
+                    first = 0
+                elif chunk.name in grown:
+                    first = grown[chunk.name]  # the chain holds the rules before
+                else:
+                    continue
+                lines += [f"add rule inet {self.table} {chunk.name} {r}"
+                          for r in chunk.rules[first:]]
         for hook, chunk in created:  # appended: after every chunk there is
             lines.append(f"add rule inet {self.table} {hook} jump {chunk.name}")
         if lines:
@@ -471,6 +487,7 @@ class Daemon:
         self._link_cache: dict[int, tuple[float, str, int]] = {}  # oif -> (until, name, MTU)
         self._ipr = threading.local()  # .handle: a pyroute2 IPRoute per thread
         self._ipr_handles: list[Any] = []
+        self._rtnl: Any = None  # ipsecd.rtnl.Rtnl of _route_infos, in the loop's thread
         self._manual_reqids: set[int] = set()  # reqids of setkey's SAs and policies
         self._good_kinds: set[tuple[Any, ...]] = set()  # SA shapes whose context builds
         self._local_at = 0.0  # when self.local was last read from the kernel
@@ -608,8 +625,6 @@ class Daemon:
         templates for IPComp are.
         """
         from ipsecd.ike.ts import to_prefixes
-        from ipsecd.sa import Mode
-        from ipsecd.spd import IpsecRequest, Level, Policy, Selector
 
         tunnel = mode is Mode.TUNNEL
         req_out = IpsecRequest(IpProto.ESP, mode, local if tunnel else None,
@@ -624,22 +639,26 @@ class Daemon:
             reqs_in = (IpsecRequest(IpProto.IPCOMP, mode, req_in.src, req_in.dst,
                                     Level.UNIQUE, reqid), req_in)
         out: list[Any] = []
+        ipsec, d_out, d_in, d_fwd = (Action.IPSEC, PolicyDirection.OUT, PolicyDirection.IN,
+                                     PolicyDirection.FWD)
         for lts in local_ts:
+            lprefixes = None  # worked out for the first remote selector of its family
             for rts in remote_ts:
                 if lts.start_address.version != rts.start_address.version:
                     continue
                 proto = lts.ip_protocol or rts.ip_protocol or None
                 lport = lts.start_port if lts.start_port == lts.end_port else 0
                 rport = rts.start_port if rts.start_port == rts.end_port else 0
-                for lp in to_prefixes(lts):
+                if lprefixes is None:
+                    lprefixes = to_prefixes(lts)
+                for lp in lprefixes:
                     for rp in to_prefixes(rts):
                         out.append(Policy(Selector(lp, rp, proto, lport, rport),
-                                          PolicyDirection.OUT, Action.IPSEC, reqs_out))
+                                          d_out, ipsec, reqs_out))
                         inbound = Selector(rp, lp, proto, rport, lport)
-                        out.append(Policy(inbound, PolicyDirection.IN, Action.IPSEC, reqs_in))
+                        out.append(Policy(inbound, d_in, ipsec, reqs_in))
                         if tunnel:
-                            out.append(Policy(inbound, PolicyDirection.FWD, Action.IPSEC,
-                                              reqs_in))
+                            out.append(Policy(inbound, d_fwd, ipsec, reqs_in))
         return out
 
     def ike_install_trap(self, local: IPAddress, remote: IPAddress, cfg: Any, reqid: int) -> None:
@@ -1129,8 +1148,13 @@ class Daemon:
             if sa is None or key in self.slots:
                 continue
             direction = key[1]
-            fp = _fingerprint(self._salt, sa)
-            if direction is Direction.OUT:
+            # The fingerprint serves outbound SAs only: to continue a remembered sequence
+            # number and, for manual keys, to be remembered (_remember_seq, _save_seq_file).
+            # IKE's are never remembered: with no memory at all there is nothing to look up
+            # (a keyed hash costs microseconds, and IKE installs thousands).
+            fp = b""
+            if direction is Direction.OUT and (self._seq_memory or "ike" not in sa.extra):
+                fp = _fingerprint(self._salt, sa)
                 sa.seq = max(sa.seq, self._seq_memory.get(fp, 0))
             slot = self._free_slot()
             uid = table.install(slot, sa, direction)
@@ -1142,11 +1166,14 @@ class Daemon:
                 self._outbound[slot] = InstalledSA(sa, slot, self._order)
                 self._mark_dirty(slot)
             self.accounting.install(slot, uid, sa, direction.name.lower(), self.sad.created(sa))
-            # IKE's SAs: its "CHILD_SA ... established" line names them already
-            log.log(logging.DEBUG if "ike" in sa.extra else logging.INFO,
-                    "SA %s spi %#x %s -> %s installed in slot %d (%s)",
-                    sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
-                    direction.name.lower())
+            # IKE's SAs: its "CHILD_SA ... established" line names them already (and the
+            # arguments are only worked out for a line that is written: enum names are
+            # properties in Python)
+            level = logging.DEBUG if "ike" in sa.extra else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "SA %s spi %#x %s -> %s installed in slot %d (%s)",
+                        sa.protocol.name.lower(), sa.spi, sa.src, sa.dst, slot,
+                        direction.name.lower())
         for sa in retired:  # lifetime bookkeeping is per SA: gone with its last slot
             if all(getattr(self.slots.get((sa.key, d)), "sa", None) is not sa
                    for d in Direction):
@@ -1298,9 +1325,16 @@ class Daemon:
         from ipsecd.rtnl import Rtnl
 
         try:
-            with Rtnl() as rtnl:  # one request per destination, sent together
-                routes = rtnl.get_routes(dsts, self.config.datapath.mark)
+            # One socket kept for the daemon's life (IKE asks at every install batch; making,
+            # binding and closing one each time cost about as much as the requests), made
+            # again after any error.  The control process never changes network namespace.
+            if self._rtnl is None:
+                self._rtnl = Rtnl()
+            routes = self._rtnl.get_routes(dsts, self.config.datapath.mark)  # sent together
         except OSError:
+            if self._rtnl is not None:
+                self._rtnl.close()
+                self._rtnl = None
             return [SlotInfo(self.tun_mtu, "")] * len(dsts)
         now = time.monotonic()
         oifs = {route.oif for route in routes.values() if route is not None and route.oif}
@@ -2000,6 +2034,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 ipr.close()
         self._ipr_handles.clear()
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
         if self.routing is not None:
             try:
                 self.routing.remove()

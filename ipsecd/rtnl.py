@@ -21,8 +21,10 @@ rules) stays with pyroute2: it happens at start-up, not per SA.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import select
 import socket
 import struct
 from collections.abc import Iterable, Iterator
@@ -57,6 +59,7 @@ _U32 = struct.Struct("=I")
 _ERRNO = struct.Struct("=i")
 BATCH = 256  # requests in flight at once (their answers must fit the receive buffer)
 TIMEOUT = 5.0  # seconds to wait for the kernel's answers (socket.timeout after that)
+_MASKS = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -93,14 +96,43 @@ def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
+def _packed_address(text: str) -> bytes:
+    """``ipaddress.ip_address(text).packed``, parsed by the C library (IKE adds a route per
+    Child SA; ipaddress's parser costs several microseconds an address)."""
+    try:
+        return socket.inet_pton(_family(6 if ":" in text else 4), text)
+    except OSError:
+        return ipaddress.ip_address(text).packed  # what inet_pton does not take, or its error
+
+
+def _prefix(text: str) -> tuple[int, int, bytes]:
+    """(IP version, prefix length, network address packed) of ``ip_network(text,
+    strict=False)``, host bits cleared as it does."""
+    address, _, length = text.partition("/")
+    version, bits = (6, 128) if ":" in address else (4, 32)
+    packed = b""
+    if length.isascii() and length.isdigit() and int(length) <= bits:
+        with contextlib.suppress(OSError):
+            packed = socket.inet_pton(_family(version), address)
+    if not packed:  # a form this does not take (none of ours): ipaddress decides
+        net = ipaddress.ip_network(text, strict=False)
+        return net.version, net.prefixlen, net.network_address.packed
+    prefixlen = int(length)
+    value = int.from_bytes(packed, "big") & (_MASKS[version] ^ ((1 << (bits - prefixlen)) - 1))
+    return version, prefixlen, value.to_bytes(bits // 8, "big")
+
+
 class Rtnl:
     """One rtnetlink socket (not thread-safe: one per thread, or one per batch)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                   socket.NETLINK_ROUTE)
+        # Left blocking, without settimeout: a socket with a timeout polls before every send
+        # and receive, a second system call each.  The kernel answers a request while it is
+        # sent (rtnetlink runs in the sender's context), so the answers are normally there
+        # at once; _recv waits (TIMEOUT) only when they are not.
         try:
-            self.sock.settimeout(TIMEOUT)
             self.sock.bind((0, 0))
         except BaseException:
             self.sock.close()
@@ -129,11 +161,13 @@ class Rtnl:
         out: dict[int, tuple[int, bytes]] = {}
         for i in range(0, len(messages), BATCH):
             chunk = messages[i:i + BATCH]
-            for _, data in chunk:
-                self.sock.send(data)
+            # One datagram for the chunk: the kernel takes each message of it in turn and
+            # answers each on its own, as when they are sent one by one (netlink_rcv_skb
+            # goes on after a message that fails).
+            self._send(b"".join(data for _, data in chunk))
             wanted = {seq for seq, _ in chunk}
             while wanted:
-                buf = self.sock.recv(1 << 16)
+                buf = self._recv()
                 at = 0
                 while at + _NLMSGHDR.size <= len(buf):
                     length, kind, _, seq, _ = _NLMSGHDR.unpack_from(buf, at)
@@ -148,14 +182,32 @@ class Rtnl:
                     at += (length + 3) & ~3
         return out
 
-    def _route_body(self, net: IPNetwork, *, table: int, proto: int, scope: int, kind: int,
+    def _send(self, data: bytes) -> None:
+        while True:
+            try:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                if not select.select([], [self.sock], [], TIMEOUT)[1]:
+                    raise TimeoutError("timed out") from None
+
+    def _recv(self) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if not select.select([self.sock], [], [], TIMEOUT)[0]:
+                    raise TimeoutError("timed out") from None
+
+    def _route_body(self, net: tuple[int, int, bytes], *, table: int, proto: int, scope: int, kind: int,
                     oif: int, src: str | None) -> bytes:
-        body = _RTMSG.pack(_family(net.version), net.prefixlen, 0, 0,
+        version, prefixlen, packed = net
+        body = _RTMSG.pack(_family(version), prefixlen, 0, 0,
                            table if table < 256 else RT_TABLE_COMPAT, proto, scope, kind, 0)
         body += _attr(RTA_TABLE, _U32.pack(table))
-        body += _attr(RTA_DST, net.network_address.packed)
+        body += _attr(RTA_DST, packed)
         if src is not None:
-            body += _attr(RTA_PREFSRC, ipaddress.ip_address(src).packed)
+            body += _attr(RTA_PREFSRC, _packed_address(src))
         return body + _attr(RTA_OIF, _U32.pack(oif))
 
     def replace_routes(self, oif: int, table: int,
@@ -164,7 +216,7 @@ class Rtnl:
         {prefix: error} of those the kernel refused."""
         messages, prefixes = [], {}
         for prefix, src in routes:
-            net = ipaddress.ip_network(prefix, strict=False)
+            net = _prefix(prefix)
             seq, data = self._message(
                 RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                 self._route_body(net, table=table, proto=RTPROT_STATIC, scope=RT_SCOPE_UNIVERSE,
@@ -180,7 +232,7 @@ class Rtnl:
         those that failed (ESRCH: there was none)."""
         messages, names = [], {}
         for prefix in prefixes:
-            net = ipaddress.ip_network(prefix, strict=False)
+            net = _prefix(prefix)
             seq, data = self._message(
                 RTM_DELROUTE, NLM_F_ACK,
                 self._route_body(net, table=table, proto=0, scope=RT_SCOPE_NOWHERE, kind=0,
@@ -193,11 +245,10 @@ class Rtnl:
                    mark: int = 0) -> dict[IPAddress, RouteInfo | None]:
         """``ip route get DST mark MARK`` for each destination (None: no route)."""
         messages, dsts = [], {}
+        mark_attr = _attr(RTA_MARK, _U32.pack(mark)) if mark else b""
         for dst in destinations:
             body = _RTMSG.pack(_family(dst.version), dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
-            body += _attr(RTA_DST, dst.packed)
-            if mark:
-                body += _attr(RTA_MARK, _U32.pack(mark))
+            body += _attr(RTA_DST, dst.packed) + mark_attr
             seq, data = self._message(RTM_GETROUTE, 0, body)
             messages.append((seq, data))
             dsts[seq] = dst
@@ -206,13 +257,21 @@ class Rtnl:
             if code or not msg:
                 continue
             oif = mtu = 0
-            for kind, start, end in _attrs(msg, _NLMSGHDR.size + _RTMSG.size, len(msg)):
-                if kind == RTA_OIF and end - start >= 4:
-                    oif = _U32.unpack_from(msg, start)[0]
+            # _attrs' walk, written out: an answer has eight or so attributes, and a
+            # generator step per attribute cost more than the rest of the parse.
+            at, end = _NLMSGHDR.size + _RTMSG.size, len(msg)
+            while at + _RTA.size <= end:
+                length, kind = _RTA.unpack_from(msg, at)
+                if length < _RTA.size or at + length > end:
+                    break
+                kind &= 0x3FFF
+                if kind == RTA_OIF and length >= _RTA.size + 4:
+                    oif = _U32.unpack_from(msg, at + _RTA.size)[0]
                 elif kind == RTA_METRICS:
-                    for sub, s, e in _attrs(msg, start, end):
+                    for sub, s, e in _attrs(msg, at + _RTA.size, at + length):
                         if sub == RTAX_MTU and e - s >= 4:
                             mtu = _U32.unpack_from(msg, s)[0]
+                at += (length + 3) & ~3
             out[dsts[seq]] = RouteInfo(oif, mtu)
         return out
 

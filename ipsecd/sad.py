@@ -119,9 +119,10 @@ class SAD:
         """Install ``sa`` (the object itself, not a copy); :class:`SADError` if its key exists."""
         if sa.protocol not in SA_PROTOCOLS:
             raise SADError(f"an SA protocol must be esp, ah or ipcomp, not {sa.protocol!r}")
-        if sa.key in self._slots:
-            raise SADError(f"{describe(*sa.key)} already exists")
-        self._insert(sa, time.time() if now is None else now)
+        key = sa.key  # a new tuple at each use, hashing an address each time: made once
+        if key in self._slots:
+            raise SADError(f"{describe(*key)} already exists")
+        self._insert(sa, time.time() if now is None else now, key)
 
     def update(self, sa: SecurityAssociation, *, now: float | None = None) -> SecurityAssociation:
         """Replace the SA with ``sa``'s key and return the old one, wiped; :class:`SADError` if none.
@@ -326,8 +327,9 @@ class SAD:
             if len(self._changed) > JOURNAL_LIMIT:
                 self._changed = None
 
-    def _insert(self, sa: SecurityAssociation, created: float) -> None:
-        key = sa.key
+    def _insert(self, sa: SecurityAssociation, created: float, key: SAKey | None = None) -> None:
+        if key is None:
+            key = sa.key
         self._slots[key] = _Slot(sa, created, self._next_order)
         self._next_order += 1
         pair = (sa.src, sa.dst, sa.protocol)

@@ -133,6 +133,10 @@ WORKER_COUNTER_COLUMNS = WorkerCounter.DROPS + DROP_COLUMNS
 assert len(Drop) <= DROP_COLUMNS
 
 
+_ZERO_ROW = bytes(SA_COUNTER_COLUMNS * 8)
+_ZERO_KEYS = bytes(2 * MAX_KEY_BYTES)
+
+
 class TableFull(RuntimeError):
     """No free slot for another SA."""
 
@@ -146,6 +150,9 @@ class SlotEntry:
     uid: int
     direction: Direction
     sa: SecurityAssociation
+
+
+_MODE_CODE = {Mode.ANY: 0, Mode.TRANSPORT: 1, Mode.TUNNEL: 2}  # a slot's mode byte
 
 
 def _addr_bytes(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -182,6 +189,7 @@ class SATable:
         self._wk_ctr_off = _align(self._sa_ctr_off + n_workers * n_slots * SA_COUNTER_COLUMNS * 8)
         self.buf: memoryview = buf
         self._next_uid = 1
+        self._zero_replay = bytes(self.replay_stride)  # what install writes over a window
 
     # -- construction ---------------------------------------------------------------
 
@@ -279,8 +287,10 @@ class SATable:
         base = self._slots_off + 4
         start = start if 0 <= start < self.n_slots else 0
         for lo, hi in ((start, self.n_slots), (0, start)):
-            while lo < hi:
-                end = min(hi, lo + 256)
+            block = 8  # the first block small: the slot after the last one taken is most often
+            while lo < hi:  # free, and a strided copy costs about 10 ns a slot
+                end = min(hi, lo + block)
+                block = 256
                 states = self.buf[base + lo * SLOT_SIZE:base + end * SLOT_SIZE:SLOT_SIZE].tobytes()
                 at = states.find(free)
                 while at >= 0:
@@ -303,10 +313,11 @@ class SATable:
         self._next_uid += 1
         flags = (_FLAG_ESN if sa.esn else 0) | (_FLAG_ENCAP if sa.encap else 0) | (
             _FLAG_LEGACY if sa.legacy else 0)
-        mode = {Mode.ANY: 0, Mode.TRANSPORT: 1, Mode.TUNNEL: 2}[sa.mode]
-        _GEN.pack_into(self.buf, off, gen + 1)  # odd: being written
+        mode = _MODE_CODE[sa.mode]
+        buf = self.buf
+        _GEN.pack_into(buf, off, gen + 1)  # odd: being written
         _SLOT.pack_into(
-            self.buf, off, gen + 1, SlotState.ACTIVE, direction, sa.protocol, mode,
+            buf, off, gen + 1, SlotState.ACTIVE, direction, sa.protocol, mode,
             sa.spi, sa.reqid, sa.replay_window,
             _NONE16 if sa.enc is None else int(sa.enc), int(sa.auth),
             _NONE16 if sa.comp is None else int(sa.comp),
@@ -314,15 +325,16 @@ class SATable:
             sa.encap.sport if sa.encap else 0, sa.encap.dport if sa.encap else 0, 0,
             _addr_bytes(sa.src), _addr_bytes(sa.dst), uid,
         )
-        keys = self.buf[off + _ENC_KEY_OFF:off + _AUTH_KEY_OFF + MAX_KEY_BYTES]
-        keys[:] = bytes(2 * MAX_KEY_BYTES)
-        keys[:len(sa.enc_key)] = sa.enc_key
-        keys[MAX_KEY_BYTES:MAX_KEY_BYTES + len(sa.auth_key)] = sa.auth_key
-        del keys
+        # Zeros and keys straight into the segment (no view of it kept: close() releases it).
+        at = off + _ENC_KEY_OFF
+        buf[at:at + 2 * MAX_KEY_BYTES] = _ZERO_KEYS
+        buf[at:at + len(sa.enc_key)] = sa.enc_key
+        at = off + _AUTH_KEY_OFF
+        buf[at:at + len(sa.auth_key)] = sa.auth_key
         # The sequence counter and replay window start afresh with the SA.
         self._set_seq(slot, sa.seq, uid)
         roff = self._replay_off + slot * self.replay_stride
-        self.buf[roff:roff + self.replay_stride] = bytes(self.replay_stride)
+        buf[roff:roff + self.replay_stride] = self._zero_replay
         self._clear_counters(slot)
         _GEN.pack_into(self.buf, off, gen + 2)  # even: stable
         self._bump_generation()
@@ -360,7 +372,7 @@ class SATable:
         row = SA_COUNTER_COLUMNS * 8
         for worker in range(self.n_workers):
             off = self._sa_counter_row_off(worker, slot)
-            self.buf[off:off + row] = bytes(row)
+            self.buf[off:off + row] = _ZERO_ROW
 
     # -- reader side (workers; the control process may read too) ------------------------
 

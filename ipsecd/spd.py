@@ -367,26 +367,27 @@ class SPD:
 
     def _journal(self, key: tuple[Selector, Direction], old: SPDEntry | None) -> None:
         changed = self._changed
-        if changed is not None and key not in changed:
-            changed[key] = old
+        if changed is not None:
+            changed.setdefault(key, old)  # the entry before the *first* change is kept
             if len(changed) > JOURNAL_LIMIT:
                 self._changed = None
 
     def add(self, policy: Policy, *, now: float | None = None, auto: bool = False) -> SPDEntry:
         """Install a new policy; :class:`SPDError` if one with its selector and direction exists."""
-        if policy.key in self._entries:
+        key = policy.key  # a new tuple at each use: made once (IKE adds three per child)
+        if key in self._entries:
             raise SPDError(
                 f"{_a(policy.direction)} policy for {_describe(policy.selector)} already exists"
             )
         entry = SPDEntry(policy, self._next_spid, _now(now), self._next_order, auto)
         self._next_spid += 1
         self._next_order += 1
-        self._journal(policy.key, None)
-        self._entries[policy.key] = entry
+        self._journal(key, None)
+        self._entries[key] = entry
         self._bucket(policy).insert(entry)
         self.generation += 1
         if self._undo is not None:
-            self._undo.steps.append((policy.key, None, None))
+            self._undo.steps.append((key, None, None))
         return entry
 
     def update(self, policy: Policy, *, now: float | None = None, auto: bool = False) -> SPDEntry:
@@ -395,7 +396,8 @@ class SPD:
         As PF_KEY's SPDUPDATE: an existing policy keeps its id and its
         position among policies of equal priority.
         """
-        old = self._entries.get(policy.key)
+        key = policy.key
+        old = self._entries.get(key)
         if old is None:
             return self.add(policy, now=now, auto=auto)
         entry = SPDEntry(policy, old.spid, _now(now), old.order, auto)
@@ -403,9 +405,9 @@ class SPD:
         item = bucket.remove(old)
         bucket.insert(entry)
         if self._undo is not None:
-            self._undo.steps.append((policy.key, old, item))
-        self._journal(policy.key, old)
-        self._entries[policy.key] = entry
+            self._undo.steps.append((key, old, item))
+        self._journal(key, old)
+        self._entries[key] = entry
         self.generation += 1
         return entry
 

@@ -184,8 +184,11 @@ class Accounting:
                                       self._order, sa.soft.add_seconds, sa.hard.add_seconds,
                                       sa.soft.use_seconds, sa.hard.use_seconds,
                                       sa.protocol != IpProto.IPCOMP)
+            retired = self._retired
             for d in ("in", "out"):
-                self._retired.setdefault((connection, child, d), [0, 0])
+                key = (connection, child, d)
+                if key not in retired:  # (setdefault would make a list every time)
+                    retired[key] = [0, 0]
 
     def drain(self, slot: int) -> None:
         """Call when the SA in ``slot`` was removed: its counters still count, it is not up."""

@@ -10,6 +10,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from netns import Lab, host_to_host, lab_fixture, needs_root
 
 from ipsecd.rtnl import RouteInfo, Rtnl
@@ -91,3 +93,22 @@ def test_get_routes_is_ip_route_get(lab: Lab) -> None:
         addr("203.0.113.1"): None,  # only in table 7: unreachable without the mark
     }
     assert marked == {addr("203.0.113.1"): RouteInfo(eth0, 0)}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses().map(str), st.integers(0, 140)),
+    st.ip_addresses().map(str),
+    st.text(alphabet="0123456789abcdef:./% ", max_size=30)))
+def test_route_prefixes_are_parsed_as_ipaddress_does(text: str) -> None:
+    """A route's prefix is parsed by inet_pton, host bits cleared: as ip_network(strict=False),
+    and what that refuses is refused alike."""
+    from ipsecd.rtnl import _prefix
+
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _prefix(text)
+        return
+    assert _prefix(text) == (net.version, net.prefixlen, net.network_address.packed)
