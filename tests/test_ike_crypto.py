@@ -55,6 +55,8 @@ from ipsecd.ike.crypto import (
     protect,
     protect_fragments,
     psk_auth,
+    psk_auth_with_pad,
+    psk_key_pad,
     reassemble_fragments,
     rekey_skeyseed,
     signed_octets,
@@ -528,6 +530,20 @@ def test_psk_auth_both_directions() -> None:
     assert not verify_psk_auth(p, b"wrong secret", initiator_octets, auth)
     responder_octets = signed_octets(p, message2, Ni, keys.SK_pr, IDr.fqdn("moon"))
     assert not verify_psk_auth(p, psk, responder_octets, auth)
+
+
+@pytest.mark.parametrize("prf_id", [PrfId.PRF_HMAC_SHA2_256, PrfId.PRF_AES128_XCBC])
+@pytest.mark.parametrize("psk", [b"short", b"a shared secret longer than sixteen octets"])
+def test_psk_auth_with_a_padded_key_is_psk_auth(prf_id: PrfId, psk: bytes) -> None:
+    # The responder pads the key once per IKE_AUTH and uses it for both AUTH payloads, and
+    # passes the PSK table's own bytearray (no immutable copy): the same octets either way.
+    p = prf(prf_id)
+    octets = b"signed octets" * 5
+    key_pad = psk_key_pad(p, bytearray(psk))
+    assert key_pad == p(psk, KEY_PAD)
+    assert psk_auth_with_pad(p, key_pad, octets) == psk_auth(p, psk, octets)
+    assert psk_auth(p, bytearray(psk), octets) == psk_auth(p, psk, octets)
+    assert verify_psk_auth(p, bytearray(psk), octets, psk_auth(p, psk, octets))
 
 
 # --------------------------------------------------------------------------- configuration errors

@@ -1058,17 +1058,25 @@ class IkeSa:
             return Identification(conf.id.id_type, conf.id.data)
         return Identification.from_address(self.local.address)
 
-    def _auth_payload(self, octets: bytes) -> tuple[AUTH, list[Payload]]:
-        """Our AUTH payload (and CERT payloads for pubkey)."""
+    def _psk_key_pad(self, identity: Identification | None) -> bytes | None:
+        """prf(Shared Secret, "Key Pad for IKEv2") for the peer's key (§2.15), or None."""
+        secret = self.ctx.psk(self.conn, identity, self.remote.address)
+        return None if secret is None else crypto.psk_key_pad(self._prf_(), secret)
+
+    def _auth_payload(self, octets: bytes, key_pad: bytes | None = None,
+                      ) -> tuple[AUTH, list[Payload]]:
+        """Our AUTH payload (and CERT payloads for pubkey).  ``key_pad``: the peer's PSK
+        through :func:`crypto.psk_key_pad`, when the caller has it; else it is looked up."""
         assert self._prf is not None
         if self.conn.local.method == "psk":
-            # the initiator does not know the peer's ID yet: the configured one names the key
-            secret = self.ctx.psk(self.conn, self.peer_id or self.conn.remote.id,
-                                  self.remote.address)
-            if secret is None:
+            if key_pad is None:
+                # the initiator does not know the peer's ID yet: the configured one names the key
+                key_pad = self._psk_key_pad(self.peer_id or self.conn.remote.id)
+            if key_pad is None:
                 raise IkeLocalError(f"connection {self.name}: no pre-shared key for peer "
                                     f"{self.remote.address}")
-            return AUTH(AuthMethod.SHARED_KEY_MIC, crypto.psk_auth(self._prf, bytes(secret), octets)), []
+            return AUTH(AuthMethod.SHARED_KEY_MIC,
+                        crypto.psk_auth_with_pad(self._prf, key_pad, octets)), []
         from ipsecd.ike import auth
 
         creds = self.ctx.credentials(self.conn)
@@ -1078,8 +1086,9 @@ class IkeSa:
         return auth.sign(key, octets, peer_hashes=self.peer_hashes), list(auth.cert_payloads(chain))
 
     def _verify_peer(self, auth_payload: AUTH, octets: bytes, certs: list[CERT],
-                     peer_id: Identification) -> None:
-        """Raise AUTHENTICATION_FAILED unless the peer proved ``peer_id``."""
+                     peer_id: Identification, key_pad: bytes | None = None) -> None:
+        """Raise AUTHENTICATION_FAILED unless the peer proved ``peer_id``.  ``key_pad``:
+        ``peer_id``'s PSK through :func:`crypto.psk_key_pad`, when the caller has it."""
         assert self._prf is not None
         conf = self.conn.remote
         if conf.id is not None and (conf.id.id_type != peer_id.id_type or conf.id.data != peer_id.data):
@@ -1088,9 +1097,10 @@ class IkeSa:
             if auth_payload.method != AuthMethod.SHARED_KEY_MIC:
                 raise IkeProtocolError(NotifyType.AUTHENTICATION_FAILED,
                                        f"peer used auth method {int(auth_payload.method)}, expected PSK")
-            secret = self.ctx.psk(self.conn, peer_id, self.remote.address)
-            if secret is None or not crypto.verify_psk_auth(self._prf, bytes(secret), octets,
-                                                              auth_payload.data):
+            if key_pad is None:
+                key_pad = self._psk_key_pad(peer_id)
+            if key_pad is None or not hmac.compare_digest(
+                    crypto.psk_auth_with_pad(self._prf, key_pad, octets), auth_payload.data):
                 raise IkeProtocolError(NotifyType.AUTHENTICATION_FAILED, "PSK AUTH does not verify")
             return
         from ipsecd.ike import auth
@@ -1515,13 +1525,18 @@ class IkeSa:
             raise IkeProtocolError(NotifyType.AUTHENTICATION_FAILED,
                                    "no connection matches the peer's identity")
         self.conn = conn
+        # Both AUTH payloads use the key of the peer's identity (§2.15): with PSK on both
+        # sides it is looked up and padded once, not once for each.
+        key_pad = (self._psk_key_pad(peer_id)
+                   if conn.remote.method == "psk" and conn.local.method == "psk" else None)
         octets = crypto.signed_octets(self._prf_(), self._message1, self._nr, self.keys.SK_pi, idi)
-        self._verify_peer(auth_payload, octets, [p for p in inner if isinstance(p, CERT)], peer_id)
+        self._verify_peer(auth_payload, octets, [p for p in inner if isinstance(p, CERT)], peer_id,
+                          key_pad)
         self.peer_id = peer_id
         self.local_id = self._own_id()
         idr = IDr(self.local_id.id_type, self.local_id.data)
         octets_r = crypto.signed_octets(self._prf_(), self._message2, self._ni, self.keys.SK_pr, idr)
-        my_auth, certs = self._auth_payload(octets_r)
+        my_auth, certs = self._auth_payload(octets_r, key_pad)
         out: list[Payload] = [idr, *certs, my_auth]
         child_payloads: list[Payload] = []
         child: ChildSa | None = None
