@@ -413,6 +413,9 @@ class IkeSa:
         self.local_id: Identification | None = None
         self.nat_local = False  # we are behind a NAT
         self.nat_remote = False  # the peer is behind a NAT
+        # "local" or "remote" when IKE_SA_INIT saw a NAT that no log line has told yet
+        # (_nat_detect): the line that ends the setup carries it.
+        self._nat_unlogged = ""
         self.peer_fragmentation = False
         self.peer_hashes: list[SignatureHashAlgorithm] = []
         self._events: list[Event] = []
@@ -878,6 +881,7 @@ class IkeSa:
         if self.state is State.DEAD:
             return
         was_rekeyed = self.state is State.REKEYED
+        self._log_nat()
         self.state = State.DEAD
         self.down_reason = reason
         self._out = None
@@ -1047,8 +1051,16 @@ class IkeSa:
         expect_dst = nat_detection_hash(spi_i, spi_r, self.local.address, self.local.port)
         self.nat_local = not hmac.compare_digest(dst.data, expect_dst)
         if self.nat_local or self.nat_remote:
+            # Told by the "established" line (one log line less per IKE SA set up), or by
+            # _log_nat if the setup fails first.
+            self._nat_unlogged = "local" if self.nat_local else "remote"
+
+    def _log_nat(self) -> None:
+        """The NAT that IKE_SA_INIT saw, on a line of its own (the setup did not complete)."""
+        if self._nat_unlogged:
             log.info("%s: NAT detected (%s): ESP goes in UDP", self.describe(),
-                     "local" if self.nat_local else "remote")
+                     self._nat_unlogged)
+            self._nat_unlogged = ""
 
     # -- IKE_AUTH: initiator ---------------------------------------------------------------------
 
@@ -1179,8 +1191,13 @@ class IkeSa:
         self.half_open_deadline = 0.0
         self._dh_key = None
         self._schedule_ike_rekey(now)
-        log.log(25, "%s: IKE SA established with %s (%s)", self.describe(), self.remote,
-                self.suite_text)
+        if self._nat_unlogged:
+            log.log(25, "%s: IKE SA established with %s (%s); NAT detected (%s): ESP goes in UDP",
+                    self.describe(), self.remote, self.suite_text, self._nat_unlogged)
+            self._nat_unlogged = ""
+        else:
+            log.log(25, "%s: IKE SA established with %s (%s)", self.describe(), self.remote,
+                    self.suite_text)
         self._events.append(IkeUp(self, now - self.created))
 
     def _schedule_ike_rekey(self, now: float) -> None:
@@ -1484,31 +1501,35 @@ class IkeSa:
         ike._nat_detect(payloads, message.spi_i, b"\x00" * 8)
         if getattr(conn, "encap", False):
             ike.nat_local = True
-        ike.peer_fragmentation = _notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
-        hashes = _notify(payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS)
-        ike.peer_hashes = hashes.hash_algorithms() if hashes is not None else []
-        answer = Proposal(chosen.number, chosen.protocol, b"", list(chosen.transforms))
-        out: list[Payload] = [SA([answer]), KE(group, key.public_bytes()), Nonce(ike._nr)]
-        out += [Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
-                       ctx.random(20) if getattr(conn, "encap", False) else
-                       nat_detection_hash(ike.spi_i, ike.spi_r, local.address, local.port)),
-                Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
-                       nat_detection_hash(ike.spi_i, ike.spi_r, remote.address, remote.port))]
-        if conn.remote.method != "psk":
-            from ipsecd.ike import auth
+        try:
+            ike.peer_fragmentation = _notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+            hashes = _notify(payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS)
+            ike.peer_hashes = hashes.hash_algorithms() if hashes is not None else []
+            answer = Proposal(chosen.number, chosen.protocol, b"", list(chosen.transforms))
+            out: list[Payload] = [SA([answer]), KE(group, key.public_bytes()), Nonce(ike._nr)]
+            out += [Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
+                           ctx.random(20) if getattr(conn, "encap", False) else
+                           nat_detection_hash(ike.spi_i, ike.spi_r, local.address, local.port)),
+                    Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                           nat_detection_hash(ike.spi_i, ike.spi_r, remote.address, remote.port))]
+            if conn.remote.method != "psk":
+                from ipsecd.ike import auth
 
-            trust = ctx.trust(conn)
-            if trust:
-                out.append(auth.certreq(trust))
-        out += ike._init_extras()
-        response = encode(Message(ike.spi_i, ike.spi_r, ExchangeType.IKE_SA_INIT, 0,
-                                  response=True, payloads=out))
-        ike._message2 = response
-        ike._derive(chosen, g_ir)
-        ike.state = State.INIT_DONE
-        ike._peer_next_id = 1
-        ike._last_response = (0, [response])
-        return ike, response
+                trust = ctx.trust(conn)
+                if trust:
+                    out.append(auth.certreq(trust))
+            out += ike._init_extras()
+            response = encode(Message(ike.spi_i, ike.spi_r, ExchangeType.IKE_SA_INIT, 0,
+                                      response=True, payloads=out))
+            ike._message2 = response
+            ike._derive(chosen, g_ir)
+            ike.state = State.INIT_DONE
+            ike._peer_next_id = 1
+            ike._last_response = (0, [response])
+            return ike, response
+        except IkeError:
+            ike._log_nat()  # the request is refused: the NAT seen is told now
+            raise
 
     def _on_auth_request(self, message: Message, inner: list[Payload], now: float) -> None:
         if self.initiator or self.state is not State.INIT_DONE:
