@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ike_vectors import (
     CAPTURE_INFORMATIONAL_REQUEST,
     CAPTURE_INFORMATIONAL_RESPONSE,
@@ -334,6 +336,23 @@ def test_prf_plus_limits() -> None:
     with pytest.raises(IkeLocalError):
         prf_plus(p, b"k", b"s", 255 * 20 + 1)
     assert prf_plus(p, b"k", b"s", 0) == b""
+
+
+@settings(max_examples=60, deadline=None)
+@given(prf_id=st.sampled_from([PrfId.PRF_HMAC_SHA2_256, PrfId.PRF_HMAC_SHA2_384,
+                               PrfId.PRF_HMAC_SHA2_512, PrfId.PRF_HMAC_SHA1,
+                               PrfId.PRF_AES128_XCBC]),
+       key=st.binary(max_size=200), seed=st.binary(max_size=300),
+       length=st.integers(min_value=0, max_value=600))
+def test_prf_plus_is_its_definition(prf_id: PrfId, key: bytes, seed: bytes, length: int) -> None:
+    # prf_plus copies one HMAC key schedule per block: the octets of RFC 7296 §2.13 still.
+    p = prf(prf_id)
+    expected, block, n = b"", b"", 1
+    while len(expected) < length:
+        block = p(key, block + seed + bytes((n,)))
+        expected += block
+        n += 1
+    assert prf_plus(p, key, seed, length) == expected[:length]
 
 
 # --------------------------------------------------------------------------- a real protected exchange

@@ -288,6 +288,16 @@ def prf_plus(prf: IkePrf, key: bytes, seed: bytes, length: int) -> bytes:
         raise IkeLocalError(f"prf+ yields at most {255 * prf.output_bytes} octets with {prf.name}")
     out = bytearray()
     block = b""
+    if prf.hash_name:
+        # Every block is keyed with K: its HMAC key schedule (the hashed inner and outer
+        # pads) is made once and copied per block - an IKE SA's keys take 5 or more blocks.
+        keyed = hmac.new(key, digestmod=prf.hash_name)
+        for n in range(1, -(-length // prf.output_bytes) + 1):
+            mac = keyed.copy()
+            mac.update(block + seed + bytes((n,)))
+            block = mac.digest()
+            out += block
+        return bytes(out[:length])
     for n in itertools.count(1):
         if len(out) >= length:
             break
