@@ -1136,24 +1136,30 @@ def decode_payloads(first: int, data: bytes | bytearray | memoryview) -> list[Pa
     return _pull_chain(Reader(data), first, inner=True)
 
 
+_ENCRYPTED_CLASSES = (SK, SKF)
+
+
 def _push_chain(buf: bytearray, payloads: Sequence[Payload], *, inner: bool) -> None:
     final = len(payloads) - 1
     for i, payload in enumerate(payloads):
         last = i == final
-        if isinstance(payload, SK | SKF):
+        if isinstance(payload, _ENCRYPTED_CLASSES):
             if inner or not last:
                 raise IkeLocalError(f"{payload.payload_type.name} must be the last outer payload")
             next_type = int(payload.next_payload)
         else:
             next_type = PayloadType.NONE if last else int(payloads[i + 1].payload_type)
+        if not 0 <= next_type <= 0xFF:
+            _pack(_GENERIC, "next payload", next_type, 0, 0)  # raises, with _pack's message
         start = len(buf)
-        buf += _pack(_GENERIC, "next payload", next_type, _CRITICAL if payload.critical else 0, 0)
+        # The generic header (§3.2) is written once the body's length is known.
+        buf += b"\x00\x00\x00\x00"
         payload.push_body(buf)
         length = len(buf) - start
         if length > 0xFFFF:
             raise IkeLocalError(f"{payload.payload_type.name} of {length} octets does not fit "
                                 f"its 16-bit length")
-        _U16.pack_into(buf, start + 2, length)
+        _GENERIC.pack_into(buf, start, next_type, _CRITICAL if payload.critical else 0, length)
 
 
 def encode_payloads(payloads: Sequence[Payload]) -> tuple[PayloadType, bytes]:
