@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ike_vectors import (
     CAPTURE_INFORMATIONAL_REQUEST,
     CAPTURE_INFORMATIONAL_RESPONSE,
@@ -55,6 +57,8 @@ from ipsecd.ike.crypto import (
     protect,
     protect_fragments,
     psk_auth,
+    psk_auth_with_pad,
+    psk_key_pad,
     reassemble_fragments,
     rekey_skeyseed,
     signed_octets,
@@ -334,6 +338,23 @@ def test_prf_plus_limits() -> None:
     assert prf_plus(p, b"k", b"s", 0) == b""
 
 
+@settings(max_examples=60, deadline=None)
+@given(prf_id=st.sampled_from([PrfId.PRF_HMAC_SHA2_256, PrfId.PRF_HMAC_SHA2_384,
+                               PrfId.PRF_HMAC_SHA2_512, PrfId.PRF_HMAC_SHA1,
+                               PrfId.PRF_AES128_XCBC]),
+       key=st.binary(max_size=200), seed=st.binary(max_size=300),
+       length=st.integers(min_value=0, max_value=600))
+def test_prf_plus_is_its_definition(prf_id: PrfId, key: bytes, seed: bytes, length: int) -> None:
+    # prf_plus copies one HMAC key schedule per block: the octets of RFC 7296 §2.13 still.
+    p = prf(prf_id)
+    expected, block, n = b"", b"", 1
+    while len(expected) < length:
+        block = p(key, block + seed + bytes((n,)))
+        expected += block
+        n += 1
+    assert prf_plus(p, key, seed, length) == expected[:length]
+
+
 # --------------------------------------------------------------------------- a real protected exchange
 
 CAPTURE_SUITE = IkeSaSuite(EncrId.ENCR_AES_CCM_12, PrfId.PRF_HMAC_SHA2_256, dh=DhGroup.ECP_256, encr_key_bits=128)
@@ -528,6 +549,20 @@ def test_psk_auth_both_directions() -> None:
     assert not verify_psk_auth(p, b"wrong secret", initiator_octets, auth)
     responder_octets = signed_octets(p, message2, Ni, keys.SK_pr, IDr.fqdn("moon"))
     assert not verify_psk_auth(p, psk, responder_octets, auth)
+
+
+@pytest.mark.parametrize("prf_id", [PrfId.PRF_HMAC_SHA2_256, PrfId.PRF_AES128_XCBC])
+@pytest.mark.parametrize("psk", [b"short", b"a shared secret longer than sixteen octets"])
+def test_psk_auth_with_a_padded_key_is_psk_auth(prf_id: PrfId, psk: bytes) -> None:
+    # The responder pads the key once per IKE_AUTH and uses it for both AUTH payloads, and
+    # passes the PSK table's own bytearray (no immutable copy): the same octets either way.
+    p = prf(prf_id)
+    octets = b"signed octets" * 5
+    key_pad = psk_key_pad(p, bytearray(psk))
+    assert key_pad == p(psk, KEY_PAD)
+    assert psk_auth_with_pad(p, key_pad, octets) == psk_auth(p, psk, octets)
+    assert psk_auth(p, bytearray(psk), octets) == psk_auth(p, psk, octets)
+    assert verify_psk_auth(p, bytearray(psk), octets, psk_auth(p, psk, octets))
 
 
 # --------------------------------------------------------------------------- configuration errors

@@ -67,6 +67,7 @@ from ipsecd.ike.messages import (
     Payload,
     Proposal,
     RawTrafficSelector,
+    Reader,
     TrafficSelector,
     Transform,
     TransformAttribute,
@@ -74,6 +75,8 @@ from ipsecd.ike.messages import (
     TSr,
     UnknownPayload,
     VendorID,
+    _pull_traffic_selector,
+    _pull_traffic_selector_short,
     decode,
     decode_payloads,
     encode,
@@ -270,3 +273,35 @@ def test_random_messages_round_trip(message: Message) -> None:
 
 def test_notify_types_are_open() -> None:
     assert NotifyType(12345).name == "NOTIFYTYPE_12345" and not NotifyType(50000).is_error
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def _outcome(pull: Any, data: bytes, limit: int) -> tuple[str, Any, int]:
+    """What a pull makes of ``data`` read up to ``limit``: (error type, its text, -1) or
+    ("ok", the value, the reader's position)."""
+    buf = Reader(data)
+    buf._end = limit
+    try:
+        value = pull(buf)
+    except IkeProtocolError as exc:
+        return type(exc).__name__, (exc.code, str(exc)), -1
+    return "ok", value, buf._pos
+
+
+@FUZZ
+@given(st.one_of(
+    st.binary(max_size=48),
+    # mostly well-formed: a known type and a length that fits or nearly fits
+    st.tuples(st.sampled_from([7, 8, 10, 0, 255]), st.integers(0, 255),
+              st.sampled_from([0, 3, 4, 8, 15, 16, 17, 40, 41]),
+              st.binary(min_size=0, max_size=44)).map(
+        lambda t: struct.pack("!BBH", t[0], t[1], t[2]) + t[3])),
+    st.integers(0, 60))
+def test_traffic_selector_fast_path_is_the_general_one(data: bytes, cut: int) -> None:
+    # _pull_traffic_selector reads the fixed part at once when 8 octets are there; the
+    # field-by-field reading (used when fewer are) gives the same selectors and errors.
+    limit = min(cut, len(data))
+    assert _outcome(_pull_traffic_selector, data, limit) == \
+        _outcome(_pull_traffic_selector_short, data, limit)

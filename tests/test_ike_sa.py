@@ -8,6 +8,8 @@ deletion, DPD, INVALID_KE_PAYLOAD and cookies.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from ike_pair import A, B, Pair, Side, child, connection
 
@@ -305,6 +307,35 @@ def test_forced_encap_switches_to_nat_t_port() -> None:
     (cb,) = p.b.children_up()
     assert ca.outbound.encap is not None and cb.outbound.encap is not None
     assert (ca.outbound.encap.sport, ca.outbound.encap.dport) == (4500, 4500)
+
+
+def test_nat_seen_in_ike_sa_init_is_told_by_the_established_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A's forced encapsulation sends a wrong NAT_DETECTION_SOURCE_IP: B sees the peer
+    # "behind a NAT".  One line per setup less: B says so in its "established" line.
+    p = pair(a_kw={"encap": True})
+    with caplog.at_level(logging.INFO, logger="ipsecd.ike"):
+        p.initiate()
+        p.run()
+    (resp,) = p.b.sas
+    assert resp.state is State.ESTABLISHED and resp.nat_remote
+    lines = [r.getMessage() for r in caplog.records if resp.describe() in r.getMessage()]
+    assert [line for line in lines if "NAT detected" in line] == [
+        f"{resp.describe()}: IKE SA established with {resp.remote} ({resp.suite_text}); "
+        "NAT detected (remote): ESP goes in UDP"]
+
+
+def test_nat_seen_in_ike_sa_init_is_told_when_the_setup_fails(
+        caplog: pytest.LogCaptureFixture) -> None:
+    p = pair(a_kw={"encap": True})
+    p.b.psk = b"another key entirely, not the same"
+    with caplog.at_level(logging.INFO, logger="ipsecd.ike"):
+        p.initiate()
+        p.run()
+    (resp,) = p.b.sas
+    assert resp.state is State.DEAD
+    assert f"{resp.describe()}: NAT detected (remote): ESP goes in UDP" in [
+        r.getMessage() for r in caplog.records]
 
 
 def test_several_children_on_one_ike_sa() -> None:

@@ -102,6 +102,8 @@ __all__ = [
     "protect",
     "protect_fragments",
     "psk_auth",
+    "psk_auth_with_pad",
+    "psk_key_pad",
     "reassemble_fragments",
     "rekey_skeyseed",
     "signed_octets",
@@ -119,12 +121,12 @@ KEY_PAD = b"Key Pad for IKEv2"  # RFC 7296 §2.15, 17 ASCII octets, no terminato
 # --------------------------------------------------------------------------- AES-XCBC (RFC 3566)
 
 
-def _aes_ecb_block(key: bytes, block: bytes) -> bytes:
+def _aes_ecb_block(key: bytes | bytearray, block: bytes) -> bytes:
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     return encryptor.update(block) + encryptor.finalize()
 
 
-def aes_xcbc_mac(key: bytes, message: bytes) -> bytes:
+def aes_xcbc_mac(key: bytes | bytearray, message: bytes | bytearray) -> bytes:
     """AES-XCBC-MAC (RFC 3566 §4), the full 128-bit output; ``key`` is 16 octets."""
     if len(key) != 16:
         raise IkeLocalError("AES-XCBC-MAC takes a 128-bit key")
@@ -144,7 +146,7 @@ def aes_xcbc_mac(key: bytes, message: bytes) -> bytes:
     return chained[-16:]
 
 
-def _aes_xcbc_prf(key: bytes, message: bytes) -> bytes:
+def _aes_xcbc_prf(key: bytes | bytearray, message: bytes) -> bytes:
     """AES-XCBC-PRF-128 (RFC 4434 §2): any key length, normalized to 128 bits."""
     if len(key) < 16:
         key = key + b"\x00" * (16 - len(key))
@@ -168,8 +170,8 @@ class IkePrf:
     fixed_key: bool = False  # AES-XCBC: SKEYSEED uses 64 bits of each nonce (§2.14)
     legacy: bool = False
 
-    def __call__(self, key: bytes, data: bytes) -> bytes:
-        """prf(key, data)."""
+    def __call__(self, key: bytes | bytearray, data: bytes) -> bytes:
+        """prf(key, data); ``key`` may be a PSK's own bytearray (no immutable copy of it)."""
         if self.hash_name:
             return hmac.digest(key, data, self.hash_name)
         return _aes_xcbc_prf(key, data)
@@ -286,6 +288,16 @@ def prf_plus(prf: IkePrf, key: bytes, seed: bytes, length: int) -> bytes:
         raise IkeLocalError(f"prf+ yields at most {255 * prf.output_bytes} octets with {prf.name}")
     out = bytearray()
     block = b""
+    if prf.hash_name:
+        # Every block is keyed with K: its HMAC key schedule (the hashed inner and outer
+        # pads) is made once and copied per block - an IKE SA's keys take 5 or more blocks.
+        keyed = hmac.new(key, digestmod=prf.hash_name)
+        for n in range(1, -(-length // prf.output_bytes) + 1):
+            mac = keyed.copy()
+            mac.update(block + seed + bytes((n,)))
+            block = mac.digest()
+            out += block
+        return bytes(out[:length])
     for n in itertools.count(1):
         if len(out) >= length:
             break
@@ -477,15 +489,28 @@ def signed_octets(
     return real_message + peer_nonce + prf(SK_p, identification_body(id_payload))
 
 
-def psk_auth(prf: IkePrf, shared_secret: bytes, octets: bytes) -> bytes:
+def psk_key_pad(prf: IkePrf, shared_secret: bytes | bytearray) -> bytes:
+    """prf(Shared Secret, "Key Pad for IKEv2"): the key of the PSK AUTH computation (RFC 7296
+    §2.15).  A responder checks the peer's AUTH and makes its own with the same secret: it
+    computes this once per IKE_AUTH (:func:`psk_auth_with_pad`)."""
+    return prf(shared_secret, KEY_PAD)
+
+
+def psk_auth_with_pad(prf: IkePrf, key_pad: bytes, octets: bytes) -> bytes:
+    """AUTH = prf(``key_pad``, <SignedOctets>), ``key_pad`` from :func:`psk_key_pad`."""
+    return prf(key_pad, octets)
+
+
+def psk_auth(prf: IkePrf, shared_secret: bytes | bytearray, octets: bytes) -> bytes:
     """AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) (RFC 7296 §2.15).
 
     Also the EAP case (§2.16) with the MSK as the shared secret.
     """
-    return prf(prf(shared_secret, KEY_PAD), octets)
+    return prf(psk_key_pad(prf, shared_secret), octets)
 
 
-def verify_psk_auth(prf: IkePrf, shared_secret: bytes, octets: bytes, received: bytes) -> bool:
+def verify_psk_auth(prf: IkePrf, shared_secret: bytes | bytearray, octets: bytes,
+                    received: bytes) -> bool:
     """True when ``received`` is the AUTH data for ``octets``; compared in constant time."""
     return hmac.compare_digest(psk_auth(prf, shared_secret, octets), received)
 

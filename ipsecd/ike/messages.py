@@ -471,7 +471,7 @@ class KE(Payload):
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
-        group = DhGroup(buf.pull_uint16("DH group"))
+        group = DhGroup.of(buf.pull_uint16("DH group"))
         buf.pull_bytes(2, "KE reserved")
         return cls(group, buf.pull_rest())
 
@@ -490,6 +490,10 @@ class Identification(Payload):
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
+        pos, end = buf._pos, buf._end
+        if end - pos >= 4:  # type and reserved at once (every IKE_AUTH has two IDs)
+            buf._pos = end
+            return cls(IdType.of(buf._data[pos]), buf._data[pos + 4:end])
         id_type = IdType.of(buf.pull_uint8("ID type"))
         buf.pull_bytes(3, "ID reserved")
         return cls(id_type, buf.pull_rest())
@@ -592,7 +596,11 @@ class AUTH(Payload):
 
     @classmethod
     def pull_body(cls, buf: Reader) -> Self:
-        method = AuthMethod(buf.pull_uint8("auth method"))
+        pos, end = buf._pos, buf._end
+        if end - pos >= 4:  # method and reserved at once
+            buf._pos = end
+            return cls(AuthMethod.of(buf._data[pos]), buf._data[pos + 4:end])
+        method = AuthMethod.of(buf.pull_uint8("auth method"))
         buf.pull_bytes(3, "AUTH reserved")
         return cls(method, buf.pull_rest())
 
@@ -843,8 +851,41 @@ class RawTrafficSelector:
         buf += self.data
 
 
+_TS_ADDRESS: dict[int, tuple[int, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]]] = {
+    TsType.TS_IPV4_ADDR_RANGE: (4, ipaddress.IPv4Address),
+    TsType.TS_IPV6_ADDR_RANGE: (16, ipaddress.IPv6Address),  # the class for the size, not
+}  # ip_address's trial of IPv4 first
+
+
 def _pull_traffic_selector(buf: Reader) -> TrafficSelector | RawTrafficSelector:
-    ts_type = TsType(buf.pull_uint8("TS type"))
+    pos, end, data = buf._pos, buf._end, buf._data
+    if pos + 8 <= end:
+        # The header and ports at once, the checks of the general path below in its order
+        # (its errors, word for word): a Child SA's every selector comes through here.
+        ts_type, second, length, start_port, end_port = _TS_HEADER.unpack_from(data, pos)
+        if length < 4:
+            raise invalid_syntax(f"selector length {length} < 4")
+        if length - 4 > end - pos - 4:
+            raise invalid_syntax(f"traffic selector: length {length - 4} runs past the "
+                                 f"{end - pos - 4} octets left")
+        shape = _TS_ADDRESS.get(ts_type)
+        if shape is None:
+            buf._pos = pos + length
+            return RawTrafficSelector(TsType.of(ts_type), second, data[pos + 4:pos + length])
+        size, address = shape
+        if length != 8 + 2 * size:
+            raise invalid_syntax(f"{TsType.of(ts_type).name} of length {length}")
+        buf._pos = pos + length
+        return TrafficSelector(address(data[pos + 8:pos + 8 + size]),
+                               address(data[pos + 8 + size:pos + length]), second, start_port,
+                               end_port)
+    return _pull_traffic_selector_short(buf)
+
+
+def _pull_traffic_selector_short(buf: Reader) -> TrafficSelector | RawTrafficSelector:
+    """:func:`_pull_traffic_selector` when fewer than 8 octets are left: field by field, so
+    the error names the field that is cut short."""
+    ts_type = TsType.of(buf.pull_uint8("TS type"))
     second = buf.pull_uint8("TS second octet")
     length = buf.pull_uint16("selector length")
     if length < 4:
@@ -1095,24 +1136,30 @@ def decode_payloads(first: int, data: bytes | bytearray | memoryview) -> list[Pa
     return _pull_chain(Reader(data), first, inner=True)
 
 
+_ENCRYPTED_CLASSES = (SK, SKF)
+
+
 def _push_chain(buf: bytearray, payloads: Sequence[Payload], *, inner: bool) -> None:
     final = len(payloads) - 1
     for i, payload in enumerate(payloads):
         last = i == final
-        if isinstance(payload, SK | SKF):
+        if isinstance(payload, _ENCRYPTED_CLASSES):
             if inner or not last:
                 raise IkeLocalError(f"{payload.payload_type.name} must be the last outer payload")
             next_type = int(payload.next_payload)
         else:
             next_type = PayloadType.NONE if last else int(payloads[i + 1].payload_type)
+        if not 0 <= next_type <= 0xFF:
+            _pack(_GENERIC, "next payload", next_type, 0, 0)  # raises, with _pack's message
         start = len(buf)
-        buf += _pack(_GENERIC, "next payload", next_type, _CRITICAL if payload.critical else 0, 0)
+        # The generic header (§3.2) is written once the body's length is known.
+        buf += b"\x00\x00\x00\x00"
         payload.push_body(buf)
         length = len(buf) - start
         if length > 0xFFFF:
             raise IkeLocalError(f"{payload.payload_type.name} of {length} octets does not fit "
                                 f"its 16-bit length")
-        _U16.pack_into(buf, start + 2, length)
+        _GENERIC.pack_into(buf, start, next_type, _CRITICAL if payload.critical else 0, length)
 
 
 def encode_payloads(payloads: Sequence[Payload]) -> tuple[PayloadType, bytes]:

@@ -413,6 +413,9 @@ class IkeSa:
         self.local_id: Identification | None = None
         self.nat_local = False  # we are behind a NAT
         self.nat_remote = False  # the peer is behind a NAT
+        # "local" or "remote" when IKE_SA_INIT saw a NAT that no log line has told yet
+        # (_nat_detect): the line that ends the setup carries it.
+        self._nat_unlogged = ""
         self.peer_fragmentation = False
         self.peer_hashes: list[SignatureHashAlgorithm] = []
         self._events: list[Event] = []
@@ -878,6 +881,7 @@ class IkeSa:
         if self.state is State.DEAD:
             return
         was_rekeyed = self.state is State.REKEYED
+        self._log_nat()
         self.state = State.DEAD
         self.down_reason = reason
         self._out = None
@@ -1047,8 +1051,16 @@ class IkeSa:
         expect_dst = nat_detection_hash(spi_i, spi_r, self.local.address, self.local.port)
         self.nat_local = not hmac.compare_digest(dst.data, expect_dst)
         if self.nat_local or self.nat_remote:
+            # Told by the "established" line (one log line less per IKE SA set up), or by
+            # _log_nat if the setup fails first.
+            self._nat_unlogged = "local" if self.nat_local else "remote"
+
+    def _log_nat(self) -> None:
+        """The NAT that IKE_SA_INIT saw, on a line of its own (the setup did not complete)."""
+        if self._nat_unlogged:
             log.info("%s: NAT detected (%s): ESP goes in UDP", self.describe(),
-                     "local" if self.nat_local else "remote")
+                     self._nat_unlogged)
+            self._nat_unlogged = ""
 
     # -- IKE_AUTH: initiator ---------------------------------------------------------------------
 
@@ -1058,17 +1070,25 @@ class IkeSa:
             return Identification(conf.id.id_type, conf.id.data)
         return Identification.from_address(self.local.address)
 
-    def _auth_payload(self, octets: bytes) -> tuple[AUTH, list[Payload]]:
-        """Our AUTH payload (and CERT payloads for pubkey)."""
+    def _psk_key_pad(self, identity: Identification | None) -> bytes | None:
+        """prf(Shared Secret, "Key Pad for IKEv2") for the peer's key (§2.15), or None."""
+        secret = self.ctx.psk(self.conn, identity, self.remote.address)
+        return None if secret is None else crypto.psk_key_pad(self._prf_(), secret)
+
+    def _auth_payload(self, octets: bytes, key_pad: bytes | None = None,
+                      ) -> tuple[AUTH, list[Payload]]:
+        """Our AUTH payload (and CERT payloads for pubkey).  ``key_pad``: the peer's PSK
+        through :func:`crypto.psk_key_pad`, when the caller has it; else it is looked up."""
         assert self._prf is not None
         if self.conn.local.method == "psk":
-            # the initiator does not know the peer's ID yet: the configured one names the key
-            secret = self.ctx.psk(self.conn, self.peer_id or self.conn.remote.id,
-                                  self.remote.address)
-            if secret is None:
+            if key_pad is None:
+                # the initiator does not know the peer's ID yet: the configured one names the key
+                key_pad = self._psk_key_pad(self.peer_id or self.conn.remote.id)
+            if key_pad is None:
                 raise IkeLocalError(f"connection {self.name}: no pre-shared key for peer "
                                     f"{self.remote.address}")
-            return AUTH(AuthMethod.SHARED_KEY_MIC, crypto.psk_auth(self._prf, bytes(secret), octets)), []
+            return AUTH(AuthMethod.SHARED_KEY_MIC,
+                        crypto.psk_auth_with_pad(self._prf, key_pad, octets)), []
         from ipsecd.ike import auth
 
         creds = self.ctx.credentials(self.conn)
@@ -1078,8 +1098,9 @@ class IkeSa:
         return auth.sign(key, octets, peer_hashes=self.peer_hashes), list(auth.cert_payloads(chain))
 
     def _verify_peer(self, auth_payload: AUTH, octets: bytes, certs: list[CERT],
-                     peer_id: Identification) -> None:
-        """Raise AUTHENTICATION_FAILED unless the peer proved ``peer_id``."""
+                     peer_id: Identification, key_pad: bytes | None = None) -> None:
+        """Raise AUTHENTICATION_FAILED unless the peer proved ``peer_id``.  ``key_pad``:
+        ``peer_id``'s PSK through :func:`crypto.psk_key_pad`, when the caller has it."""
         assert self._prf is not None
         conf = self.conn.remote
         if conf.id is not None and (conf.id.id_type != peer_id.id_type or conf.id.data != peer_id.data):
@@ -1088,9 +1109,10 @@ class IkeSa:
             if auth_payload.method != AuthMethod.SHARED_KEY_MIC:
                 raise IkeProtocolError(NotifyType.AUTHENTICATION_FAILED,
                                        f"peer used auth method {int(auth_payload.method)}, expected PSK")
-            secret = self.ctx.psk(self.conn, peer_id, self.remote.address)
-            if secret is None or not crypto.verify_psk_auth(self._prf, bytes(secret), octets,
-                                                              auth_payload.data):
+            if key_pad is None:
+                key_pad = self._psk_key_pad(peer_id)
+            if key_pad is None or not hmac.compare_digest(
+                    crypto.psk_auth_with_pad(self._prf, key_pad, octets), auth_payload.data):
                 raise IkeProtocolError(NotifyType.AUTHENTICATION_FAILED, "PSK AUTH does not verify")
             return
         from ipsecd.ike import auth
@@ -1169,8 +1191,13 @@ class IkeSa:
         self.half_open_deadline = 0.0
         self._dh_key = None
         self._schedule_ike_rekey(now)
-        log.log(25, "%s: IKE SA established with %s (%s)", self.describe(), self.remote,
-                self.suite_text)
+        if self._nat_unlogged:
+            log.log(25, "%s: IKE SA established with %s (%s); NAT detected (%s): ESP goes in UDP",
+                    self.describe(), self.remote, self.suite_text, self._nat_unlogged)
+            self._nat_unlogged = ""
+        else:
+            log.log(25, "%s: IKE SA established with %s (%s)", self.describe(), self.remote,
+                    self.suite_text)
         self._events.append(IkeUp(self, now - self.created))
 
     def _schedule_ike_rekey(self, now: float) -> None:
@@ -1474,31 +1501,35 @@ class IkeSa:
         ike._nat_detect(payloads, message.spi_i, b"\x00" * 8)
         if getattr(conn, "encap", False):
             ike.nat_local = True
-        ike.peer_fragmentation = _notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
-        hashes = _notify(payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS)
-        ike.peer_hashes = hashes.hash_algorithms() if hashes is not None else []
-        answer = Proposal(chosen.number, chosen.protocol, b"", list(chosen.transforms))
-        out: list[Payload] = [SA([answer]), KE(group, key.public_bytes()), Nonce(ike._nr)]
-        out += [Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
-                       ctx.random(20) if getattr(conn, "encap", False) else
-                       nat_detection_hash(ike.spi_i, ike.spi_r, local.address, local.port)),
-                Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
-                       nat_detection_hash(ike.spi_i, ike.spi_r, remote.address, remote.port))]
-        if conn.remote.method != "psk":
-            from ipsecd.ike import auth
+        try:
+            ike.peer_fragmentation = _notify(payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+            hashes = _notify(payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS)
+            ike.peer_hashes = hashes.hash_algorithms() if hashes is not None else []
+            answer = Proposal(chosen.number, chosen.protocol, b"", list(chosen.transforms))
+            out: list[Payload] = [SA([answer]), KE(group, key.public_bytes()), Nonce(ike._nr)]
+            out += [Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
+                           ctx.random(20) if getattr(conn, "encap", False) else
+                           nat_detection_hash(ike.spi_i, ike.spi_r, local.address, local.port)),
+                    Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                           nat_detection_hash(ike.spi_i, ike.spi_r, remote.address, remote.port))]
+            if conn.remote.method != "psk":
+                from ipsecd.ike import auth
 
-            trust = ctx.trust(conn)
-            if trust:
-                out.append(auth.certreq(trust))
-        out += ike._init_extras()
-        response = encode(Message(ike.spi_i, ike.spi_r, ExchangeType.IKE_SA_INIT, 0,
-                                  response=True, payloads=out))
-        ike._message2 = response
-        ike._derive(chosen, g_ir)
-        ike.state = State.INIT_DONE
-        ike._peer_next_id = 1
-        ike._last_response = (0, [response])
-        return ike, response
+                trust = ctx.trust(conn)
+                if trust:
+                    out.append(auth.certreq(trust))
+            out += ike._init_extras()
+            response = encode(Message(ike.spi_i, ike.spi_r, ExchangeType.IKE_SA_INIT, 0,
+                                      response=True, payloads=out))
+            ike._message2 = response
+            ike._derive(chosen, g_ir)
+            ike.state = State.INIT_DONE
+            ike._peer_next_id = 1
+            ike._last_response = (0, [response])
+            return ike, response
+        except IkeError:
+            ike._log_nat()  # the request is refused: the NAT seen is told now
+            raise
 
     def _on_auth_request(self, message: Message, inner: list[Payload], now: float) -> None:
         if self.initiator or self.state is not State.INIT_DONE:
@@ -1515,13 +1546,18 @@ class IkeSa:
             raise IkeProtocolError(NotifyType.AUTHENTICATION_FAILED,
                                    "no connection matches the peer's identity")
         self.conn = conn
+        # Both AUTH payloads use the key of the peer's identity (§2.15): with PSK on both
+        # sides it is looked up and padded once, not once for each.
+        key_pad = (self._psk_key_pad(peer_id)
+                   if conn.remote.method == "psk" and conn.local.method == "psk" else None)
         octets = crypto.signed_octets(self._prf_(), self._message1, self._nr, self.keys.SK_pi, idi)
-        self._verify_peer(auth_payload, octets, [p for p in inner if isinstance(p, CERT)], peer_id)
+        self._verify_peer(auth_payload, octets, [p for p in inner if isinstance(p, CERT)], peer_id,
+                          key_pad)
         self.peer_id = peer_id
         self.local_id = self._own_id()
         idr = IDr(self.local_id.id_type, self.local_id.data)
         octets_r = crypto.signed_octets(self._prf_(), self._message2, self._ni, self.keys.SK_pr, idr)
-        my_auth, certs = self._auth_payload(octets_r)
+        my_auth, certs = self._auth_payload(octets_r, key_pad)
         out: list[Payload] = [idr, *certs, my_auth]
         child_payloads: list[Payload] = []
         child: ChildSa | None = None
