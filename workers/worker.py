@@ -1834,6 +1834,9 @@ def _reset_signals(on_term: Callable[[int, object], None]) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+WORKER_GC_THRESHOLDS = (700, 10, 10)  # CPython 3.11's defaults
+
+
 def main(spec: WorkerSpec) -> None:
     """Worker process entry point (the control process forks and calls this)."""
     _die_with_parent()
@@ -1841,6 +1844,9 @@ def main(spec: WorkerSpec) -> None:
     # stays as it is: out of the cyclic collector's sight, so that the worker's full
     # collections walk only what the worker made (and do not write to the inherited pages).
     gc.freeze()
+    # The control process raises its youngest generation's threshold for IKE's sake; the
+    # datapath keeps CPython's defaults, whose young collections are short pauses.
+    gc.set_threshold(*WORKER_GC_THRESHOLDS)
     worker: Worker | None = None
 
     def on_term(signum: int, frame: object) -> None:
