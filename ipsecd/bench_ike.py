@@ -82,9 +82,10 @@ it on by SIGUSR1 after the warm-up and dumps at SIGUSR2 when the run is
 over; that scenario's rate and memory are then not comparable and it is
 marked).  ``--profile sample``: the same, with a stack sampler instead of
 cProfile (the main thread's Python stack every 0.5 ms of the process's CPU
-time, SIGPROF): no cost per call, so the shares of small Python functions and
-of C work (DH, HMAC, system calls) are those of an unprofiled run, and the
-rate stays within a few per cent.  It prints self and inclusive shares;
+time, SIGPROF, each stack weighted by the CPU time since the previous one, as a
+long C call delays the handler): no cost per call, so the shares of small
+Python functions and of C work (DH, HMAC, system calls) are those of an
+unprofiled run, and the rate stays within a few per cent.  It prints self and inclusive shares;
 ``--stacks FILE`` keeps the collapsed stacks for a flame graph.
 """
 
@@ -532,22 +533,30 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 # A statistical profiler: every SAMPLE_INTERVAL of the process's CPU time (ITIMER_PROF),
-# the main thread's Python stack is counted.  Unlike cProfile it costs nothing per call,
+# the main thread's Python stack is recorded.  Unlike cProfile it costs nothing per call,
 # so code made of many small calls (the IKE codec) is not inflated relative to C work
-# (DH, HMAC, system calls), and the proportions are those of the real run.  The stacks are
-# written in the "collapsed" format (frame;frame;... count) that flame-graph tools read.
+# (DH, HMAC, system calls).  Python runs a signal handler only between bytecodes, so the
+# SIGPROFs that arrive during one long C call (an X25519 exchange) are one handler call:
+# each stack is therefore weighted by the CPU time (µs) since the previous sample, which
+# that C call used, rather than counted once.  The stacks are written in the "collapsed"
+# format (frame;frame;... weight) that flame-graph tools read.
 SAMPLE_INTERVAL = 0.0005
 _SAMPLE_WRAPPER = """\
-import collections, os, signal, sys
+import collections, os, signal, sys, time
 out, interval = sys.argv.pop(1), float(sys.argv.pop(1))
 stacks = collections.Counter()
+last = 0.0
 def _sample(signum, frame):
+    global last
+    now = time.process_time()
+    weight = round((now - last) * 1e6) if last else round(interval * 1e6)
+    last = now
     names = []
     while frame is not None:
         code = frame.f_code
         names.append(f"{code.co_filename.rsplit('/', 2)[-1]}:{code.co_name}:{code.co_firstlineno}")
         frame = frame.f_back
-    stacks[";".join(reversed(names))] += 1
+    stacks[";".join(reversed(names))] += weight
 def _on(signum, frame):
     signal.signal(signal.SIGPROF, _sample)
     signal.setitimer(signal.ITIMER_PROF, interval, interval)
@@ -909,7 +918,8 @@ def inproc(count: int, concurrency: int, *, profile: bool = False,
 
 def sample_report(stacks: str, top: int = 30) -> str:
     """Self and inclusive shares of the sampled frames (collapsed stacks, one per line:
-    ``frame;frame;... count``).  A frame counts once per sample however often it recurs."""
+    ``frame;frame;... weight``, the weight in µs of CPU).  A frame counts once per stack
+    however often it recurs."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -924,7 +934,8 @@ def sample_report(stacks: str, top: int = 30) -> str:
             inclusive[frame] += int(n)
     if not total:
         return "no samples"
-    lines = [f"{total} samples, {SAMPLE_INTERVAL * 1e3:g} ms of CPU apart", "  self:"]
+    lines = [f"{total / 1e3:.1f} ms of CPU sampled every {SAMPLE_INTERVAL * 1e3:g} ms",
+             "  self:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
     lines.append("  inclusive:")
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]

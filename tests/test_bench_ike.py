@@ -54,13 +54,13 @@ def test_inproc_responder_sets_up_every_sa() -> None:
 
 
 def test_sample_report_shares() -> None:
-    stacks = ("run;receive;decode 6\n"
-              "run;receive;derive;hmac 3\n"
-              "run;flush 1\n"
-              "run;walk;walk;walk 10\n"  # recursion: a frame counts once per sample
+    stacks = ("run;receive;decode 6000\n"  # µs of CPU
+              "run;receive;derive;hmac 3000\n"
+              "run;flush 1000\n"
+              "run;walk;walk;walk 10000\n"  # recursion: a frame counts once per stack
               "garbage line\n")
     text = sample_report(stacks, top=10)
-    assert text.startswith("20 samples")
+    assert text.startswith("20.0 ms of CPU sampled")
     self_part, incl_part = text.split("inclusive:")
     assert "  50.0%  walk" in self_part and "  30.0%  decode" in self_part
     assert " 15.0%  hmac" in self_part and "  5.0%  flush" in self_part
@@ -80,7 +80,7 @@ def test_sampled_daemon_run(tmp_path: Path) -> None:
     assert runs[0].note == "sampled"
     stacks = (tmp_path / "ipsecd.stacks").read_text()
     text = sample_report(stacks)
-    assert int(text.split()[0]) > 0
+    assert float(text.split()[0]) > 0
     # the IKE manager's receive path did the work of the run
     assert "manager.py:receive:" in text, text
 
