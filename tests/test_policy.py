@@ -7,6 +7,7 @@ import os
 import stat
 import uuid
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from ipsecd.iana import EncrId, IpProto
 from ipsecd.sa import Mode, SAState, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, IpsecRequest, Level, Policy, Selector
+from workers import policy as policy_module
 from workers.policy import (
     ACTION_DISCARD,
     ACTION_IPSEC,
@@ -27,6 +29,7 @@ from workers.policy import (
     PolicySet,
     PolicyTable,
     PolicyTableFull,
+    Rule,
     SlotInfo,
     build_document,
 )
@@ -168,27 +171,94 @@ def policies(draw: st.DrawFn) -> list[Policy]:
                                       st.sampled_from(PORTS), st.sampled_from(PORTS)),
                             min_size=1, max_size=30))
 def test_lookup_matches_the_spd(pols: list[Policy], packets: list[tuple[int, ...]]) -> None:
+    """Both ways of deciding: the in-order scan (few rules) and the shape index (forced on
+    for any number of rules, as it is for an IKE gateway's thousands)."""
+    for index_min in (policy_module.INDEX_MIN_RULES, 0):
+        _lookup_matches_the_spd(pols, packets, index_min)
+
+
+def _lookup_matches_the_spd(pols: list[Policy], packets: list[tuple[int, ...]],
+                            index_min: int) -> None:
     spd = SPD()
     for p in pols:
         spd.update(p)
     ps = PolicySet.from_document(1, build_document(spd, [], [], {}))
     actions = {Action.IPSEC: ACTION_IPSEC, Action.NONE: ACTION_NONE,
                Action.DISCARD: ACTION_DISCARD}
-    for v6, si, di, proto, sport, dport in packets:
-        addrs = V6_ADDRS if v6 else V4_ADDRS
-        src = ipaddress.ip_address(addrs[si % len(addrs)])
-        dst = ipaddress.ip_address(addrs[di % len(addrs)])
-        for direction in Direction:
-            want = spd.lookup(direction, src, dst, proto, sport, dport)
-            got = ps.lookup(direction.value, src.version, int(src), int(dst), proto, sport, dport)
-            if want is None:
-                assert got is None
-            else:
-                assert got is not None
-                assert got.action == actions[want.action]
-                assert (got.snet, got.dnet, got.proto) == (
-                    int(want.selector.src.network_address), int(want.selector.dst.network_address),
-                    -1 if want.selector.proto is None else want.selector.proto)
+    with mock.patch.object(policy_module, "INDEX_MIN_RULES", index_min):
+        for v6, si, di, proto, sport, dport in packets:
+            addrs = V6_ADDRS if v6 else V4_ADDRS
+            src = ipaddress.ip_address(addrs[si % len(addrs)])
+            dst = ipaddress.ip_address(addrs[di % len(addrs)])
+            for direction in Direction:
+                want = spd.lookup(direction, src, dst, proto, sport, dport)
+                got = ps.lookup(direction.value, src.version, int(src), int(dst), proto, sport,
+                                dport)
+                if want is None:
+                    assert got is None
+                else:
+                    assert got is not None
+                    assert got.action == actions[want.action]
+                    assert (got.snet, got.dnet, got.proto) == (
+                        int(want.selector.src.network_address),
+                        int(want.selector.dst.network_address),
+                        -1 if want.selector.proto is None else want.selector.proto)
+
+
+def _scan(ps: PolicySet, direction: str, version: int, s: int, d: int, proto: int,
+          sport: int, dport: int) -> Rule | None:
+    """The first matching rule, by walking them all in order (what lookup must equal)."""
+    for rule in ps.rules.get((direction, version), ()):
+        if rule.matches(s, d, proto, sport, dport):
+            return rule
+    return None
+
+
+def _lookups_agree_with_scan(ps: PolicySet) -> None:
+    with mock.patch.object(policy_module, "INDEX_MIN_RULES", 0):
+        for v6 in (False, True):
+            addrs = V6_ADDRS if v6 else V4_ADDRS
+            for a in addrs:
+                for b in addrs:
+                    s, d = int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
+                    for direction in ("out", "in", "fwd"):
+                        for proto, sport, dport in ((6, 443, 53), (17, 53, 0), (58, 0, 0)):
+                            version = 6 if v6 else 4
+                            assert ps.lookup(direction, version, s, d, proto, sport, dport) is \
+                                _scan(ps, direction, version, s, d, proto, sport, dport)
+
+
+def test_shape_index_with_thousands_of_children() -> None:
+    """An IKE gateway's SPD: a /32 per child on one side, a shared prefix on the other, a
+    bypass and a catch-all discard; the index answers as the scan does."""
+    spd = SPD()
+    spd.update(Policy(Selector.make("10.0.0.0/8", "10.0.0.0/8", None, 0, 0), Direction.OUT,
+                      Action.NONE, (), 10))
+    for k in range(600):
+        remote = f"198.19.{k // 256}.{k % 256}/32"
+        for direction, src, dst in ((Direction.OUT, "198.18.16.0/20", remote),
+                                    (Direction.IN, remote, "198.18.16.0/20")):
+            spd.update(Policy(Selector.make(src, dst, None, 0, 0), direction, Action.IPSEC,
+                              (IpsecRequest(IpProto.ESP, Mode.TRANSPORT),)))
+    spd.update(Policy(Selector.make("0.0.0.0/0", "0.0.0.0/0", None, 0, 0), Direction.OUT,
+                      Action.DISCARD, (), -10))
+    ps = PolicySet.from_document(1, build_document(spd, [], [], {}))
+    assert len(ps.rules[("out", 4)]) > policy_module.INDEX_MIN_RULES
+
+    def check(s: str, d: str) -> None:
+        si, di = int(ipaddress.ip_address(s)), int(ipaddress.ip_address(d))
+        for direction in ("out", "in"):
+            assert ps.lookup(direction, 4, si, di, 6, 1, 2) is \
+                _scan(ps, direction, 4, si, di, 6, 1, 2)
+
+    for k in (0, 1, 255, 256, 599):
+        check("198.18.16.9", f"198.19.{k // 256}.{k % 256}")
+        check(f"198.19.{k // 256}.{k % 256}", "198.18.16.9")
+    check("10.1.2.3", "10.4.5.6")  # the bypass, above every child
+    check("192.0.2.1", "198.51.100.1")  # the catch-all
+    got = ps.lookup("out", 4, int(ipaddress.ip_address("198.18.16.9")),
+                    int(ipaddress.ip_address("198.19.1.7")), 6, 1, 2)
+    assert got is not None and got.action == ACTION_IPSEC
 
 
 def test_reload_on_generation_change(table: PolicyTable) -> None:
@@ -288,6 +358,7 @@ def test_incremental_updates_equal_a_full_reparse(
             want = PolicySet.from_document(gen, build_document(spd, installed, local, info))
             assert reader.refresh(worker)
             _same(worker, want)
+            _lookups_agree_with_scan(worker)  # its shape index follows the deltas
             if n % 3 == 2:
                 reader_late = PolicyReader(table.name)
                 try:

@@ -730,6 +730,27 @@ def _rule(row: Sequence[Any]) -> Rule:
                 requests)
 
 
+INDEX_MIN_RULES = 16  # up to this many rules a direction is scanned in order (PolicySet.lookup)
+
+# (position of the shape's first rule, source mask, destination mask,
+#  {(source network, destination network): [(position, rule), ...] in SPD order})
+_Shape = tuple[int, int, int, dict[tuple[int, int], list[tuple[int, "Rule"]]]]
+
+
+def _shapes(rules: Sequence[Rule]) -> list[_Shape]:
+    """``rules`` (in SPD order) grouped by selector shape, the shapes in the order of their
+    first rule.  A rule's networks are keys as they are: one with bits outside its mask
+    matches nothing in the scan and is never found here either."""
+    by_shape: dict[tuple[int, int], tuple[int, dict[tuple[int, int], list[tuple[int, Rule]]]]] = {}
+    for pos, rule in enumerate(rules):
+        shape = by_shape.get((rule.smask, rule.dmask))
+        if shape is None:
+            shape = by_shape[(rule.smask, rule.dmask)] = (pos, {})
+        shape[1].setdefault((rule.snet, rule.dnet), []).append((pos, rule))
+    return [(first, smask, dmask, table)
+            for (smask, dmask), (first, table) in by_shape.items()]
+
+
 @dataclass(slots=True)
 class PolicySet:
     """The document turned into lookup structures (kept current by each worker)."""
@@ -741,6 +762,9 @@ class PolicySet:
     slots: dict[int, SlotInfo] = field(default_factory=dict)
     keys: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict)
     """The SPD sort key of each rule of ``rules`` (ascending): where a delta's changes go."""
+    index: dict[tuple[str, int], list[_Shape]] = field(default_factory=dict, repr=False,
+                                                        compare=False)
+    """``rules`` by selector shape (see :meth:`lookup`), built when first needed after a change."""
 
     @classmethod
     def from_document(cls, generation: int, doc: Mapping[str, Any]) -> PolicySet:
@@ -765,11 +789,13 @@ class PolicySet:
         """Take over ``other``'s contents."""
         self.generation, self.rules, self.sas = other.generation, other.rules, other.sas
         self.local, self.slots, self.keys = other.local, other.slots, other.keys
+        self.index = {}
 
     def apply(self, delta: Mapping[str, Any]) -> None:
         """Apply a delta record (:class:`PolicyPublisher`); the caller sets ``generation``."""
         for direction, family, k0, k1, row in delta.get("policies", ()):
             bucket = (direction, family)
+            self.index.pop(bucket, None)
             keys = self.keys.setdefault(bucket, [])
             rules = self.rules.setdefault(bucket, [])
             key = (k0, k1)
@@ -798,14 +824,48 @@ class PolicySet:
 
     def lookup(self, direction: str, version: int, s: int, d: int, proto: int,
                sport: int = 0, dport: int = 0) -> Rule | None:
-        """The first rule of ``direction`` ("out", "in", "fwd") selecting the packet."""
-        for rule in self.rules.get((direction, version), ()):
-            if ((s & rule.smask) == rule.snet and (d & rule.dmask) == rule.dnet
-                    and (rule.proto < 0 or rule.proto == proto)
-                    and (not rule.sport or rule.sport == sport)
-                    and (not rule.dport or rule.dport == dport)):
-                return rule
-        return None
+        """The first rule of ``direction`` ("out", "in", "fwd") selecting the packet.
+
+        A few rules (setkey scripts) are scanned in order.  More (an IKE gateway has three
+        per Child SA, thousands in all) are searched by shape: the rules with the same
+        (source mask, destination mask) sit in a dict keyed by their two networks, so each
+        shape costs one dict lookup and the answer is the earliest rule over all shapes -
+        the same rule the scan finds, without walking every rule.  It matters because the
+        worker's flow caches are emptied on every SA or policy change: under IKE churn each
+        active flow is decided again.
+        """
+        bucket = (direction, version)
+        rules = self.rules.get(bucket)
+        if not rules:
+            return None
+        if len(rules) <= INDEX_MIN_RULES:
+            for rule in rules:
+                if ((s & rule.smask) == rule.snet and (d & rule.dmask) == rule.dnet
+                        and (rule.proto < 0 or rule.proto == proto)
+                        and (not rule.sport or rule.sport == sport)
+                        and (not rule.dport or rule.dport == dport)):
+                    return rule
+            return None
+        shapes = self.index.get(bucket)
+        if shapes is None:
+            shapes = self.index[bucket] = _shapes(rules)
+        best: Rule | None = None
+        best_pos = len(rules)
+        for first, smask, dmask, table in shapes:
+            if first >= best_pos:
+                break  # shapes are in the order of their first rule: none can come earlier
+            candidates = table.get((s & smask, d & dmask))
+            if candidates is None:
+                continue
+            for pos, rule in candidates:
+                if pos >= best_pos:
+                    break
+                if ((rule.proto < 0 or rule.proto == proto)
+                        and (not rule.sport or rule.sport == sport)
+                        and (not rule.dport or rule.dport == dport)):
+                    best, best_pos = rule, pos
+                    break
+        return best
 
     def outbound_slot(self, request: Request, src: bytes, dst: bytes) -> int | None:
         """The SA slot serving ``request`` for a packet from ``src`` to ``dst`` (packed)."""
