@@ -116,8 +116,7 @@ class SecurityAssociation:
     def wipe(self) -> None:
         """Zero the key material in place. The SA must not be used afterwards."""
         for key in (self.enc_key, self.auth_key):
-            for i in range(len(key)):
-                key[i] = 0
+            key[:] = bytes(len(key))  # in place: the same buffer, its length kept
         self.state = SAState.DEAD
 
     def replace(self, **changes: object) -> SecurityAssociation:
