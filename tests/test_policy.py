@@ -468,3 +468,14 @@ def test_journal_publication_equals_a_full_one(
     finally:
         reader.close()
         table.close()
+
+
+def test_lookup_benchmark_runs() -> None:
+    """``python -m ipsecd.bench lookup`` times both ways for each child it names (figures
+    only: no speed is asserted here)."""
+    from ipsecd.bench import run_lookup
+
+    rows = run_lookup((40,), number=20)
+    assert [r["child"] for r in rows] == ["first", "middle", "last", "index build"]
+    assert all(r["children"] == 40 and r["index_us"] > 0 for r in rows)
+    assert all(r["walk_us"] > 0 for r in rows[:3])
