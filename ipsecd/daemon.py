@@ -2168,7 +2168,8 @@ def run(config: Config) -> int:
         # state lives for a round trip, during which dozens of other handshakes allocate;
         # at 700 it was walked several times before it died or settled.  Collector time per
         # 1000 IKE setups 72 -> 42-53 ms (bench_ike); a young collection now pauses the
-        # control process (never the datapath: workers keep CPython's defaults) ~1 ms.
+        # control process (never the datapath: workers keep CPython's defaults) for about
+        # 0.1 ms (timed: a generation-0 collection over 10000 tracked objects).
         gc.set_threshold(CONTROL_GC_THRESHOLD, 10, 10)
         for sig, handler in old.items():
             signal.signal(sig, handler)
